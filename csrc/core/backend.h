@@ -1,0 +1,28 @@
+// What each backend library (CPU, CUDA) implements. The C entry points in csrc/capi validate
+// their arguments against the backend's support table, fill a params struct and call these.
+// Every function runs on `device` / `stream` (ignored by the CPU backend) and never synchronises.
+#pragma once
+
+#include <string>
+
+#include "core/params.h"
+
+namespace bnb::backend {
+
+// ---- the support table: the only place that says which configurations exist ----
+const char* name();                                   // "cpu" or "cuda"
+bool supports_blocksize_8bit(int64_t blocksize);      // quantize/dequantize_blockwise
+const char* blocksize_8bit_rule();                    // human-readable form of the rule, for errors
+std::string info_json();                              // bnb_backend_info payload
+void check_device(int32_t device);                    // throws if `device` cannot run this backend
+
+// ---- op families ----
+void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t device, bnb_stream_t stream);
+void dequantize_blockwise(const DequantizeBlockwiseParams& p, int32_t device, bnb_stream_t stream);
+void quantize_4bit(const Quantize4bitParams& p, int32_t device, bnb_stream_t stream);
+void dequantize_4bit(const Dequantize4bitParams& p, int32_t device, bnb_stream_t stream);
+void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, bnb_stream_t stream);
+void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t device, bnb_stream_t stream);
+void estimate_quantiles(const EstimateQuantilesParams& p, int32_t device, bnb_stream_t stream);
+
+}  // namespace bnb::backend

@@ -1,0 +1,80 @@
+// Exact nearest-code search for 8-bit blockwise quantization with an arbitrary sorted
+// 256-entry code book, shared by the CPU and CUDA backends so both produce the same bytes.
+//
+// The rule (compat.md §1.4.3): index = number of midpoints m[i] = (code[i] + code[i+1]) / 2
+// that are strictly below v, i.e. torch.bucketize(v, m, right=False). A value exactly on a
+// midpoint goes to the lower code.
+//
+// A binary search costs 8 dependent loads per element. Instead the value's float bits pick a
+// coarse bucket, a table gives the count of midpoints below the bucket's smallest value, and a
+// short forward scan over the few midpoints inside the bucket finishes the job:
+//
+//      v = -0.7                                         v = 0.3
+//       |  sign | exponent (24 kept) | 4 mantissa bits |
+//       +-------+--------------------+-----------------+  -> bucket -> lo = #{m < bucket_min}
+//                                                          -> while (v > m[lo]) ++lo
+//
+// Normalised values lie in [-1, 1] (|x| <= absmax), so only exponents 2^-24 .. 2^0 need their
+// own buckets; anything smaller shares the "tiny" bucket. The scan is exact for any sorted code;
+// for the dynamic, linear and quantile maps it takes at most a few steps.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "core/host_device.h"
+
+namespace bnb {
+
+struct CodeSearch {
+  static constexpr int kMantissaBits = 4;   // mantissa bits that refine a bucket (16 per octave)
+  static constexpr int kOctaves = 24;       // octaves [2^-24, 1] get their own buckets
+  static constexpr int kTopExponent = 127;  // biased exponent of 1.0f
+  // Per sign: bucket 0 = tiny (|v| < 2^-24), then kOctaves * 16 octave slices, then 1 for |v| >= 1.
+  static constexpr int kBucketsPerSign = 1 + (kOctaves << kMantissaBits) + 1;
+  static constexpr int kBuckets = 2 * kBucketsPerSign;
+  static constexpr int kMidpoints = 255;
+
+  float mid[kMidpoints];  // midpoints between consecutive codes
+  uint8_t lo[kBuckets];   // #midpoints strictly below the smallest value of each bucket
+
+  // Magnitude bucket in [0, kBucketsPerSign) of |v| given its bit pattern without the sign.
+  BNB_HD static int magnitude_bucket(uint32_t abs_bits) {
+    const int32_t exponent = static_cast<int32_t>(abs_bits >> 23);
+    const int32_t first = kTopExponent - kOctaves;  // smallest exponent with its own slices
+    if (exponent < first) return 0;
+    if (exponent >= kTopExponent) return kBucketsPerSign - 1;
+    const int32_t slice = static_cast<int32_t>((abs_bits >> (23 - kMantissaBits)) & ((1u << kMantissaBits) - 1));
+    return 1 + ((exponent - first) << kMantissaBits) + slice;
+  }
+
+  // Global bucket index, increasing with v: negative buckets first (largest magnitude first).
+  BNB_HD static int bucket(float v) {
+    uint32_t bits;
+#if defined(__CUDA_ARCH__)
+    bits = __float_as_uint(v);
+#else
+    std::memcpy(&bits, &v, sizeof(bits));
+#endif
+    const int mb = magnitude_bucket(bits & 0x7fffffffu);
+    return (bits >> 31) ? (kBucketsPerSign - 1 - mb) : (kBucketsPerSign + mb);
+  }
+
+  // The nearest code index for a normalised value v (a NaN maps to some valid index).
+  BNB_HD int search(float v) const {
+    int idx = lo[bucket(v)];
+    while (idx < kMidpoints && v > mid[idx]) ++idx;
+    return idx;
+  }
+
+  // Smallest float value that falls into bucket b (used only to build `lo`).
+  static float bucket_min(int b);
+
+  // Fill `mid` and `lo` from a sorted 256-entry code (host-side build).
+  void build(const float* code);
+};
+
+// Host-side helpers (defined in code_search.cpp).
+int count_below(const float* sorted, int count, float v);
+
+}  // namespace bnb

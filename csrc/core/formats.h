@@ -1,0 +1,92 @@
+// The numerical formats, defined once. The CPU backend, the CUDA backend and the
+// Python package (through bnb_code_table_4bit) all read them from here.
+#pragma once
+
+#include <cstdint>
+
+#include "core/host_device.h"
+
+namespace bnb {
+
+enum class QuantType : int32_t { FP4 = 1, NF4 = 2 };
+
+// ---- 4-bit code tables ---------------------------------------------------------------------------
+// NF4: quantiles of N(0, 1) normalised to [-1, 1], index order = code order (sorted).
+constexpr float kNF4Values[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+
+// FP4 (sign = bit 3, 2 exponent bits, 1 mantissa bit, bias 2), values / 12, in bit-pattern
+// order: the table is NOT sorted. Index 8 is negative zero.
+constexpr float kFP4Values[16] = {
+    0.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 1.0f, 4.0f / 12.0f, 6.0f / 12.0f, 2.0f / 12.0f, 3.0f / 12.0f,
+    -0.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -1.0f, -4.0f / 12.0f, -6.0f / 12.0f, -2.0f / 12.0f, -3.0f / 12.0f};
+
+// NF4 decision thresholds: code k+1 is chosen when x > kNF4Thresholds[k] (strict, so a value
+// exactly on a threshold goes to the lower code). These are the midpoints of kNF4Values as
+// published with the format; they are data, not recomputed, so every backend agrees bit for bit.
+constexpr float kNF4Thresholds[15] = {
+    -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+    0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
+
+// FP4 thresholds on |x|, ascending, and the 3-bit magnitude code chosen above each one.
+// |x| <= kFP4Thresholds[0] gives 0b000.
+constexpr float kFP4Thresholds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
+                                     0.4166667f,  0.583333f,  0.8333333f};
+constexpr uint8_t kFP4CodeAbove[7] = {0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011};
+constexpr uint8_t kFP4SignBit = 0b1000;
+
+// ---- block layouts ---------------------------------------------------------------------------------
+constexpr int kCodeSize8bit = 256;          // entries of an 8-bit code book
+constexpr int kMinBlocksize4bit = 32;       // smallest 4-bit block the op registry accepts
+constexpr int kMaxBlocksize = 4096;         // largest block of the fixed-size (pow2) tables
+constexpr int kMinBlocksizeCuda8bit = 64;   // CUDA 8-bit blockwise: pow2 in [64, 4096]
+constexpr float kInt8Scale = 127.0f;        // LLM.int8(): q = round(x * 127 / absmax)
+
+static_assert(sizeof(kNF4Values) / sizeof(float) == 16, "NF4 has 16 codes");
+static_assert(sizeof(kFP4Values) / sizeof(float) == 16, "FP4 has 16 codes");
+static_assert(sizeof(kNF4Thresholds) / sizeof(float) == 15, "15 NF4 decision boundaries");
+
+constexpr bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// 4-bit blocks: a power of two in [32, 4096] (even, so blocks never split a byte).
+constexpr bool is_valid_blocksize_4bit(int64_t bs) {
+  return is_pow2(bs) && bs >= kMinBlocksize4bit && bs <= kMaxBlocksize;
+}
+
+// ---- 4-bit scalar encoders (the reference; SIMD and CUDA paths must agree bit for bit) -------------
+// `x` is already scaled to [-1, 1] by 1/absmax.
+BNB_HD uint8_t encode_nf4(float x) {
+  uint8_t code = 0;
+#pragma unroll
+  for (int k = 0; k < 15; ++k) code += (x > kNF4Thresholds[k]) ? 1 : 0;
+  return code;
+}
+
+BNB_HD uint8_t encode_fp4(float x) {
+  const uint8_t sign = (x < 0.0f) ? kFP4SignBit : 0;
+  const float a = x < 0.0f ? -x : x;
+  uint8_t mag = 0;
+#pragma unroll
+  for (int k = 0; k < 7; ++k) mag = (a > kFP4Thresholds[k]) ? kFP4CodeAbove[k] : mag;
+  return static_cast<uint8_t>(sign | mag);
+}
+
+template <QuantType Q>
+BNB_HD uint8_t encode_4bit(float x) {
+  if constexpr (Q == QuantType::NF4) return encode_nf4(x);
+  else return encode_fp4(x);
+}
+
+// The scale applied before encoding. A block of zeros (absmax == 0) maps every element to 0
+// instead of NaN, so its codes are the zero code and it dequantizes to exact zeros.
+BNB_HD float inverse_absmax(float absmax) { return absmax > 0.0f ? 1.0f / absmax : 0.0f; }
+
+// LLM.int8() scale: 127 / absmax, 0 for an all-zero (or all-outlier) row.
+BNB_HD float int8_scale(float absmax) { return absmax > 0.0f ? kInt8Scale / absmax : 0.0f; }
+
+}  // namespace bnb

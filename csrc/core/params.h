@@ -1,0 +1,83 @@
+// Torch-free parameter blocks, one per op family. Kernels (CPU and CUDA) take one of these;
+// the C entry points fill them after validation. Sizes are int64_t everywhere.
+#pragma once
+
+#include <cstdint>
+
+#include "bnb/bnb.h"
+#include "core/formats.h"
+
+namespace bnb {
+
+struct QuantizeBlockwiseParams {
+  const void* A;         // [n] input, dtype = a_dtype
+  const float* code;     // [256] sorted code book
+  uint8_t* out;          // [n] code indices
+  float* absmax;         // [ceil(n / blocksize)] per-block max |A|
+  int64_t n;
+  int64_t blocksize;
+  bnb_dtype_t a_dtype;
+};
+
+struct DequantizeBlockwiseParams {
+  const uint8_t* A;      // [n] code indices
+  const float* code;     // [256] code book
+  const float* absmax;   // [ceil(n / blocksize)]
+  void* out;             // [n], dtype = out_dtype
+  int64_t n;
+  int64_t blocksize;
+  bnb_dtype_t out_dtype;
+};
+
+struct Quantize4bitParams {
+  const void* A;         // [n] input, dtype = a_dtype
+  uint8_t* packed;       // [ceil(n / 2)] two codes per byte, element 2j in the high nibble
+  float* absmax;         // [ceil(n / blocksize)]
+  int64_t n;
+  int64_t blocksize;     // pow2 in [32, 4096]
+  bnb_dtype_t a_dtype;
+  QuantType qtype;
+};
+
+struct Dequantize4bitParams {
+  const uint8_t* packed; // [ceil(n / 2)]
+  const float* absmax;   // [ceil(n / blocksize)]
+  void* out;             // [n], dtype = out_dtype
+  int64_t n;
+  int64_t blocksize;
+  bnb_dtype_t out_dtype;
+  QuantType qtype;
+};
+
+struct Int8VectorwiseQuantParams {
+  const void* A;         // [rows, cols] row-major, dtype = a_dtype
+  int8_t* out;           // [rows, cols]
+  float* row_stats;      // [rows] absmax of the non-outlier values of each row
+  uint8_t* outlier_cols; // [cols] 1 where the column holds an |x| >= threshold; null if threshold == 0
+  int64_t rows;
+  int64_t cols;
+  float threshold;       // 0 = no outlier handling
+  bnb_dtype_t a_dtype;
+};
+
+struct Int8ColwiseQuantParams {
+  const void* A;         // [rows, cols] row-major, dtype = a_dtype
+  int8_t* out;           // [rows, cols]
+  float* col_stats;      // [cols] absmax of the non-outlier values of each column
+  int64_t rows;
+  int64_t cols;
+  float threshold;
+  bnb_dtype_t a_dtype;
+};
+
+struct EstimateQuantilesParams {
+  const void* A;         // [n], dtype = a_dtype
+  float* out;            // [256]
+  int64_t n;
+  float offset;          // probabilities run linspace(offset, 1 - offset, 256)
+  bnb_dtype_t a_dtype;
+};
+
+constexpr int kNumQuantiles = 256;
+
+}  // namespace bnb

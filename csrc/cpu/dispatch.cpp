@@ -1,0 +1,34 @@
+// Picks the CPU kernel table once, at first use: the widest ISA both the build and the
+// machine support, unless BNB_CPU_ISA names one.
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/kernels.h"
+
+namespace bnb::cpu {
+namespace {
+
+const KernelTable* by_name(const char* isa) {
+  if (std::strcmp(isa, "scalar") == 0) return &reference_kernels();
+  if (std::strcmp(isa, "avx2") == 0) return avx2_kernels();
+  if (std::strcmp(isa, "avx512") == 0) return avx512_kernels();
+  return nullptr;
+}
+
+const KernelTable& choose() {
+  if (const char* forced = std::getenv("BNB_CPU_ISA")) {
+    if (const KernelTable* t = by_name(forced)) return *t;
+  }
+  if (const KernelTable* t = avx512_kernels()) return *t;
+  if (const KernelTable* t = avx2_kernels()) return *t;
+  return reference_kernels();
+}
+
+}  // namespace
+
+const KernelTable& active_kernels() {
+  static const KernelTable& table = choose();
+  return table;
+}
+
+}  // namespace bnb::cpu

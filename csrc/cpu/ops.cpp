@@ -1,0 +1,132 @@
+// The CPU backend: splits each op over the thread pool and runs the active kernel table.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/dispatch.h"
+#include "core/error.h"
+#include "cpu/kernels.h"
+#include "cpu/threading.h"
+#include "cpu/types.h"
+
+namespace bnb::backend {
+
+using cpu::active_kernels;
+using cpu::parallel_for;
+
+namespace {
+// Smallest amount of work (elements) worth a thread of its own: below this, waking a worker
+// costs more than the work.
+constexpr int64_t kGrainElements = 1 << 16;
+
+int64_t grain_in(int64_t unit_elements) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(unit_elements, 1)); }
+}  // namespace
+
+const char* name() { return "cpu"; }
+
+// Any positive blocksize: the CPU kernels loop over arbitrary block lengths.
+bool supports_blocksize_8bit(int64_t blocksize) { return blocksize > 0; }
+const char* blocksize_8bit_rule() { return "any positive integer"; }
+
+void check_device(int32_t device) {
+  BNB_CHECK_ARG(device <= 0, "the CPU backend has no device ", device);
+}
+
+std::string info_json() {
+  return concat("{\"backend\": \"cpu\", \"isa\": \"", active_kernels().isa, "\", \"threads\": ", cpu::num_threads(),
+                ", \"isa_available\": [\"scalar\"", cpu::avx2_kernels() ? ", \"avx2\"" : "",
+                cpu::avx512_kernels() ? ", \"avx512\"" : "", "]}");
+}
+
+void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t, bnb_stream_t) {
+  CodeSearch search;
+  search.build(p.code);
+  const int64_t blocks = (p.n + p.blocksize - 1) / p.blocksize;
+  const auto& k = active_kernels();
+  parallel_for(blocks, grain_in(p.blocksize), [&](int64_t b0, int64_t b1) { k.quantize_blockwise(p, search, b0, b1); });
+}
+
+void dequantize_blockwise(const DequantizeBlockwiseParams& p, int32_t, bnb_stream_t) {
+  const auto& k = active_kernels();
+  parallel_for(p.n, kGrainElements, [&](int64_t i0, int64_t i1) { k.dequantize_blockwise(p, i0, i1); });
+}
+
+void quantize_4bit(const Quantize4bitParams& p, int32_t, bnb_stream_t) {
+  const int64_t blocks = (p.n + p.blocksize - 1) / p.blocksize;
+  const auto& k = active_kernels();
+  parallel_for(blocks, grain_in(p.blocksize), [&](int64_t b0, int64_t b1) { k.quantize_4bit(p, b0, b1); });
+}
+
+void dequantize_4bit(const Dequantize4bitParams& p, int32_t, bnb_stream_t) {
+  const int64_t bytes = (p.n + 1) / 2;
+  const auto& k = active_kernels();
+  parallel_for(bytes, kGrainElements / 2, [&](int64_t j0, int64_t j1) { k.dequantize_4bit(p, j0, j1); });
+}
+
+void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t, bnb_stream_t) {
+  if (p.outlier_cols) std::memset(p.outlier_cols, 0, static_cast<size_t>(p.cols));
+  const auto& k = active_kernels();
+  parallel_for(p.rows, grain_in(p.cols), [&](int64_t r0, int64_t r1) { k.int8_vectorwise_quant(p, r0, r1); });
+}
+
+namespace {
+template <typename T>
+void int8_colwise_quant_t(const Int8ColwiseQuantParams& p) {
+  const T* A = static_cast<const T*>(p.A);
+  const bool outliers = p.threshold > 0.0f;
+  // Column ranges per thread; each walks the rows so reads stay sequential within a row slice.
+  parallel_for(p.cols, grain_in(p.rows), [&](int64_t c0, int64_t c1) {
+    std::vector<float> amax(static_cast<size_t>(c1 - c0), 0.0f);
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const T* row = A + r * p.cols;
+      for (int64_t c = c0; c < c1; ++c) {
+        const float a = std::fabs(cpu::to_float(row[c]));
+        if (outliers && a >= p.threshold) continue;
+        amax[c - c0] = std::max(amax[c - c0], a);
+      }
+    }
+    for (int64_t c = c0; c < c1; ++c) p.col_stats[c] = amax[c - c0];
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const T* row = A + r * p.cols;
+      int8_t* out = p.out + r * p.cols;
+      for (int64_t c = c0; c < c1; ++c) {
+        const float x = cpu::to_float(row[c]);
+        out[c] = (outliers && std::fabs(x) >= p.threshold)
+                     ? int8_t{0}
+                     : static_cast<int8_t>(std::nearbyint(x * int8_scale(amax[c - c0])));
+      }
+    }
+  });
+}
+
+template <typename T>
+void estimate_quantiles_t(const EstimateQuantilesParams& p) {
+  const T* A = static_cast<const T*>(p.A);
+  std::vector<float> v(static_cast<size_t>(p.n));
+  parallel_for(p.n, kGrainElements, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) v[i] = cpu::to_float(A[i]);
+  });
+  std::sort(v.begin(), v.end());
+  // Quantile k at probability offset + k * (1 - 2 offset) / 255, linear between order statistics.
+  for (int k = 0; k < kNumQuantiles; ++k) {
+    const double prob = p.offset + k * (1.0 - 2.0 * p.offset) / (kNumQuantiles - 1);
+    const double pos = prob * static_cast<double>(p.n - 1);
+    const int64_t i = static_cast<int64_t>(std::floor(pos));
+    const double frac = pos - static_cast<double>(i);
+    const double hi = v[std::min<int64_t>(i + 1, p.n - 1)];
+    p.out[k] = static_cast<float>(v[i] + (hi - v[i]) * frac);
+  }
+}
+}  // namespace
+
+void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t, bnb_stream_t) {
+  dispatch_float<cpu::CpuType>(p.a_dtype, "A", [&](auto tag) { int8_colwise_quant_t<typename decltype(tag)::type>(p); });
+}
+
+void estimate_quantiles(const EstimateQuantilesParams& p, int32_t, bnb_stream_t) {
+  dispatch_float<cpu::CpuType>(p.a_dtype, "A", [&](auto tag) { estimate_quantiles_t<typename decltype(tag)::type>(p); });
+}
+
+}  // namespace bnb::backend

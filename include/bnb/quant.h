@@ -1,0 +1,78 @@
+/* Quantization primitives: 8-bit blockwise (any sorted 256-entry code), 4-bit
+ * NF4/FP4 with packing, LLM.int8() row-wise int8 and quantile estimation.
+ *
+ * Element counts are int64_t: tensors larger than 2^31 elements are supported.
+ * Inputs are dense, row-major. Buffers live on the backend's device.
+ */
+#ifndef BNB_QUANT_H
+#define BNB_QUANT_H
+
+#include "bnb/bnb.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum bnb_quant {
+  BNB_QUANT_FP4 = 1, /* 1 sign, 2 exponent, 1 mantissa bits; table in bit-pattern order */
+  BNB_QUANT_NF4 = 2  /* normal-float 4-bit, 16 sorted values in [-1, 1] */
+} bnb_quant_t;
+
+/* The 16 dequantization values of a 4-bit type, in code order. Host memory. */
+BNB_API bnb_status_t bnb_code_table_4bit(bnb_quant_t qtype, float* out16);
+
+/* out[i] = index of the code entry nearest to A[i] / absmax[i / blocksize]
+ * (ties to the lower entry); absmax[b] = max |A| over block b.
+ *   A      [n]                      dtype a_dtype (float32/float16/bfloat16)
+ *   code   [256] float32, sorted ascending
+ *   out    [n] uint8
+ *   absmax [ceil(n / blocksize)] float32                                        */
+BNB_API bnb_status_t bnb_quantize_blockwise(const void* A, bnb_dtype_t a_dtype, const float* code,
+                                            uint8_t* out, float* absmax, int64_t n, int64_t blocksize,
+                                            int32_t device, bnb_stream_t stream);
+
+/* out[i] = code[A[i]] * absmax[i / blocksize], computed in float32.
+ *   out [n] dtype out_dtype (float32/float16/bfloat16)                           */
+BNB_API bnb_status_t bnb_dequantize_blockwise(const uint8_t* A, const float* code, const float* absmax,
+                                              void* out, bnb_dtype_t out_dtype, int64_t n, int64_t blocksize,
+                                              int32_t device, bnb_stream_t stream);
+
+/* 4-bit quantization: two codes per byte, element 2j in the high nibble, odd n
+ * pads a zero low nibble.
+ *   packed [ceil(n / 2)] uint8;  absmax [ceil(n / blocksize)] float32            */
+BNB_API bnb_status_t bnb_quantize_4bit(const void* A, bnb_dtype_t a_dtype, bnb_quant_t qtype,
+                                       uint8_t* packed, float* absmax, int64_t n, int64_t blocksize,
+                                       int32_t device, bnb_stream_t stream);
+
+BNB_API bnb_status_t bnb_dequantize_4bit(const uint8_t* packed, const float* absmax, bnb_quant_t qtype,
+                                         void* out, bnb_dtype_t out_dtype, int64_t n, int64_t blocksize,
+                                         int32_t device, bnb_stream_t stream);
+
+/* LLM.int8() row-wise quantization of A [rows, cols]:
+ *   row_stats[r] = max |A[r, :]| over the values with |x| < threshold (all when threshold == 0)
+ *   out[r, c]    = round_half_even(A[r, c] * 127 / row_stats[r]), 0 where |x| >= threshold
+ *   outlier_cols [cols] uint8, may be NULL when threshold == 0: set to 1 for each column
+ *                holding a value with |x| >= threshold, 0 otherwise.
+ * Zeroing whole outlier columns (rows > 1) is left to the caller, which needs the list anyway. */
+BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtype, int64_t rows, int64_t cols,
+                                               float threshold, int8_t* out, float* row_stats,
+                                               uint8_t* outlier_cols, int32_t device, bnb_stream_t stream);
+
+/* Column-wise counterpart used by int8_double_quant:
+ *   col_stats[c] = max |A[:, c]| over values with |x| < threshold
+ *   out[r, c]    = round_half_even(A[r, c] * 127 / col_stats[c]), 0 where |x| >= threshold */
+BNB_API bnb_status_t bnb_int8_colwise_quant(const void* A, bnb_dtype_t a_dtype, int64_t rows, int64_t cols,
+                                            float threshold, int8_t* out, float* col_stats,
+                                            int32_t device, bnb_stream_t stream);
+
+/* 256 quantiles of A at probabilities linspace(offset, 1 - offset, 256) (linear
+ * interpolation between order statistics). Requires n >= 256.
+ *   out [256] float32                                                            */
+BNB_API bnb_status_t bnb_estimate_quantiles(const void* A, bnb_dtype_t a_dtype, int64_t n, float offset,
+                                            float* out, int32_t device, bnb_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BNB_QUANT_H */
