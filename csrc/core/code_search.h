@@ -67,14 +67,54 @@ struct CodeSearch {
     return idx;
   }
 
-  // Smallest float value that falls into bucket b (used only to build `lo`).
-  static float bucket_min(int b);
+  // Bit pattern of the smallest |v| in magnitude bucket mb.
+  BNB_HD static uint32_t magnitude_lower_bits(int mb) {
+    constexpr int first = kTopExponent - kOctaves;
+    if (mb == 0) return 0u;
+    if (mb == kBucketsPerSign - 1) return static_cast<uint32_t>(kTopExponent) << 23;
+    const int k = mb - 1;
+    const uint32_t exponent = static_cast<uint32_t>(first + (k >> kMantissaBits));
+    const uint32_t slice = static_cast<uint32_t>(k & ((1 << kMantissaBits) - 1));
+    return (exponent << 23) | (slice << (23 - kMantissaBits));
+  }
+
+  BNB_HD static float from_bits(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(b);
+#else
+    float f;
+    std::memcpy(&f, &b, sizeof(f));
+    return f;
+#endif
+  }
+
+  // Smallest float value that falls into bucket b (used only to build `lo`). Shared by the host
+  // build below and the CUDA kernels, which build the same table in shared memory.
+  BNB_HD static float bucket_min(int b) {
+    if (b >= kBucketsPerSign) return from_bits(magnitude_lower_bits(b - kBucketsPerSign));
+    // Negative side: bucket b holds magnitudes of bucket mb = kBucketsPerSign - 1 - b; its smallest
+    // value is minus the largest magnitude in it, i.e. just below the next magnitude bucket's lower bound.
+    const int mb = kBucketsPerSign - 1 - b;
+    if (mb == kBucketsPerSign - 1) return from_bits(kNegativeInfinityBits);
+    return -from_bits(magnitude_lower_bits(mb + 1) - 1u);
+  }
 
   // Fill `mid` and `lo` from a sorted 256-entry code (host-side build).
   void build(const float* code);
+
+ private:
+  static constexpr uint32_t kNegativeInfinityBits = 0xff800000u;
 };
 
-// Host-side helpers (defined in code_search.cpp).
-int count_below(const float* sorted, int count, float v);
+// Number of entries of the ascending array `sorted` strictly below v (binary search).
+BNB_HD int count_below(const float* sorted, int count, float v) {
+  int lo = 0, hi = count;  // first index with sorted[i] >= v
+  while (lo < hi) {
+    const int m = (lo + hi) / 2;
+    if (sorted[m] < v) lo = m + 1;
+    else hi = m;
+  }
+  return lo;
+}
 
 }  // namespace bnb

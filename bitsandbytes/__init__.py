@@ -1,0 +1,18 @@
+"""bitsandbytes: k-bit quantization for PyTorch, backed by a C++/CUDA core.
+
+Importing never fails on a machine without a GPU: the CUDA backend is optional and reports why
+it cannot be used only when a CUDA tensor reaches it.
+"""
+
+import torch
+
+from ._version import __version__
+from . import _ops  # noqa: F401  (op schemas and fake kernels)
+from .backends import native as _native_backend  # noqa: F401  (CPU and CUDA kernels)
+from . import functional, utils  # noqa: F401
+from . import nn, optim, autograd  # noqa: F401
+
+features = {"multi_backend"}
+supported_torch_devices = {"cpu", "cuda"}
+
+__pdoc__ = {"libbitsandbytes": False, "optim.optimizer.Optimizer8bit": False, "optim.optimizer.MockArgs": False}

@@ -1,0 +1,193 @@
+"""Loads the native libraries and holds the one table of their C signatures.
+
+Each backend (CPU, CUDA) is a separate shared library exporting the same C ABI
+(``include/bnb``). The CPU library must load; the CUDA library is optional: when it is
+missing or unusable, CPU keeps working and every CUDA call raises one
+:class:`CudaSetupError` explaining what was looked for, what was found and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import json
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Optional
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+LIB_DIR = PACKAGE_DIR / "lib"
+DYNAMIC_LIBRARY_SUFFIX = {"Darwin": ".dylib", "Windows": ".dll"}.get(platform.system(), ".so")
+
+# bnb_status_t
+STATUS_OK = 0
+STATUS_NAMES = {
+    1: "invalid argument",
+    2: "unsupported",
+    3: "not implemented",
+    4: "device error",
+    5: "out of memory",
+    6: "internal error",
+}
+
+# bnb_dtype_t
+DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_UINT8, DTYPE_INT8, DTYPE_INT32, DTYPE_INT64 = range(7)
+
+# bnb_quant_t
+QUANT_FP4, QUANT_NF4 = 1, 2
+QUANT_TYPES = {"fp4": QUANT_FP4, "nf4": QUANT_NF4}
+
+ABI_VERSION = 1
+
+_p, _f, _i32, _i64, _u8p = ct.c_void_p, ct.c_float, ct.c_int32, ct.c_int64, ct.c_void_p
+_stream = (_i32, _p)  # device, stream: the tail of every op
+
+# The one table of C signatures: name -> (restype, argtypes).
+SIGNATURES = {
+    "bnb_last_error": (ct.c_char_p, ()),
+    "bnb_version": (ct.c_char_p, ()),
+    "bnb_abi_version": (_i32, ()),
+    "bnb_backend_name": (ct.c_char_p, ()),
+    "bnb_backend_info": (_i32, (ct.c_char_p, _i64, ct.POINTER(_i64))),
+    "bnb_code_table_4bit": (_i32, (_i32, _p)),
+    "bnb_quantize_blockwise": (_i32, (_p, _i32, _p, _p, _p, _i64, _i64, *_stream)),
+    "bnb_dequantize_blockwise": (_i32, (_p, _p, _p, _p, _i32, _i64, _i64, *_stream)),
+    "bnb_quantize_4bit": (_i32, (_p, _i32, _i32, _p, _p, _i64, _i64, *_stream)),
+    "bnb_dequantize_4bit": (_i32, (_p, _p, _i32, _p, _i32, _i64, _i64, *_stream)),
+    "bnb_int8_vectorwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, _p, *_stream)),
+    "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
+    "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
+}
+
+
+class NativeError(RuntimeError):
+    """A native call failed; the message names the argument and value at fault."""
+
+
+class CudaSetupError(RuntimeError):
+    """The CUDA backend cannot be used on this machine (raised only when it is called)."""
+
+
+def _error_type(status: int) -> type:
+    # Invalid arguments and unsupported configurations are the caller's to fix.
+    return ValueError if status in (1, 2) else (NotImplementedError if status == 3 else NativeError)
+
+
+class NativeLibrary:
+    """A loaded backend library with typed entry points. ``lib.call(name, *args)`` raises on failure."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._dll = ct.CDLL(str(path), mode=ct.RTLD_LOCAL)
+        for name, (restype, argtypes) in SIGNATURES.items():
+            fn = getattr(self._dll, name)
+            fn.restype = restype
+            fn.argtypes = list(argtypes)
+        abi = self._dll.bnb_abi_version()
+        if abi != ABI_VERSION:
+            raise OSError(f"{path} has C ABI version {abi}, this package needs {ABI_VERSION}: rebuild the native library")
+        self.name = self._dll.bnb_backend_name().decode()
+        self.version = self._dll.bnb_version().decode()
+
+    def call(self, name: str, *args) -> None:
+        status = getattr(self._dll, name)(*args)
+        if status != STATUS_OK:
+            message = self._dll.bnb_last_error().decode(errors="replace")
+            raise _error_type(status)(f"{message} [{STATUS_NAMES.get(status, status)}]")
+
+    def info(self) -> dict:
+        needed = _i64(0)
+        self.call("bnb_backend_info", None, 0, ct.byref(needed))
+        buf = ct.create_string_buffer(needed.value)
+        self.call("bnb_backend_info", buf, needed.value, ct.byref(needed))
+        return json.loads(buf.value.decode())
+
+    def code_table_4bit(self, quant_type: str) -> list:
+        out = (ct.c_float * 16)()
+        self.call("bnb_code_table_4bit", QUANT_TYPES[quant_type], ct.cast(out, ct.c_void_p))
+        return list(out)
+
+
+def library_path(backend: str) -> Path:
+    override = os.environ.get(f"BNB_{backend.upper()}_LIBRARY")
+    if override:
+        return Path(override)
+    return LIB_DIR / f"libbitsandbytes_{backend}{DYNAMIC_LIBRARY_SUFFIX}"
+
+
+_lock = threading.Lock()
+_libs: dict = {}
+_errors: dict = {}
+
+
+def _load(backend: str) -> Optional[NativeLibrary]:
+    with _lock:
+        if backend in _libs:
+            return _libs[backend]
+        path = library_path(backend)
+        lib = None
+        try:
+            if not path.exists():
+                raise OSError(f"{path} does not exist")
+            lib = NativeLibrary(path)
+        except OSError as e:
+            _errors[backend] = f"could not load {path}: {e}"
+        _libs[backend] = lib
+        return lib
+
+
+def cpu_library() -> NativeLibrary:
+    lib = _load("cpu")
+    if lib is None:
+        raise RuntimeError(
+            f"bitsandbytes: the CPU native library is unusable ({_errors['cpu']}). "
+            "Reinstall with `pip install .` from the source tree (it builds the library), or run "
+            "`cmake -B build && cmake --build build` for a development checkout."
+        )
+    return lib
+
+
+def cuda_library_or_none() -> Optional[NativeLibrary]:
+    return _load("cuda")
+
+
+def cuda_setup_report() -> str:
+    """What was looked for, what was found and how to fix it (used by CudaSetupError and diagnostics)."""
+    lines = [f"looked for: {library_path('cuda')}"]
+    err = _errors.get("cuda")
+    if err:
+        lines.append(f"found: {err}")
+    try:
+        import torch
+
+        lines.append(f"torch {torch.__version__}, torch CUDA runtime {torch.version.cuda}")
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                cc = torch.cuda.get_device_capability(i)
+                lines.append(f"GPU {i}: {torch.cuda.get_device_name(i)} (sm_{cc[0]}{cc[1]})")
+        else:
+            lines.append("torch sees no CUDA device")
+    except Exception as e:  # diagnostics must never fail
+        lines.append(f"torch CUDA query failed: {e}")
+    lines.append(
+        "fix: install from source on a machine with nvcc (`pip install .` builds the CUDA library when nvcc is "
+        "on PATH), or set BNB_CUDA_ARCHS to include your GPU's architecture and rebuild"
+    )
+    return "\n  ".join(lines)
+
+
+def cuda_library() -> NativeLibrary:
+    lib = cuda_library_or_none()
+    if lib is None:
+        raise CudaSetupError("bitsandbytes: the CUDA backend is not available.\n  " + cuda_setup_report())
+    return lib
+
+
+def library_for(device) -> NativeLibrary:
+    """The backend library serving tensors on ``device`` (a torch.device)."""
+    if device.type == "cpu":
+        return cpu_library()
+    if device.type == "cuda":
+        return cuda_library()
+    raise NotImplementedError(f"bitsandbytes has no native backend for device type {device.type!r}")

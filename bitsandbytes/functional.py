@@ -1,0 +1,315 @@
+"""Public functional API: code books, QuantState, 8-bit blockwise, 4-bit and LLM.int8() quantization.
+
+Every function validates its arguments (dtype, device, shape, blocksize) and raises
+TypeError / ValueError naming the argument; the computation runs in ``torch.ops.bitsandbytes``.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from typing import Iterable, Optional, Tuple
+
+import torch
+
+from . import _validate as check
+from ._code_maps import (
+    create_dynamic_map,
+    create_fp8_map,
+    create_linear_map,
+    create_normal_map,
+    create_quantile_map,
+    estimate_quantiles,
+    get_4bit_type,
+)
+from ._quant_state import QuantState
+
+__all__ = [
+    "QuantState",
+    "create_dynamic_map",
+    "create_fp8_map",
+    "create_linear_map",
+    "create_normal_map",
+    "create_quantile_map",
+    "estimate_quantiles",
+    "get_4bit_type",
+    "quantize_blockwise",
+    "dequantize_blockwise",
+    "quantize_4bit",
+    "dequantize_4bit",
+    "quantize_fp4",
+    "quantize_nf4",
+    "dequantize_fp4",
+    "dequantize_nf4",
+    "int8_vectorwise_quant",
+    "int8_vectorwise_dequant",
+    "int8_double_quant",
+    "get_ptr",
+    "is_on_gpu",
+]
+
+# 8-bit LLM.int8() scale constant.
+C = 127.0
+
+# Cache of the standard code books, by name ("dynamic" signed, "udynamic" unsigned).
+name2qmap: dict = {}
+
+
+def _dynamic_code(device: torch.device) -> torch.Tensor:
+    if "dynamic" not in name2qmap:
+        name2qmap["dynamic"] = create_dynamic_map(signed=True)
+    return name2qmap["dynamic"].to(device)
+
+
+# ---- 8-bit blockwise ----------------------------------------------------------------------------------
+
+
+def quantize_blockwise(
+    A: torch.Tensor,
+    code: Optional[torch.Tensor] = None,
+    absmax: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    blocksize: int = 4096,
+    nested: bool = False,
+) -> Tuple[torch.Tensor, QuantState]:
+    """Quantize A blockwise to 8-bit indices into `code` (default: the signed dynamic map).
+
+    Returns the uint8 tensor (A's shape) and a QuantState with the per-block absmax. With
+    ``nested=True`` the absmax values are themselves quantized (offset = their mean).
+    """
+    check.tensor("A", A)
+    if A.dtype not in check.FLOAT_DTYPES:
+        raise ValueError(f"A must be float16, bfloat16 or float32 to quantize; got {A.dtype}")
+    check.blocksize_8bit(blocksize)
+    code = _dynamic_code(A.device) if code is None else code
+    check.code_book(code)
+    check.same_device("A", A, code=code, absmax=absmax, out=out)
+
+    q, _absmax = torch.ops.bitsandbytes.quantize_blockwise(A, code.to(A.device), blocksize)
+
+    if nested:
+        offset = _absmax.mean()
+        qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=blocksize, nested=False)
+        state = QuantState(absmax=qabsmax, code=code.to(A.device, copy=True), blocksize=blocksize, dtype=A.dtype,
+                           offset=offset, state2=state2)
+    else:
+        state = QuantState(absmax=_absmax, code=code.to(A.device, copy=True), blocksize=blocksize, dtype=A.dtype)
+
+    # Deprecated in-place outputs: copy the results into the caller's tensors.
+    if out is not None:
+        check.out_tensor("out", out, q.shape, torch.uint8, A.device)
+        q = out.copy_(q)
+    if absmax is not None:
+        check.out_tensor("absmax", absmax, state.absmax.shape, state.absmax.dtype, A.device)
+        state.absmax = absmax.copy_(state.absmax)
+    return q, state
+
+
+def _nested_absmax(quant_state: QuantState) -> torch.Tensor:
+    """Reconstruct float32 absmax from its double-quantized form: code[q] * absmax2[i // bs] + offset."""
+    absmax = dequantize_blockwise(quant_state.absmax, quant_state.state2)
+    absmax += quant_state.offset
+    return absmax if absmax.dtype == torch.float32 else absmax.float()
+
+
+def dequantize_blockwise(
+    A: torch.Tensor,
+    quant_state: Optional[QuantState] = None,
+    absmax: Optional[torch.Tensor] = None,
+    code: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    blocksize: int = 4096,
+    nested: bool = False,
+) -> torch.Tensor:
+    """Dequantize 8-bit indices: code[A] * absmax[block]. Without a quant_state the result is float32."""
+    check.tensor("A", A)
+    if quant_state is None and absmax is None:
+        raise ValueError("dequantize_blockwise needs either quant_state or absmax")
+    if A.dtype != torch.uint8:
+        raise TypeError(f"A must be uint8 (8-bit codes); got {A.dtype}")
+    if quant_state is None:
+        code = _dynamic_code(A.device) if code is None else code
+        quant_state = QuantState(absmax=absmax, code=code, blocksize=blocksize, dtype=torch.float32)
+    absmax = quant_state.absmax
+    if quant_state.nested:
+        absmax = _nested_absmax(quant_state)
+    check.same_device("A", A, absmax=absmax, code=quant_state.code, out=out)
+    if out is not None:
+        torch.ops.bitsandbytes.dequantize_blockwise.out(A, absmax, quant_state.code, quant_state.blocksize,
+                                                        quant_state.dtype, out=out)
+        return out
+    return torch.ops.bitsandbytes.dequantize_blockwise(A, absmax, quant_state.code, quant_state.blocksize,
+                                                       quant_state.dtype)
+
+
+# ---- 4-bit ----------------------------------------------------------------------------------------------
+
+
+def quantize_4bit(
+    A: torch.Tensor,
+    absmax: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    blocksize: Optional[int] = None,
+    compress_statistics: bool = False,
+    quant_type: str = "fp4",
+    quant_storage: torch.dtype = torch.uint8,
+) -> Tuple[torch.Tensor, QuantState]:
+    """Quantize A to packed 4-bit codes (nf4 or fp4) with one float32 absmax per block.
+
+    The packed tensor has shape [(n + 1) // (2 * itemsize), 1] and dtype `quant_storage`.
+    ``compress_statistics=True`` double-quantizes absmax (8-bit, blocksize 256, offset = mean).
+    """
+    check.tensor("A", A)
+    blocksize = 64 if blocksize is None else blocksize
+    check.dtype_in("A", A, check.FLOAT_DTYPES)
+    check.blocksize_4bit(blocksize)
+    check.quant_type_4bit(quant_type)
+    if not isinstance(quant_storage, torch.dtype):
+        raise TypeError(f"quant_storage must be a torch.dtype; got {quant_storage!r}")
+    check.same_device("A", A, absmax=absmax, out=out)
+    input_shape = A.shape
+
+    packed, _absmax = torch.ops.bitsandbytes.quantize_4bit(A, blocksize, quant_type, quant_storage)
+    code = get_4bit_type(quant_type, device=A.device)
+
+    if compress_statistics:
+        offset = _absmax.mean()
+        qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=256)
+        state = QuantState(absmax=qabsmax, shape=input_shape, dtype=A.dtype, blocksize=blocksize, code=code,
+                           quant_type=quant_type, offset=offset, state2=state2)
+    else:
+        state = QuantState(absmax=_absmax, shape=input_shape, dtype=A.dtype, blocksize=blocksize, code=code,
+                           quant_type=quant_type)
+
+    if out is not None:
+        check.out_tensor("out", out, packed.shape, packed.dtype, A.device)
+        packed = out.copy_(packed)
+    if absmax is not None:
+        check.out_tensor("absmax", absmax, state.absmax.shape, state.absmax.dtype, A.device)
+        state.absmax = absmax.copy_(state.absmax)
+    return packed, state
+
+
+def quantize_fp4(A, absmax=None, out=None, blocksize=None, compress_statistics=False, quant_storage=torch.uint8):
+    return quantize_4bit(A, absmax, out, blocksize, compress_statistics, "fp4", quant_storage)
+
+
+def quantize_nf4(A, absmax=None, out=None, blocksize=None, compress_statistics=False, quant_storage=torch.uint8):
+    return quantize_4bit(A, absmax, out, blocksize, compress_statistics, "nf4", quant_storage)
+
+
+def dequantize_4bit(
+    A: torch.Tensor,
+    quant_state: Optional[QuantState] = None,
+    absmax: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    blocksize: Optional[int] = None,
+    quant_type: str = "fp4",
+) -> torch.Tensor:
+    """Dequantize packed 4-bit codes: table[code] * absmax[block], in float32, cast to the state's dtype."""
+    check.tensor("A", A)
+    blocksize = 64 if blocksize is None else blocksize
+    if quant_state is None:
+        if absmax is None or out is None:
+            raise ValueError("dequantize_4bit without quant_state needs both absmax and out (out gives shape and dtype)")
+        quant_state = QuantState(absmax=absmax, shape=out.shape, dtype=out.dtype, blocksize=blocksize,
+                                 quant_type=quant_type)
+    check.blocksize_4bit(quant_state.blocksize)
+    check.quant_type_4bit(quant_state.quant_type)
+    check.float_dtype("quant_state.dtype", quant_state.dtype)
+    absmax = quant_state.absmax
+    if quant_state.nested:
+        absmax = _nested_absmax(quant_state)
+    check.same_device("A", A, absmax=absmax, out=out)
+
+    if out is not None:
+        torch.ops.bitsandbytes.dequantize_4bit.out(A, absmax, quant_state.blocksize, quant_state.quant_type,
+                                                   quant_state.shape, quant_state.dtype, out=out)
+    else:
+        out = torch.ops.bitsandbytes.dequantize_4bit(A, absmax, quant_state.blocksize, quant_state.quant_type,
+                                                     quant_state.shape, quant_state.dtype)
+    # A packed tensor viewed as [1, X] (a transposed weight) gives a transposed result.
+    return out.t() if A.shape[0] == 1 else out
+
+
+def dequantize_fp4(A, quant_state=None, absmax=None, out=None, blocksize=None):
+    return dequantize_4bit(A, quant_state, absmax, out, blocksize, "fp4")
+
+
+def dequantize_nf4(A, quant_state=None, absmax=None, out=None, blocksize=None):
+    return dequantize_4bit(A, quant_state, absmax, out, blocksize, "nf4")
+
+
+# ---- LLM.int8() -----------------------------------------------------------------------------------------
+
+
+def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
+    """Row-wise int8 quantization: (int8 A-shaped, row absmax float32, outlier columns int64 or None).
+
+    With threshold > 0 values with |x| >= threshold are excluded from the row absmax and zeroed;
+    the columns holding them are returned (and zeroed entirely when A has more than one row).
+    """
+    check.tensor("A", A)
+    check.dtype_in("A", A, check.FLOAT_DTYPES)
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0; got {threshold}")
+    return torch.ops.bitsandbytes.int8_vectorwise_quant(A, float(threshold))
+
+
+def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """A * stats[row] / 127 as float32."""
+    check.tensor("A", A)
+    check.tensor("stats", stats)
+    check.dtype_in("A", A, (torch.int8,))
+    check.dtype_in("stats", stats, (torch.float32,))
+    check.same_device("A", A, stats=stats)
+    return torch.ops.bitsandbytes.int8_vectorwise_dequant(A, stats)
+
+
+def int8_double_quant(
+    A: torch.Tensor,
+    col_stats: Optional[torch.Tensor] = None,
+    row_stats: Optional[torch.Tensor] = None,
+    out_col: Optional[torch.Tensor] = None,
+    out_row: Optional[torch.Tensor] = None,
+    threshold: float = 0.0,
+):
+    """Row-wise and column-wise int8 quantization of A in one call:
+    (out_row, out_col, row_stats, col_stats, outlier_cols)."""
+    if any(t is not None for t in (col_stats, row_stats, out_col, out_row)):
+        raise ValueError("int8_double_quant does not take pre-allocated outputs (col_stats, row_stats, out_col, out_row)")
+    check.tensor("A", A)
+    check.dtype_in("A", A, check.FLOAT_DTYPES)
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0; got {threshold}")
+    return torch.ops.bitsandbytes.int8_double_quant(A, float(threshold))
+
+
+# ---- misc helpers used by downstream code -----------------------------------------------------------------
+
+
+def get_ptr(A: Optional[torch.Tensor]) -> Optional[ct.c_void_p]:
+    """The tensor's data pointer as a ctypes void pointer (None for None)."""
+    return None if A is None else ct.c_void_p(A.data_ptr())
+
+
+def is_on_gpu(tensors: Iterable[Optional[torch.Tensor]]) -> bool:
+    """True if all (non-paged) tensors sit on one CUDA device; raises RuntimeError for mixed devices."""
+    on_gpu, devices = True, set()
+    for t in tensors:
+        if t is None:
+            continue
+        if getattr(t, "is_paged", False):
+            continue
+        on_gpu &= t.device.type != "cpu"
+        devices.add((t.device.type, t.device.index))
+    if not on_gpu:
+        raise RuntimeError(
+            "All input tensors need to be on the same GPU, but found some tensors to not be on a GPU:\n"
+            f" {[(t.shape, t.device) for t in tensors if t is not None]}"
+        )
+    if len(devices) > 1:
+        raise RuntimeError(
+            "Input tensors need to be on the same GPU, but found the following tensor and device combinations:\n"
+            f" {[(t.shape, t.device) for t in tensors if t is not None]}"
+        )
+    return on_gpu

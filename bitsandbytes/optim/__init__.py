@@ -1,0 +1,1 @@
+"""8-bit and 32-bit optimizers (bitsandbytes.optim)."""

@@ -1,0 +1,183 @@
+// Shared pieces of the CUDA backend: dtype traits for bnb::dispatch_float, 16-byte vector
+// loads and their conversion to float, error checking that throws bnb::Error, the device guard
+// and the launch-geometry helpers. Nothing here synchronises the host with the device.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "bnb/bnb.h"
+#include "core/dispatch.h"
+#include "core/error.h"
+
+namespace bnb::cuda {
+
+// ---- errors ------------------------------------------------------------------------------------------
+[[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line) {
+  fail(BNB_STATUS_DEVICE_ERROR, "CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") in ", call,
+       " at ", file, ":", line);
+}
+
+}  // namespace bnb::cuda
+
+// Any runtime call whose failure must surface as BNB_STATUS_DEVICE_ERROR.
+#define BNB_CUDA_CHECK(call)                                                            \
+  do {                                                                                  \
+    const cudaError_t bnb_err_ = (call);                                                \
+    if (bnb_err_ != cudaSuccess) ::bnb::cuda::throw_cuda_error(bnb_err_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+// After every <<<>>>: a launch failure (bad geometry, missing image) is reported here; errors
+// raised while the kernel runs surface at the caller's next synchronising call.
+#define BNB_CUDA_CHECK_LAUNCH(kernel_name)                                                      \
+  do {                                                                                          \
+    const cudaError_t bnb_err_ = cudaGetLastError();                                            \
+    if (bnb_err_ != cudaSuccess) ::bnb::cuda::throw_cuda_error(bnb_err_, "launch of " kernel_name, __FILE__, __LINE__); \
+  } while (0)
+
+namespace bnb::cuda {
+
+// ---- device selection --------------------------------------------------------------------------------
+// The runtime is linked statically, so its notion of "current device" is private to this library and
+// unrelated to torch's: every op selects the device it was given before touching memory or launching.
+// Only this library calls cudaSetDevice on its runtime, so a per-thread cache of the last choice is exact.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int32_t device) {
+    thread_local int32_t current = -1;
+    if (current != device) {
+      BNB_CUDA_CHECK(cudaSetDevice(device));
+      current = device;
+    }
+  }
+};
+
+inline cudaStream_t as_cuda(bnb_stream_t stream) { return static_cast<cudaStream_t>(stream); }
+
+// ---- dtype traits ------------------------------------------------------------------------------------
+template <bnb_dtype_t D>
+struct CudaType;
+template <>
+struct CudaType<BNB_DTYPE_FLOAT32> {
+  using type = float;
+};
+template <>
+struct CudaType<BNB_DTYPE_FLOAT16> {
+  using type = __half;
+};
+template <>
+struct CudaType<BNB_DTYPE_BFLOAT16> {
+  using type = __nv_bfloat16;
+};
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Round-to-nearest-even, as the CPU backend's conversions and torch's casts do.
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// ---- 16-byte vectors ---------------------------------------------------------------------------------
+constexpr int kVecBytes = 16;  // widest single global load/store per thread (LDG.128 / STG.128)
+
+// Elements of T in one 16-byte vector.
+template <typename T>
+constexpr int vec_elems() {
+  return kVecBytes / static_cast<int>(sizeof(T));
+}
+
+// V elements of T viewed as a 16-byte word (or, when V * sizeof(T) < 16, the matching smaller word).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Packet {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ void load_f32(const T* __restrict__ src, float (&dst)[V]) {
+  const Packet<T, V> p = *reinterpret_cast<const Packet<T, V>*>(src);
+#pragma unroll
+  for (int i = 0; i < V; ++i) dst[i] = to_f32(p.v[i]);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_from_f32(T* __restrict__ dst, const float (&src)[V]) {
+  Packet<T, V> p;
+#pragma unroll
+  for (int i = 0; i < V; ++i) p.v[i] = from_f32<T>(src[i]);
+  *reinterpret_cast<Packet<T, V>*>(dst) = p;
+}
+
+// Raw 16-byte load/store of any element type (the caller unpacks).
+__device__ __forceinline__ uint4 load16(const void* src) { return *reinterpret_cast<const uint4*>(src); }
+__device__ __forceinline__ void store16(void* dst, const uint4& v) { *reinterpret_cast<uint4*>(dst) = v; }
+
+inline bool is_aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
+
+// ---- reductions --------------------------------------------------------------------------------------
+constexpr unsigned kFullWarpMask = 0xffffffffu;
+constexpr int kWarpSize = 32;
+
+// Max over aligned groups of `Lanes` consecutive lanes (Lanes a power of two <= 32); every lane of
+// the group receives the result. fmaxf ignores NaN, as std::max(acc, x) does in the CPU reference.
+template <int Lanes>
+__device__ __forceinline__ float group_max(float v) {
+#pragma unroll
+  for (int offset = Lanes / 2; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(kFullWarpMask, v, offset));
+  return v;
+}
+
+// ---- launch geometry ---------------------------------------------------------------------------------
+constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit
+
+constexpr int kMaxCachedDevices = 64;  // ordinals whose SM count / occupancy answers are memoised
+
+inline int sm_count(int32_t device) {
+  static std::atomic<int> cache[kMaxCachedDevices];
+  if (device >= 0 && device < kMaxCachedDevices) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int sms = 0;
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < kMaxCachedDevices) cache[device].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
+// CTAs that fill `device` once at the occupancy Kernel reaches with `threads` per CTA (static shared
+// memory only): persistent kernels launch this many and stride over their work, so per-CTA setup
+// (shared tables) is paid once per CTA rather than once per block of data.
+template <auto Kernel>
+int64_t resident_ctas(int32_t device, int threads) {
+  static std::atomic<int> cache[kMaxCachedDevices];
+  int per_sm = 0;
+  const bool cacheable = device >= 0 && device < kMaxCachedDevices;
+  if (cacheable) per_sm = cache[device].load(std::memory_order_relaxed);
+  if (per_sm <= 0) {
+    BNB_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0));
+    if (per_sm < 1) per_sm = 1;
+    if (cacheable) cache[device].store(per_sm, std::memory_order_relaxed);
+  }
+  return static_cast<int64_t>(sm_count(device)) * per_sm;
+}
+
+// Grid for `work` independent units, capped at the resident CTA count (grid-stride beyond that).
+inline unsigned grid_for(int64_t work, int64_t resident) {
+  int64_t g = work < resident ? work : resident;
+  if (g < 1) g = 1;
+  if (g > kMaxGridX) g = kMaxGridX;
+  return static_cast<unsigned>(g);
+}
+
+}  // namespace bnb::cuda
