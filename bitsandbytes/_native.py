@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-LIB_DIR = PACKAGE_DIR / "lib"
+LIB_DIR = PACKAGE_DIR / "lib"  # installed wheels
+DEV_LIB_DIR = PACKAGE_DIR.parent / "build" / "lib"  # in-tree development builds (CMake default)
 DYNAMIC_LIBRARY_SUFFIX = {"Darwin": ".dylib", "Windows": ".dll"}.get(platform.system(), ".so")
 
 # bnb_status_t
@@ -113,7 +114,11 @@ def library_path(backend: str) -> Path:
     override = os.environ.get(f"BNB_{backend.upper()}_LIBRARY")
     if override:
         return Path(override)
-    return LIB_DIR / f"libbitsandbytes_{backend}{DYNAMIC_LIBRARY_SUFFIX}"
+    name = f"libbitsandbytes_{backend}{DYNAMIC_LIBRARY_SUFFIX}"
+    for folder in (LIB_DIR, DEV_LIB_DIR):
+        if (folder / name).exists():
+            return folder / name
+    return LIB_DIR / name
 
 
 _lock = threading.Lock()

@@ -12,7 +12,7 @@ enum class QuantType : int32_t { FP4 = 1, NF4 = 2 };
 
 // ---- 4-bit code tables ---------------------------------------------------------------------------
 // NF4: quantiles of N(0, 1) normalised to [-1, 1], index order = code order (sorted).
-constexpr float kNF4Values[16] = {
+BNB_TABLE constexpr float kNF4Values[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
@@ -20,14 +20,14 @@ constexpr float kNF4Values[16] = {
 
 // FP4 (sign = bit 3, 2 exponent bits, 1 mantissa bit, bias 2), values / 12, in bit-pattern
 // order: the table is NOT sorted. Index 8 is negative zero.
-constexpr float kFP4Values[16] = {
+BNB_TABLE constexpr float kFP4Values[16] = {
     0.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 1.0f, 4.0f / 12.0f, 6.0f / 12.0f, 2.0f / 12.0f, 3.0f / 12.0f,
     -0.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -1.0f, -4.0f / 12.0f, -6.0f / 12.0f, -2.0f / 12.0f, -3.0f / 12.0f};
 
 // NF4 decision thresholds: code k+1 is chosen when x > kNF4Thresholds[k] (strict, so a value
 // exactly on a threshold goes to the lower code). These are the midpoints of kNF4Values as
 // published with the format; they are data, not recomputed, so every backend agrees bit for bit.
-constexpr float kNF4Thresholds[15] = {
+BNB_TABLE constexpr float kNF4Thresholds[15] = {
     -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
     -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
     0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
@@ -35,9 +35,9 @@ constexpr float kNF4Thresholds[15] = {
 
 // FP4 thresholds on |x|, ascending, and the 3-bit magnitude code chosen above each one.
 // |x| <= kFP4Thresholds[0] gives 0b000.
-constexpr float kFP4Thresholds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
+BNB_TABLE constexpr float kFP4Thresholds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
                                      0.4166667f,  0.583333f,  0.8333333f};
-constexpr uint8_t kFP4CodeAbove[7] = {0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011};
+BNB_TABLE constexpr uint8_t kFP4CodeAbove[7] = {0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011};
 constexpr uint8_t kFP4SignBit = 0b1000;
 
 // ---- block layouts ---------------------------------------------------------------------------------
@@ -60,14 +60,14 @@ constexpr bool is_valid_blocksize_4bit(int64_t bs) {
 
 // ---- 4-bit scalar encoders (the reference; SIMD and CUDA paths must agree bit for bit) -------------
 // `x` is already scaled to [-1, 1] by 1/absmax.
-BNB_HD uint8_t encode_nf4(float x) {
+BNB_TABLE_FN uint8_t encode_nf4(float x) {
   uint8_t code = 0;
 #pragma unroll
   for (int k = 0; k < 15; ++k) code += (x > kNF4Thresholds[k]) ? 1 : 0;
   return code;
 }
 
-BNB_HD uint8_t encode_fp4(float x) {
+BNB_TABLE_FN uint8_t encode_fp4(float x) {
   const uint8_t sign = (x < 0.0f) ? kFP4SignBit : 0;
   const float a = x < 0.0f ? -x : x;
   uint8_t mag = 0;
@@ -77,7 +77,7 @@ BNB_HD uint8_t encode_fp4(float x) {
 }
 
 template <QuantType Q>
-BNB_HD uint8_t encode_4bit(float x) {
+BNB_TABLE_FN uint8_t encode_4bit(float x) {
   if constexpr (Q == QuantType::NF4) return encode_nf4(x);
   else return encode_fp4(x);
 }

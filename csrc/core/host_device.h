@@ -6,3 +6,15 @@
 #else
 #define BNB_HD inline
 #endif
+
+// Constant tables read by kernels (the 4-bit code books and decision thresholds): __constant__
+// memory in CUDA translation units, ordinary constexpr arrays everywhere else. Functions that index
+// them are device-only under nvcc (host code of a .cu file cannot read __constant__ memory) and plain
+// inline functions in C++ translation units.
+#if defined(__CUDACC__)
+#define BNB_TABLE __constant__
+#define BNB_TABLE_FN __device__ __forceinline__
+#else
+#define BNB_TABLE
+#define BNB_TABLE_FN inline
+#endif

@@ -1,0 +1,1 @@
+"""`python -m bitsandbytes`: environment report, self-check of every kernel family on every device, demo."""

@@ -1,0 +1,61 @@
+"""A short demo of what the library does: quantize a model's weights, show memory saved and error incurred."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import functional as F
+
+
+def _bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _state_bytes(state) -> int:
+    total = _bytes(state.absmax, state.code)
+    if state.nested:
+        total += _bytes(state.state2.absmax, state.state2.code, state.offset)
+    return total
+
+
+def run_demo(device: str) -> None:
+    torch.manual_seed(0)
+    dtype = torch.float16 if device != "cpu" else torch.bfloat16
+    dims = [1024, 4096, 1024]
+    layers = [torch.nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(len(dims) - 1)]
+    model = torch.nn.Sequential(layers[0], torch.nn.GELU(), layers[1]).to(device=device, dtype=dtype)
+    x = torch.randn(8, dims[0], device=device, dtype=dtype)
+    with torch.no_grad():
+        reference = model(x).float()
+
+    print(f"\nDemo on {device}: a {dims[0]}-{dims[1]}-{dims[2]} MLP in {str(dtype).replace('torch.', '')}")
+    print(f"  {'format':28s} {'weight memory':>14s} {'saved':>7s} {'weight error':>13s} {'output error':>13s}")
+    fp_bytes = sum(_bytes(l.weight) for l in layers)
+    print(f"  {'16-bit (original)':28s} {fp_bytes / 2**20:11.2f} MiB {'':>7s} {'-':>13s} {'-':>13s}")
+
+    def quantizers():
+        yield "8-bit blockwise (bs 4096)", lambda w: F.quantize_blockwise(w, blocksize=4096), F.dequantize_blockwise
+        yield "nf4 (bs 64)", lambda w: F.quantize_4bit(w, quant_type="nf4"), F.dequantize_4bit
+        yield "nf4 + double quant", lambda w: F.quantize_4bit(w, quant_type="nf4", compress_statistics=True), F.dequantize_4bit
+        yield "fp4 (bs 64)", lambda w: F.quantize_4bit(w, quant_type="fp4"), F.dequantize_4bit
+
+    for name, quantize, dequantize in quantizers():
+        q_bytes, weight_err, restored = 0, 0.0, []
+        for layer in layers:
+            w = layer.weight.data
+            q, state = quantize(w)
+            q_bytes += _bytes(q) + _state_bytes(state)
+            w_hat = dequantize(q, state).to(dtype)
+            weight_err += ((w_hat.float() - w.float()).norm() / w.float().norm()).item() / len(layers)
+            restored.append(w_hat)
+        originals = [l.weight.data for l in layers]
+        for layer, w_hat in zip(layers, restored):
+            layer.weight.data = w_hat
+        with torch.no_grad():
+            out = model(x).float()
+        for layer, w in zip(layers, originals):
+            layer.weight.data = w
+        out_err = ((out - reference).norm() / reference.norm()).item()
+        print(f"  {name:28s} {q_bytes / 2**20:11.2f} MiB {1 - q_bytes / fp_bytes:6.1%} {weight_err:12.2%} "
+              f"{out_err:12.2%}")
+    print("  (errors are relative L2 norms; output = the MLP run with the dequantized weights)")

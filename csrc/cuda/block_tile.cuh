@@ -1,0 +1,75 @@
+// The tile layout shared by the blockwise quantizers (8-bit code book and 4-bit NF4/FP4): how a
+// CTA's threads split a tile of whole quantization blocks, load them with 16-byte vectors and
+// reduce each block's absmax.
+//
+// One CTA tile = kTileThreads threads x L vectors each. Threads form groups of G consecutive
+// lanes; group k owns quantization block k of the tile (G * L vectors). Thread g of a group loads
+// vectors g, g + G, g + 2G, ... of its block, so adjacent lanes always read adjacent 16-byte words:
+//
+//   block (G = 4, L = 4):  | v0 v1 v2 v3 | v4 v5 v6 v7 | v8 ... | v12 ... v15 |
+//   load l = 0 by lanes      0  1  2  3
+//   load l = 1 by lanes                    0  1  2  3
+//
+// The L loads of a thread are independent and issued back to back (L x 16 bytes in flight per
+// thread). The block maximum is a shuffle reduction over the G lanes; groups wider than a warp
+// finish through shared memory.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace bnb::cuda {
+
+constexpr int kTileThreads = 256;  // threads per CTA of the blockwise quantizers
+
+template <typename T, int G, int L>
+struct BlockTile {
+  static constexpr int kVec = vec_elems<T>();                 // elements per 16-byte vector
+  static constexpr int kBlockVecs = G * L;                    // vectors per quantization block
+  static constexpr int kBlockElems = kBlockVecs * kVec;       // the blocksize this layout serves
+  static constexpr int kBlocksPerTile = kTileThreads / G;     // quantization blocks per CTA tile
+  static constexpr int64_t kTileElems = int64_t{kBlocksPerTile} * kBlockElems;
+  static constexpr int kWarps = kTileThreads / kWarpSize;
+  static constexpr int kWarpsPerGroup = G > kWarpSize ? G / kWarpSize : 1;
+  static_assert(G >= 1 && G <= kTileThreads && (G & (G - 1)) == 0, "group size is a power of two");
+
+  // Scratch for groups wider than a warp: one partial max per warp, double-buffered by tile parity
+  // so the next tile's writes never race this tile's reads (one barrier per tile instead of two).
+  struct Shared {
+    float warp_max[2][kWarps];
+  };
+
+  // Loads this thread's L vectors of block `block` (all in range) into x, as float.
+  __device__ __forceinline__ static void load(const T* __restrict__ A, int64_t block, int g, float (&x)[L][kVec]) {
+    const T* base = A + block * kBlockElems + int64_t{g} * kVec;
+#pragma unroll
+    for (int l = 0; l < L; ++l) load_f32<T, kVec>(base + l * G * kVec, x[l]);
+  }
+
+  // Element offset, inside the block, of element i of this thread's vector l.
+  __device__ __forceinline__ static int offset_in_block(int g, int l) { return (l * G + g) * kVec; }
+
+  // max |x| over the whole block; every thread of the group gets it. Must be reached by all
+  // threads of the CTA when G > 32 (it contains a barrier).
+  __device__ __forceinline__ static float absmax(const float (&x)[L][kVec], Shared& smem, int parity) {
+    float m = 0.0f;
+#pragma unroll
+    for (int l = 0; l < L; ++l)
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) m = fmaxf(m, fabsf(x[l][i]));
+    if constexpr (G <= kWarpSize) {
+      return group_max<G>(m);
+    } else {
+      m = group_max<kWarpSize>(m);
+      const int warp = threadIdx.x / kWarpSize;
+      if (threadIdx.x % kWarpSize == 0) smem.warp_max[parity][warp] = m;
+      __syncthreads();
+      const int first = (threadIdx.x / G) * kWarpsPerGroup;
+      m = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarpsPerGroup; ++w) m = fmaxf(m, smem.warp_max[parity][first + w]);
+      return m;
+    }
+  }
+};
+
+}  // namespace bnb::cuda

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One call on the GPU machine does it all: build the native libraries (all cores, sm_90),
+# run the main job, the GPU tests and the benchmarks, and leave logs + JSON under $OUT.
+#   OUT             output folder (default: ./device_out)
+#   BNB_CUDA_ARCHS  default 90-real (the H100/H200 of the device machine)
+#   BENCH_ARGS      extra arguments for the benchmark scripts
+#   PYTEST_ARGS     extra pytest arguments (e.g. "-k 4bit")
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/device_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+{
+  step "machine"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  nproc; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvcc --version | tail -2
+  git log -1 --format='commit %H %ad' 2>/dev/null || echo "commit: (no git metadata)"
+
+  step "build"
+  cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DBNB_CUDA=ON \
+    -DBNB_CUDA_ARCHS="${BNB_CUDA_ARCHS:-90-real}" -DBNB_TESTS=OFF && cmake --build build/device -j "$(nproc)"
+} > "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -50 "$OUT/build.log"; exit 1; }
+tail -3 "$OUT/build.log"
+
+step "main job: python -m bitsandbytes"
+PYTHONPATH=$PWD python3 -m bitsandbytes > "$OUT/main.log" 2>&1 || status=1
+tail -25 "$OUT/main.log"
+
+step "GPU tests"
+# shellcheck disable=SC2086
+PYTHONPATH=$PWD timeout 900 python3 -m pytest tests/python -q -rs -x --junitxml="$OUT/pytest.xml" ${PYTEST_ARGS:-} \
+  > "$OUT/pytest.log" 2>&1 || status=1
+tail -15 "$OUT/pytest.log"
+
+step "benchmarks"
+for bench in benchmarks/bench_*.py; do
+  name=$(basename "$bench" .py)
+  # shellcheck disable=SC2086
+  PYTHONPATH=$PWD python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/$name.log" 2>&1 || status=1
+  tail -40 "$OUT/$name.log"
+done
+
+step "done: status $status"
+exit $status
