@@ -30,7 +30,9 @@ STATUS_NAMES = {
     4: "device error",
     5: "out of memory",
     6: "internal error",
+    7: "device not supported by this build",
 }
+STATUS_DEVICE_UNSUPPORTED = 7
 
 # bnb_dtype_t
 DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_UINT8, DTYPE_INT8, DTYPE_INT32, DTYPE_INT64 = range(7)
@@ -40,6 +42,28 @@ QUANT_FP4, QUANT_NF4 = 1, 2
 QUANT_TYPES = {"fp4": QUANT_FP4, "nf4": QUANT_NF4}
 
 ABI_VERSION = 1
+
+# bnb_optimizer_t
+OPTIMIZERS = {"adam": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
+
+
+class OptimizerHparams(ct.Structure):
+    """Mirror of bnb_optimizer_hparams_t (include/bnb/optim.h)."""
+
+    _fields_ = [
+        ("lr", ct.c_float),
+        ("beta1", ct.c_float),
+        ("beta2", ct.c_float),
+        ("beta3", ct.c_float),
+        ("alpha", ct.c_float),
+        ("eps", ct.c_float),
+        ("weight_decay", ct.c_float),
+        ("gnorm_scale", ct.c_float),
+        ("max_unorm", ct.c_float),
+        ("param_norm", ct.c_float),
+        ("step", ct.c_int32),
+        ("skip_zeros", ct.c_int32),
+    ]
 
 _p, _f, _i32, _i64, _u8p = ct.c_void_p, ct.c_float, ct.c_int32, ct.c_int64, ct.c_void_p
 _stream = (_i32, _p)  # device, stream: the tail of every op
@@ -59,6 +83,10 @@ SIGNATURES = {
     "bnb_int8_vectorwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, _p, *_stream)),
     "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
     "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
+    "bnb_optimizer_update_32bit": (
+        _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _i64, *_stream)),
+    "bnb_optimizer_update_8bit_blockwise": (
+        _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _p, _p, _p, _p, _i64, *_stream)),
 }
 
 
@@ -95,6 +123,8 @@ class NativeLibrary:
         status = getattr(self._dll, name)(*args)
         if status != STATUS_OK:
             message = self._dll.bnb_last_error().decode(errors="replace")
+            if status == STATUS_DEVICE_UNSUPPORTED:
+                raise CudaSetupError(f"bitsandbytes: {message}\n  {cuda_setup_report()}")
             raise _error_type(status)(f"{message} [{STATUS_NAMES.get(status, status)}]")
 
     def info(self) -> dict:
@@ -134,7 +164,7 @@ def _load(backend: str) -> Optional[NativeLibrary]:
         lib = None
         try:
             if not path.exists():
-                raise OSError(f"{path} does not exist")
+                raise OSError("no such file (the library was not built or not installed)")
             lib = NativeLibrary(path)
         except OSError as e:
             _errors[backend] = f"could not load {path}: {e}"
@@ -159,10 +189,19 @@ def cuda_library_or_none() -> Optional[NativeLibrary]:
 
 def cuda_setup_report() -> str:
     """What was looked for, what was found and how to fix it (used by CudaSetupError and diagnostics)."""
-    lines = [f"looked for: {library_path('cuda')}"]
+    lines = [f"looked for: libbitsandbytes_cuda{DYNAMIC_LIBRARY_SUFFIX} in {LIB_DIR} and {DEV_LIB_DIR}"]
     err = _errors.get("cuda")
     if err:
         lines.append(f"found: {err}")
+    elif _libs.get("cuda") is not None:
+        try:
+            info = _libs["cuda"].info()
+            lines.append(
+                f"found: {_libs['cuda'].path}, compiled for {info.get('compiled_archs')}, CUDA runtime "
+                f"{info.get('runtime_version')}, driver {info.get('driver_version')}"
+            )
+        except Exception as e:  # diagnostics must never fail
+            lines.append(f"found: {_libs['cuda'].path} (info unavailable: {e})")
     try:
         import torch
 

@@ -18,3 +18,23 @@
 #define BNB_TABLE
 #define BNB_TABLE_FN inline
 #endif
+
+#include <cstdint>
+#include <cstring>
+
+namespace bnb {
+
+// Bit-level float classification usable on host and device alike (no <cmath> overload questions).
+BNB_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+BNB_HD bool is_finite(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
+BNB_HD bool sign_bit(float x) { return (float_bits(x) >> 31) != 0; }
+
+}  // namespace bnb

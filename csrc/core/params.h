@@ -81,3 +81,35 @@ struct EstimateQuantilesParams {
 constexpr int kNumQuantiles = 256;
 
 }  // namespace bnb
+
+namespace bnb {
+
+// One optimizer step over one tensor. Which state pointers are used depends on the rule:
+// state1 always ([2, n] for AdEMAMix), state2 for Adam and AdEMAMix.
+struct Optimizer32bitParams {
+  void* p;             // [n] parameters, dtype = p_dtype, updated in place
+  const void* g;       // [n] gradients, dtype = g_dtype
+  float* state1;       // [n] (AdEMAMix: [2, n]: fast moment, then slow moment)
+  float* state2;       // [n] or null
+  float* unorm;        // [1] squared update norm, when max_unorm > 0
+  int64_t n;
+  bnb_dtype_t p_dtype;
+  bnb_dtype_t g_dtype;
+};
+
+struct Optimizer8bitParams {
+  void* p;              // [n] parameters, dtype = p_dtype
+  const void* g;        // [n] gradients, dtype = g_dtype
+  uint8_t* state1;      // [n] codes into qmap1 (AdEMAMix: [2, n])
+  uint8_t* state2;      // [n] codes into qmap2, or null
+  const float* qmap1;   // [256] signed code book
+  const float* qmap2;   // [256] unsigned code book, or null
+  float* absmax1;       // [nb] per-block scale of state1 (AdEMAMix: [2, nb])
+  float* absmax2;       // [nb] or null
+  float* unorm;         // [1] squared update norm, when max_unorm > 0
+  int64_t n;
+  bnb_dtype_t p_dtype;
+  bnb_dtype_t g_dtype;
+};
+
+}  // namespace bnb

@@ -32,7 +32,8 @@ typedef enum bnb_status {
   BNB_STATUS_NOT_IMPLEMENTED = 3,  /* recognised operation not provided by this build */
   BNB_STATUS_DEVICE_ERROR = 4,     /* the accelerator runtime reported an error */
   BNB_STATUS_OUT_OF_MEMORY = 5,
-  BNB_STATUS_INTERNAL = 6
+  BNB_STATUS_INTERNAL = 6,
+  BNB_STATUS_DEVICE_UNSUPPORTED = 7 /* no device, or no kernels in this build for the device's architecture */
 } bnb_status_t;
 
 typedef enum bnb_dtype {

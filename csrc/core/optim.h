@@ -1,0 +1,152 @@
+// Optimizer update rules, written once for the CPU and CUDA backends.
+//
+// Every rule is a per-element function on float32 values. The trust ratio (LAMB / LARS) needs the
+// norm of the whole update first, so the backends run two passes when max_unorm > 0: `update_norm_term`
+// accumulates the squared update, then `apply` uses the resulting scale.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "bnb/optim.h"
+#include "core/host_device.h"
+
+namespace bnb {
+
+enum class OptimizerKind : int32_t {
+  Adam = BNB_OPTIM_ADAM,
+  Momentum = BNB_OPTIM_MOMENTUM,
+  RMSprop = BNB_OPTIM_RMSPROP,
+  Adagrad = BNB_OPTIM_ADAGRAD,
+  Lion = BNB_OPTIM_LION,
+  AdEMAMix = BNB_OPTIM_ADEMAMIX,
+};
+
+constexpr int kOptimBlock = BNB_OPTIM_8BIT_BLOCKSIZE;
+
+constexpr bool has_second_state(OptimizerKind k) { return k == OptimizerKind::Adam || k == OptimizerKind::AdEMAMix; }
+// AdEMAMix keeps two first-order moments in state1 ([2, n]).
+constexpr int first_state_count(OptimizerKind k) { return k == OptimizerKind::AdEMAMix ? 2 : 1; }
+
+// Step constants derived once per call on the host (in double precision, then rounded), so every
+// backend and every element sees identical values.
+struct OptimStep {
+  float lr, beta1, beta2, beta3, alpha, eps, weight_decay, gnorm_scale;
+  float bias1;       // 1 - beta1^t
+  float bias2_sqrt;  // sqrt(1 - beta2^t)
+  float decay;       // 1 - lr * weight_decay (decoupled decay factor)
+  float max_unorm, param_norm;
+  int32_t step;
+  bool skip_zeros;
+  bool trust_ratio;  // max_unorm > 0
+
+  static OptimStep from(const bnb_optimizer_hparams_t& h) {
+    OptimStep s{};
+    s.lr = h.lr;
+    s.beta1 = h.beta1;
+    s.beta2 = h.beta2;
+    s.beta3 = h.beta3;
+    s.alpha = h.alpha;
+    s.eps = h.eps;
+    s.weight_decay = h.weight_decay;
+    s.gnorm_scale = h.gnorm_scale;
+    s.bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), h.step));
+    s.bias2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(h.beta2), h.step)));
+    s.decay = static_cast<float>(1.0 - static_cast<double>(h.lr) * h.weight_decay);
+    s.max_unorm = h.max_unorm;
+    s.param_norm = h.param_norm;
+    s.step = h.step;
+    s.skip_zeros = h.skip_zeros != 0;
+    s.trust_ratio = h.max_unorm > 0.0f;
+    return s;
+  }
+};
+
+// The values one element carries through an update. m2 is AdEMAMix's slow moment.
+struct OptimElement {
+  float p, g, m, v, m2;
+};
+
+// Is this element left untouched? (non-finite gradient, or an exact zero with skip_zeros)
+BNB_HD bool optim_skip(const OptimStep& s, float g) {
+  return !is_finite(g) || (s.skip_zeros && g == 0.0f);
+}
+
+// Update the states of one element (g already scaled by gnorm_scale); returns the unscaled update
+// direction u such that the parameter moves by -lr * trust * u (before decoupled decay handling).
+template <OptimizerKind K>
+BNB_HD float optim_states(const OptimStep& s, OptimElement& e) {
+  if constexpr (K == OptimizerKind::Adam) {
+    e.m = s.beta1 * e.m + (1.0f - s.beta1) * e.g;
+    e.v = s.beta2 * e.v + (1.0f - s.beta2) * e.g * e.g;
+    // m_hat / (sqrt(v_hat) + eps) written with the bias corrections folded in.
+    return (e.m / s.bias1) / (sqrtf(e.v) / s.bias2_sqrt + s.eps);
+  } else if constexpr (K == OptimizerKind::Momentum) {
+    const float g = s.weight_decay > 0.0f ? e.g + s.weight_decay * e.p : e.g;
+    e.m = s.step == 1 ? g : s.beta1 * e.m + g;
+    return e.m;
+  } else if constexpr (K == OptimizerKind::RMSprop) {
+    const float g = s.weight_decay > 0.0f ? e.g + s.weight_decay * e.p : e.g;
+    e.m = s.beta1 * e.m + (1.0f - s.beta1) * g * g;
+    return g / (sqrtf(e.m) + s.eps);
+  } else if constexpr (K == OptimizerKind::Adagrad) {
+    const float g = s.weight_decay > 0.0f ? e.g + s.weight_decay * e.p : e.g;
+    e.m = e.m + g * g;
+    return g / (sqrtf(e.m) + s.eps);
+  } else if constexpr (K == OptimizerKind::Lion) {
+    const float c = s.beta1 * e.m + (1.0f - s.beta1) * e.g;
+    e.m = s.beta2 * e.m + (1.0f - s.beta2) * e.g;
+    return c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : 0.0f);
+  } else {  // AdEMAMix
+    e.m = s.beta1 * e.m + (1.0f - s.beta1) * e.g;
+    e.m2 = s.beta3 * e.m2 + (1.0f - s.beta3) * e.g;
+    e.v = s.beta2 * e.v + (1.0f - s.beta2) * e.g * e.g;
+    return (e.m / s.bias1 + s.alpha * e.m2) / (sqrtf(e.v) / s.bias2_sqrt + s.eps);
+  }
+}
+
+// Decoupled weight decay (p *= 1 - lr * wd) belongs to these rules; the others add wd * p to g.
+constexpr bool decoupled_decay(OptimizerKind k) {
+  return k == OptimizerKind::Adam || k == OptimizerKind::Lion || k == OptimizerKind::AdEMAMix;
+}
+
+// Apply the parameter update given the direction u and the trust-ratio scale.
+template <OptimizerKind K>
+BNB_HD float optim_param(const OptimStep& s, float p, float u, float trust) {
+  if constexpr (decoupled_decay(K)) {
+    if (s.weight_decay > 0.0f) p *= s.decay;
+  }
+  return p - s.lr * trust * u;
+}
+
+// Trust-ratio scale from the squared update norm: shrink the update to max_unorm * ||p||.
+// The 1-state rule (LARS) adds eps to the limit, as its reference does.
+template <OptimizerKind K>
+BNB_HD float optim_trust(const OptimStep& s, float unorm_sq) {
+  if (!s.trust_ratio) return 1.0f;
+  const float unorm = sqrtf(unorm_sq);
+  const float limit = s.max_unorm * s.param_norm + (has_second_state(K) ? 0.0f : s.eps);
+  return unorm > limit ? limit / unorm : 1.0f;
+}
+
+}  // namespace bnb
+
+#include "core/code_search.h"
+
+namespace bnb {
+
+// Re-quantize a signed state value against its code book, keeping its sign: a momentum whose
+// sign flipped through rounding would push the parameter the wrong way, so such an index is
+// nudged one code towards the value's side.
+BNB_HD uint8_t quantize_signed_state(const CodeSearch& search, const float* qmap, float value, float inv_absmax) {
+  int idx = search.search(value * inv_absmax);
+  if (sign_bit(qmap[idx]) != sign_bit(value)) idx += value > 0.0f ? 1 : -1;
+  idx = idx < 0 ? 0 : (idx > 255 ? 255 : idx);
+  return static_cast<uint8_t>(idx);
+}
+
+BNB_HD uint8_t quantize_unsigned_state(const CodeSearch& search, float value, float inv_absmax) {
+  return static_cast<uint8_t>(search.search(value * inv_absmax));
+}
+
+}  // namespace bnb

@@ -1,0 +1,78 @@
+"""The loader's promises (import never fails, CUDA problems become one explanatory error) and the main job."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bitsandbytes
+from bitsandbytes import _native
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cpu_library_reports_itself():
+    lib = _native.cpu_library()
+    assert lib.name == "cpu"
+    assert lib.version == bitsandbytes.__version__
+    info = lib.info()
+    assert info["backend"] == "cpu" and info["threads"] >= 1 and info["isa"] in info["isa_available"]
+
+
+def test_import_survives_a_broken_cuda_library(tmp_path):
+    bogus = tmp_path / "libbitsandbytes_cuda.so"
+    bogus.write_bytes(b"not a shared library")
+    code = (
+        "import torch, bitsandbytes, bitsandbytes.functional as F\n"
+        "from bitsandbytes import _native\n"
+        "q, s = F.quantize_4bit(torch.randn(128), quant_type='nf4')\n"  # CPU keeps working
+        "try:\n"
+        "    _native.library_for(torch.device('cuda'))\n"
+        "except _native.CudaSetupError as e:\n"
+        "    print('ERROR:', e)\n"
+    )
+    result = _run_python(code, {"BNB_CUDA_LIBRARY": str(bogus)})
+    assert result.returncode == 0, result.stderr
+    message = result.stdout
+    # One error that says what was looked for, what was found and how to fix it.
+    assert "ERROR: bitsandbytes: the CUDA backend is not available" in message
+    assert "looked for" in message and str(bogus) in message and "fix:" in message
+
+
+def test_library_override_for_cpu_is_reported(tmp_path):
+    result = _run_python(
+        "import bitsandbytes.functional as F, torch\nF.quantize_blockwise(torch.randn(10))",
+        {"BNB_CPU_LIBRARY": str(tmp_path / "missing.so")},
+    )
+    assert result.returncode != 0
+    assert "CPU native library is unusable" in result.stderr and "missing.so" in result.stderr
+
+
+def test_c_abi_error_becomes_python_exception_naming_the_argument():
+    lib = _native.cpu_library()
+    with pytest.raises(ValueError, match="blocksize"):
+        lib.call("bnb_quantize_4bit", None, _native.DTYPE_FLOAT32, _native.QUANT_NF4, None, None, 0, 48, -1, None)
+    with pytest.raises(ValueError, match="A is a null pointer"):
+        lib.call("bnb_quantize_4bit", None, _native.DTYPE_FLOAT32, _native.QUANT_NF4, None, None, 10, 64, -1, None)
+
+
+def test_main_job_succeeds_and_demos():
+    result = subprocess.run([sys.executable, "-m", "bitsandbytes"], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert out.startswith(f"bitsandbytes v{bitsandbytes.__version__}")
+    assert "PyTorch" in out and "Native libraries" in out
+    assert "[FAIL]" not in out and out.count("[ OK ] cpu") >= 3
+    assert "Demo on" in out and "nf4" in out
+    assert out.strip().splitlines()[-1].startswith("SUCCESS!")
+    if torch.cuda.is_available():
+        assert "[ OK ] cuda:0" in out
