@@ -65,6 +65,24 @@ class OptimizerHparams(ct.Structure):
         ("skip_zeros", ct.c_int32),
     ]
 
+
+
+class OptimizerTensor(ct.Structure):
+    """Mirror of bnb_optimizer_tensor_t: one tensor of a fused multi-tensor step."""
+
+    _fields_ = [
+        ("p", ct.c_void_p),
+        ("g", ct.c_void_p),
+        ("state1", ct.c_void_p),
+        ("state2", ct.c_void_p),
+        ("absmax1", ct.c_void_p),
+        ("absmax2", ct.c_void_p),
+        ("n", ct.c_int64),
+    ]
+
+
+OPTIM_MULTI_MAX_TENSORS = 448
+
 _p, _f, _i32, _i64, _u8p = ct.c_void_p, ct.c_float, ct.c_int32, ct.c_int64, ct.c_void_p
 _stream = (_i32, _p)  # device, stream: the tail of every op
 
@@ -87,6 +105,12 @@ SIGNATURES = {
         _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _i64, *_stream)),
     "bnb_optimizer_update_8bit_blockwise": (
         _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _p, _p, _p, _p, _i64, *_stream)),
+    "bnb_paged_support": (_i32, (_i32, ct.POINTER(_i32), ct.POINTER(_i64), ct.POINTER(_i64))),
+    "bnb_paged_alloc": (_i32, (_i64, _i32, ct.POINTER(ct.c_void_p))),
+    "bnb_paged_free": (_i32, (_p,)),
+    "bnb_paged_prefetch": (_i32, (_p, _i64, _i32, _i32, _p)),
+    "bnb_optimizer_update_multi": (
+        _i32, (_i32, ct.POINTER(OptimizerHparams), _i32, _i32, _i32, _p, _p, _p, _i64, *_stream)),
 }
 
 

@@ -1,5 +1,6 @@
 // extern "C" entry points of the optimizer family: validate, derive the step constants, dispatch.
 #include <cmath>
+#include <string>
 
 #include "bnb/optim.h"
 #include "core/backend.h"
@@ -95,6 +96,41 @@ BNB_API bnb_status_t bnb_optimizer_update_8bit_blockwise(bnb_optimizer_t optimiz
                                              {p, g, state1, two ? state2 : nullptr, qmap1, two ? qmap2 : nullptr,
                                               absmax1, two ? absmax2 : nullptr, unorm, n, p_dtype, g_dtype},
                                              device, stream);
+  });
+}
+
+BNB_API bnb_status_t bnb_optimizer_update_multi(bnb_optimizer_t optimizer, const bnb_optimizer_hparams_t* hparams,
+                                                int32_t state_bits, bnb_dtype_t p_dtype, bnb_dtype_t g_dtype,
+                                                const float* qmap1, const float* qmap2,
+                                                const bnb_optimizer_tensor_t* tensors, int64_t count, int32_t device,
+                                                bnb_stream_t stream) {
+  return capi_guard(__func__, [&] {
+    const OptimizerKind kind = check_optimizer(optimizer);
+    const OptimStep step = check_hparams(hparams, kind);
+    BNB_CHECK_ARG(state_bits == 8 || state_bits == 32, "state_bits must be 8 or 32, got ", state_bits);
+    BNB_CHECK_SUPPORTED(!step.trust_ratio, "the fused multi-tensor step has no trust ratio (max_unorm > 0); "
+                                           "update such tensors one at a time");
+    BNB_CHECK_ARG(count >= 0, "count must be >= 0, got ", count);
+    BNB_CHECK_ARG(count == 0 || tensors != nullptr, "tensors is a null pointer");
+    const bool two = has_second_state(kind);
+    if (state_bits == 8) {
+      BNB_CHECK_ARG(qmap1 != nullptr, "qmap1 is a null pointer");
+      if (two) BNB_CHECK_ARG(qmap2 != nullptr, "qmap2 is a null pointer");
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const bnb_optimizer_tensor_t& t = tensors[i];
+      const std::string where = concat("tensors[", i, "].");
+      check_common(kind, step, t.p, p_dtype, t.g, g_dtype, t.state1, t.state2, nullptr, t.n);
+      if (state_bits == 8) {
+        BNB_CHECK_ARG(t.n == 0 || t.absmax1 != nullptr, where, "absmax1 is a null pointer");
+        if (two) BNB_CHECK_ARG(t.n == 0 || t.absmax2 != nullptr, where, "absmax2 is a null pointer");
+      }
+    }
+    if (count == 0) return;
+    backend::check_device(device);
+    backend::optimizer_update_multi(kind, step,
+                                    {tensors, count, state_bits, qmap1, two ? qmap2 : nullptr, p_dtype, g_dtype},
+                                    device, stream);
   });
 }
 

@@ -29,5 +29,8 @@ void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Opt
                             bnb_stream_t stream);
 void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, const Optimizer8bitParams& p,
                                      int32_t device, bnb_stream_t stream);
+// Fused step; `tensors` is a host array of `count` entries (already validated).
+void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const OptimizerMultiParams& p, int32_t device,
+                            bnb_stream_t stream);
 
 }  // namespace bnb::backend

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "bnb/bnb.h"
+#include "bnb/optim.h"
 #include "core/formats.h"
 
 namespace bnb {
@@ -108,6 +109,17 @@ struct Optimizer8bitParams {
   float* absmax2;       // [nb] or null
   float* unorm;         // [1] squared update norm, when max_unorm > 0
   int64_t n;
+  bnb_dtype_t p_dtype;
+  bnb_dtype_t g_dtype;
+};
+
+// A fused step over many tensors with one rule, one set of hyper-parameters and one state layout.
+struct OptimizerMultiParams {
+  const bnb_optimizer_tensor_t* tensors;  // [count] host array
+  int64_t count;
+  int32_t state_bits;                     // 8 or 32
+  const float* qmap1;                     // [256] (8-bit states)
+  const float* qmap2;                     // [256] or null
   bnb_dtype_t p_dtype;
   bnb_dtype_t g_dtype;
 };

@@ -195,4 +195,26 @@ void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, 
   });
 }
 
+// CPU: the tensors one after another, each spread over the thread pool.
+void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const OptimizerMultiParams& m, int32_t device,
+                            bnb_stream_t stream) {
+  const bool two = has_second_state(kind);
+  for (int64_t i = 0; i < m.count; ++i) {
+    const bnb_optimizer_tensor_t& t = m.tensors[i];
+    if (t.n == 0) continue;
+    if (m.state_bits == 32) {
+      optimizer_update_32bit(kind, step,
+                             {t.p, t.g, static_cast<float*>(t.state1), two ? static_cast<float*>(t.state2) : nullptr,
+                              nullptr, t.n, m.p_dtype, m.g_dtype},
+                             device, stream);
+    } else {
+      optimizer_update_8bit_blockwise(
+          kind, step,
+          {t.p, t.g, static_cast<uint8_t*>(t.state1), two ? static_cast<uint8_t*>(t.state2) : nullptr, m.qmap1,
+           m.qmap2, t.absmax1, two ? t.absmax2 : nullptr, nullptr, t.n, m.p_dtype, m.g_dtype},
+          device, stream);
+    }
+  }
+}
+
 }  // namespace bnb::backend

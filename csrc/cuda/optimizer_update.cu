@@ -13,4 +13,8 @@ void optimizer_update_8bit_blockwise(OptimizerKind, const OptimStep&, const Opti
   fail(BNB_STATUS_NOT_IMPLEMENTED, "the CUDA 8-bit optimizer kernels are not part of this build yet");
 }
 
+void optimizer_update_multi(OptimizerKind, const OptimStep&, const OptimizerMultiParams&, int32_t, bnb_stream_t) {
+  fail(BNB_STATUS_NOT_IMPLEMENTED, "the CUDA fused optimizer kernels are not part of this build yet");
+}
+
 }  // namespace bnb::backend

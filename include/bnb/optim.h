@@ -59,6 +59,29 @@ BNB_API bnb_status_t bnb_optimizer_update_8bit_blockwise(
     bnb_dtype_t g_dtype, uint8_t* state1, uint8_t* state2, const float* qmap1, const float* qmap2, float* absmax1,
     float* absmax2, float* unorm, int64_t n, int32_t device, bnb_stream_t stream);
 
+/* One tensor of a fused multi-tensor step. States are float32 (state_bits 32) or uint8 codes
+ * (state_bits 8); absmax pointers are used by 8-bit states only. Layouts as above. */
+typedef struct bnb_optimizer_tensor {
+  void* p;
+  const void* g;
+  void* state1;
+  void* state2;
+  float* absmax1;
+  float* absmax2;
+  int64_t n;
+} bnb_optimizer_tensor_t;
+
+/* Fused step over `count` tensors sharing the rule, hyper-parameters, dtypes and state layout.
+ * `tensors` is a host array; the CUDA backend passes it to the kernel by value, one launch per
+ * up to BNB_OPTIM_MULTI_MAX_TENSORS tensors, so the call never synchronises and can be captured
+ * in a CUDA graph. max_unorm must be 0 (the trust ratio is per tensor: use the single-tensor call). */
+#define BNB_OPTIM_MULTI_MAX_TENSORS 448
+BNB_API bnb_status_t bnb_optimizer_update_multi(bnb_optimizer_t optimizer, const bnb_optimizer_hparams_t* hparams,
+                                                int32_t state_bits, bnb_dtype_t p_dtype, bnb_dtype_t g_dtype,
+                                                const float* qmap1, const float* qmap2,
+                                                const bnb_optimizer_tensor_t* tensors, int64_t count, int32_t device,
+                                                bnb_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
