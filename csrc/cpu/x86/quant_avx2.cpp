@@ -105,7 +105,14 @@ struct Avx2 {
   }
 
   // ---- 8-bit code search (CodeSearch::search, 8 lanes at a time) ----
-  static I search(F v, const CodeSearch& cs) {
+  struct Searcher {
+    const CodeSearch* cs;
+    int steps;
+  };
+  static Searcher searcher(const CodeSearch& cs, int steps) { return {&cs, steps}; }
+  static I search(const Searcher& sr, F v) {
+    const CodeSearch& cs = *sr.cs;
+    const int steps = sr.steps;
     const I bits = _mm256_castps_si256(v);
     const I abs_bits = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff));
     I mb = _mm256_sub_epi32(_mm256_srli_epi32(abs_bits, kBucketShift), _mm256_set1_epi32(kBucketBias));
@@ -114,9 +121,21 @@ struct Avx2 {
     const I pos = _mm256_add_epi32(mb, _mm256_set1_epi32(CodeSearch::kBucketsPerSign));
     const I neg = _mm256_sub_epi32(_mm256_set1_epi32(CodeSearch::kBucketsPerSign - 1), mb);
     const I bucket = _mm256_blendv_epi8(pos, neg, _mm256_srai_epi32(bits, 31));
-    I idx = _mm256_srli_epi32(_mm256_i32gather_epi32(reinterpret_cast<const int*>(cs.lo - 3), bucket, 1), 24);
-    // Forward scan; each round advances the lanes whose value is above their current midpoint.
+    const I lo = _mm256_srli_epi32(_mm256_i32gather_epi32(reinterpret_cast<const int*>(cs.lo - 3), bucket, 1), 24);
     const I last = _mm256_set1_epi32(CodeSearch::kMidpoints);
+    if (steps <= kFixedScanSteps) {
+      // Midpoints are sorted, so #{s < steps : v > mid[lo + s]} is exactly the scan length.
+      I idx = lo, probe = lo;
+      for (int s = 0; s < steps; ++s) {
+        const I valid = _mm256_cmpgt_epi32(last, probe);
+        const F m = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), cs.mid, probe, _mm256_castsi256_ps(valid), 4);
+        idx = _mm256_sub_epi32(idx, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, m, _CMP_GT_OQ)), valid));
+        probe = _mm256_add_epi32(probe, _mm256_set1_epi32(1));
+      }
+      return idx;
+    }
+    // Crowded code books: forward scan; each round advances the lanes still above their midpoint.
+    I idx = lo;
     for (;;) {
       const I valid = _mm256_cmpgt_epi32(last, idx);
       const F m = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), cs.mid, idx, _mm256_castsi256_ps(valid), 4);
@@ -128,11 +147,12 @@ struct Avx2 {
   static void store_u8(uint8_t* p, I v) { _mm_storel_epi64(reinterpret_cast<__m128i*>(p), narrow_bytes(v)); }
   static void store_u8_part(uint8_t* p, I v, int k) { store_bytes_part(p, narrow_bytes(v), k); }
 
-  static F lookup256_idx(const float* code, __m128i bytes) { return _mm256_i32gather_ps(code, _mm256_cvtepu8_epi32(bytes), 4); }
-  static F lookup256(const float* code, const uint8_t* p) {
-    return lookup256_idx(code, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  using Table256 = const float*;
+  static Table256 table256(const float* code) { return code; }
+  static F lookup256(Table256 code, const uint8_t* p) {
+    return _mm256_i32gather_ps(code, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 4);
   }
-  static F lookup256_part(const float* code, const uint8_t* p, int k) {
+  static F lookup256_part(Table256 code, const uint8_t* p, int k) {
     uint8_t buf[W] = {};
     std::memcpy(buf, p, static_cast<size_t>(k));
     return lookup256(code, buf);

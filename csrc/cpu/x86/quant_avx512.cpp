@@ -97,8 +97,44 @@ struct Avx512 {
     return _mm_cvtss_f32(q);
   }
 
+  // ---- 256-entry lookups ----
+  // The 256-entry code book held in 16 registers: vpermt2ps picks from each 32-entry pair with
+  // index bits 0-4, then bits 5, 6 and 7 select among the 8 candidates. Cheaper than a 16-lane gather.
+  struct Table256 {
+    F t[16];
+  };
+  static Table256 table256(const float* code) {
+    Table256 r;
+    for (int j = 0; j < 16; ++j) r.t[j] = _mm512_loadu_ps(code + 16 * j);
+    return r;
+  }
+  static F lookup256_idx(const Table256& t, I idx) {
+    F c[8];
+    for (int j = 0; j < 8; ++j) c[j] = _mm512_permutex2var_ps(t.t[2 * j], idx, t.t[2 * j + 1]);
+    const M b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << 5));
+    const M b6 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << 6));
+    const M b7 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << 7));
+    const F c01 = _mm512_mask_mov_ps(c[0], b5, c[1]), c23 = _mm512_mask_mov_ps(c[2], b5, c[3]);
+    const F c45 = _mm512_mask_mov_ps(c[4], b5, c[5]), c67 = _mm512_mask_mov_ps(c[6], b5, c[7]);
+    const F c03 = _mm512_mask_mov_ps(c01, b6, c23), c47 = _mm512_mask_mov_ps(c45, b6, c67);
+    return _mm512_mask_mov_ps(c03, b7, c47);
+  }
   // ---- 8-bit code search (CodeSearch::search, 16 lanes at a time) ----
-  static I search(F v, const CodeSearch& cs) {
+  // The midpoints live in registers too (padded with +inf to 256), for the fixed-step comparisons.
+  struct Searcher {
+    const CodeSearch* cs;
+    int steps;
+    Table256 mid;
+  };
+  static Searcher searcher(const CodeSearch& cs, int steps) {
+    alignas(64) float m[256];
+    std::memcpy(m, cs.mid, sizeof(cs.mid));
+    m[CodeSearch::kMidpoints] = std::numeric_limits<float>::infinity();
+    return {&cs, steps, table256(m)};
+  }
+  static I search(const Searcher& sr, F v) {
+    const CodeSearch& cs = *sr.cs;
+    const int steps = sr.steps;
     const I bits = _mm512_castps_si512(v);
     const I abs_bits = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
     I mb = _mm512_sub_epi32(_mm512_srli_epi32(abs_bits, kBucketShift), _mm512_set1_epi32(kBucketBias));
@@ -106,25 +142,38 @@ struct Avx512 {
     // Negative values count down from the middle, positive ones up from it.
     const I pos = _mm512_add_epi32(mb, _mm512_set1_epi32(CodeSearch::kBucketsPerSign));
     const I bucket = _mm512_mask_sub_epi32(pos, _mm512_movepi32_mask(bits), _mm512_set1_epi32(CodeSearch::kBucketsPerSign - 1), mb);
-    I idx = _mm512_srli_epi32(_mm512_i32gather_epi32(bucket, cs.lo - 3, 1), 24);
-    // Forward scan; each round advances the lanes whose value is above their current midpoint.
+    const I lo = _mm512_srli_epi32(_mm512_i32gather_epi32(bucket, cs.lo - 3, 1), 24);
     const I last = _mm512_set1_epi32(CodeSearch::kMidpoints);
+    const I one = _mm512_set1_epi32(1);
+    if (steps <= kFixedScanSteps) {
+      // Midpoints are sorted, so #{s < steps : v > mid[lo + s]} is exactly the scan length.
+      I idx = lo, probe = lo;
+      for (int s = 0; s < steps; ++s) {
+        const M valid = _mm512_cmplt_epi32_mask(probe, last);
+        const F m = lookup256_idx(sr.mid, probe);
+        idx = _mm512_mask_add_epi32(idx, _mm512_mask_cmp_ps_mask(valid, v, m, _CMP_GT_OQ), idx, one);
+        probe = _mm512_add_epi32(probe, one);
+      }
+      return idx;
+    }
+    // Crowded code books: forward scan; each round advances the lanes still above their midpoint.
+    I idx = lo;
     for (;;) {
       const M valid = _mm512_cmplt_epi32_mask(idx, last);
       const F m = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, cs.mid, 4);
       const M up = _mm512_mask_cmp_ps_mask(valid, v, m, _CMP_GT_OQ);
       if (up == 0) return idx;
-      idx = _mm512_mask_add_epi32(idx, up, idx, _mm512_set1_epi32(1));
+      idx = _mm512_mask_add_epi32(idx, up, idx, one);
     }
   }
   static void store_u8(uint8_t* p, I v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v)); }
   static void store_u8_part(uint8_t* p, I v, int k) { _mm512_mask_cvtepi32_storeu_epi8(p, first(k), v); }
 
-  static F lookup256(const float* code, const uint8_t* p) {
-    return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), code, 4);
+  static F lookup256(const Table256& t, const uint8_t* p) {
+    return lookup256_idx(t, _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
-  static F lookup256_part(const float* code, const uint8_t* p, int k) {
-    return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(first(k), p)), code, 4);
+  static F lookup256_part(const Table256& t, const uint8_t* p, int k) {
+    return lookup256_idx(t, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(first(k), p)));
   }
 
   // ---- 4-bit ----

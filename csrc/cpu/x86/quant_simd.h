@@ -12,9 +12,9 @@
 //   load<T>(p) / load_part<T>(p, k)          W elements as float32 (lanes >= k read as 0)
 //   store<T>(p, v) / store_part<T>(p, v, k)  float32 -> T with the rounding of types.h
 //   zero, set1, mul, abs, max(x, acc), hmax  (max returns acc where x is NaN, as std::max does)
-//   search(v, cs)                            CodeSearch::search, lane by lane
+//   searcher(cs, max_scan_steps(cs)), search(searcher, v)   CodeSearch::search, lane by lane
 //   store_u8 / store_u8_part                 int32 lanes -> bytes (truncating)
-//   lookup256(code, p) / lookup256_part      code[p[i]] for W bytes
+//   Table256, table256(code), lookup256(t, p) / lookup256_part(t, p, k)   code[p[i]] for W bytes
 //   encode4<Q>(v)                            encode_nf4 / encode_fp4
 //   store_nibbles(p, c) / store_nibbles_part(p, c, k)   W (or k, padded with 0) codes -> bytes
 //   Table4, table4(t16), lut4(t, p) / lut4_part(t, p, nbytes)   t16[nibble] for the 2 nibbles of W/2 bytes
@@ -57,10 +57,22 @@ float block_absmax(const T* A, int64_t begin, int64_t end) {
   return S::hmax(S::max(S::max(a0, a1), S::max(a2, a3)));
 }
 
+// The most midpoints inside one bucket: a value of bucket b lies below every value of bucket b + 1,
+// so its search advances at most lo[b + 1] - lo[b] steps past lo[b].
+static inline int max_scan_steps(const CodeSearch& cs) {
+  int steps = 0;
+  for (int b = 0; b < CodeSearch::kBuckets; ++b) {
+    const int next = b + 1 < CodeSearch::kBuckets ? cs.lo[b + 1] : CodeSearch::kMidpoints;
+    steps = steps > next - cs.lo[b] ? steps : next - cs.lo[b];
+  }
+  return steps;
+}
+
 template <class S, class T>
 void quantize_blockwise(const QuantizeBlockwiseParams& p, const CodeSearch& cs, int64_t b0, int64_t b1) {
   constexpr int W = S::W;
   const T* A = static_cast<const T*>(p.A);
+  const auto search = S::searcher(cs, max_scan_steps(cs));
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t begin = b * p.blocksize;
     const int64_t end = min_i64(begin + p.blocksize, p.n);
@@ -68,10 +80,10 @@ void quantize_blockwise(const QuantizeBlockwiseParams& p, const CodeSearch& cs, 
     p.absmax[b] = amax;
     const auto scale = S::set1(inverse_scale(amax));
     int64_t i = begin;
-    for (; i + W <= end; i += W) S::store_u8(p.out + i, S::search(S::mul(S::template load<T>(A + i), scale), cs));
+    for (; i + W <= end; i += W) S::store_u8(p.out + i, S::search(search, S::mul(S::template load<T>(A + i), scale)));
     if (i < end) {
       const int k = static_cast<int>(end - i);
-      S::store_u8_part(p.out + i, S::search(S::mul(S::template load_part<T>(A + i, k), scale), cs), k);
+      S::store_u8_part(p.out + i, S::search(search, S::mul(S::template load_part<T>(A + i, k), scale)), k);
     }
   }
 }
@@ -81,15 +93,16 @@ template <class S, class T>
 void dequantize_blockwise(const DequantizeBlockwiseParams& p, int64_t begin, int64_t end) {
   constexpr int W = S::W;
   T* out = static_cast<T*>(p.out);
+  const auto table = S::table256(p.code);
   int64_t i = begin;
   while (i < end) {
     const int64_t b = i / p.blocksize;
     const int64_t seg_end = min_i64(end, (b + 1) * p.blocksize);
     const auto scale = S::set1(p.absmax[b]);
-    for (; i + W <= seg_end; i += W) S::template store<T>(out + i, S::mul(S::lookup256(p.code, p.A + i), scale));
+    for (; i + W <= seg_end; i += W) S::template store<T>(out + i, S::mul(S::lookup256(table, p.A + i), scale));
     if (i < seg_end) {
       const int k = static_cast<int>(seg_end - i);
-      S::template store_part<T>(out + i, S::mul(S::lookup256_part(p.code, p.A + i, k), scale), k);
+      S::template store_part<T>(out + i, S::mul(S::lookup256_part(table, p.A + i, k), scale), k);
       i = seg_end;
     }
   }
@@ -283,6 +296,10 @@ constexpr int kFirstSliceExponent = CodeSearch::kTopExponent - CodeSearch::kOcta
 constexpr int kBucketShift = 23 - CodeSearch::kMantissaBits;
 constexpr int kBucketBias = (kFirstSliceExponent << CodeSearch::kMantissaBits) - 1;
 static_assert(kBucketShift == 19 && CodeSearch::kBucketsPerSign == 386, "bucket layout changed: revisit search()");
+// Up to this many midpoints per bucket (the dynamic, linear and quantile maps need 2-4), the search does
+// that many independent comparisons instead of a data-dependent scan: no mispredicted loop exits,
+// and the lookups do not wait on each other.
+constexpr int kFixedScanSteps = 6;
 
 // FP4 magnitude code indexed by the number of thresholds below |x| (0 -> 0b000, k -> kFP4CodeAbove[k-1]).
 constexpr int32_t kFP4CodeByCount[8] = {0,
