@@ -227,8 +227,11 @@ def dequantize_4bit(
     else:
         out = torch.ops.bitsandbytes.dequantize_4bit(A, absmax, quant_state.blocksize, quant_state.quant_type,
                                                      quant_state.shape, quant_state.dtype)
-    # A packed tensor viewed as [1, X] (a transposed weight) gives a transposed result.
-    return out.t() if A.shape[0] == 1 else out
+    # A packed tensor viewed as [1, X] (a transposed [X, 1] weight) gives a transposed result. A
+    # [1, 1] tensor is the same either way, and only 2-D results can be transposed.
+    if A.dim() == 2 and A.shape[0] == 1 and A.shape[1] > 1 and out.dim() == 2:
+        return out.t()
+    return out
 
 
 def dequantize_fp4(A, quant_state=None, absmax=None, out=None, blocksize=None):
@@ -313,3 +316,4 @@ def is_on_gpu(tensors: Iterable[Optional[torch.Tensor]]) -> bool:
             f" {[(t.shape, t.device) for t in tensors if t is not None]}"
         )
     return on_gpu
+from ._functional_optim import *  # noqa: F401,F403

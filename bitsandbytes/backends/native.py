@@ -172,7 +172,10 @@ def _rows_cols(A: torch.Tensor) -> tuple:
     if A.dim() == 0:
         raise ValueError("A must have at least one dimension (rows are all leading dimensions, columns the last)")
     cols = A.shape[-1]
-    return (A.numel() // cols if cols else 0), cols
+    rows = 1
+    for d in A.shape[:-1]:  # not numel // cols: that is 0 for an empty last dimension
+        rows *= int(d)
+    return rows, cols
 
 
 def _outlier_columns(mask: torch.Tensor) -> torch.Tensor:
@@ -185,7 +188,8 @@ def _(A: torch.Tensor, threshold: float = 0.0):
     rows, cols = _rows_cols(A)
     out = torch.empty_like(A, dtype=torch.int8)
     row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
-    mask = torch.empty(cols, device=A.device, dtype=torch.uint8) if threshold > 0.0 else None
+    # zeros, not empty: the library writes nothing when there are no rows
+    mask = torch.zeros(cols, device=A.device, dtype=torch.uint8) if threshold > 0.0 else None
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_int8_vectorwise_quant", _ptr(A), _DTYPE_CODES[A.dtype], rows, cols, float(threshold), _ptr(out),
              _ptr(row_stats), _ptr(mask), dev, stream)

@@ -7,6 +7,7 @@ kernels compute in float32, float64 where an exact reference value is needed).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 
@@ -19,12 +20,36 @@ NF4_TABLE = [
 ]
 
 # Thresholds t_k (ascending) such that x > t_k selects code k (k = 1..15), else code 0.
-NF4_THRESHOLDS = [
-    -0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544,
-    -0.23460740596055984, -0.13791173323988914, -0.045525018125772476, 0.03979014977812767,
-    0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683,
-    0.5016634166240692, 0.6427869200706482, 0.8614784181118011,
+# Kept as the spec's decimal strings: kernels compare against float32 constants written as these
+# decimals, i.e. the decimal rounded once, directly to float32 (see f32_from_decimal).
+NF4_THRESHOLDS_DEC = [
+    "-0.8480964004993439", "-0.6106329262256622", "-0.4599952697753906", "-0.33967943489551544",
+    "-0.23460740596055984", "-0.13791173323988914", "-0.045525018125772476", "0.03979014977812767",
+    "0.1202552504837513", "0.2035212516784668", "0.2920137718319893", "0.3893125355243683",
+    "0.5016634166240692", "0.6427869200706482", "0.8614784181118011",
 ]
+
+
+def f32_from_decimal(text: str) -> float:
+    """The float32 nearest to the exact decimal value (ties to even), as a C ``1.234f`` literal.
+
+    Not float32(float(text)): that rounds twice, and the NF4 thresholds are midpoints of float32
+    codes, exactly where double rounding picks the other neighbour.
+    """
+    exact = Fraction(text)
+    d = torch.tensor(float(exact), dtype=torch.float64)
+    base = d.to(torch.float32)
+    cands = [base, torch.nextafter(base, torch.tensor(-math.inf)), torch.nextafter(base, torch.tensor(math.inf))]
+
+    def key(c):
+        v = c.item()
+        odd = int(c.view(torch.int32).item()) & 1
+        return (abs(Fraction(v) - exact), odd)
+
+    return min(cands, key=key).item()
+
+
+NF4_THRESHOLDS = [f32_from_decimal(t) for t in NF4_THRESHOLDS_DEC]
 
 # FP4 magnitudes by low 3 bits (values of the 2-exp/1-mantissa format divided by 12).
 _FP4_LOW = [0.0, 0.0625 / 12, 8 / 12, 1.0, 4 / 12, 6 / 12, 2 / 12, 3 / 12]
@@ -32,8 +57,9 @@ FP4_TABLE = _FP4_LOW + [-v for v in _FP4_LOW]  # bit-pattern order; bit 3 = sign
 
 # (threshold, low bits) in the order the spec lists them: the first |x| > threshold wins.
 FP4_RULES = [
-    (0.8333333, 0b011), (0.583333, 0b010), (0.4166667, 0b101), (0.29166667, 0b100),
-    (0.20833333, 0b111), (0.0859375, 0b110), (0.00260417, 0b001),
+    (f32_from_decimal(t), bits)
+    for t, bits in [("0.8333333", 0b011), ("0.583333", 0b010), ("0.4166667", 0b101), ("0.29166667", 0b100),
+                    ("0.20833333", 0b111), ("0.0859375", 0b110), ("0.00260417", 0b001)]
 ]
 
 INT8_DEQUANT_MULTIPLIER = 7.874015718698502e-3  # 1/127 as the spec states it
@@ -45,11 +71,11 @@ def dynamic_map_reference(signed: bool = True) -> torch.Tensor:
     for i in range(7):
         items = 2**i + 1 if signed else 2 ** (i + 1) + 1
         b = torch.linspace(0.1, 1, items, dtype=torch.float32)
-        means = ((b[:-1] + b[1:]) / 2.0).tolist()
-        scale = 10 ** (i - 6)
-        data += [scale * m for m in means]
+        means = (b[:-1] + b[1:]) / 2.0
+        scale = 10 ** (i - 6)  # applied to the float32 midpoints (float32 arithmetic)
+        data += (scale * means).tolist()
         if signed:
-            data += [-scale * m for m in means]
+            data += (-scale * means).tolist()
     data += [0.0, 1.0]
     data += [0.0] * (256 - len(data))
     return torch.tensor(sorted(data), dtype=torch.float32)
@@ -76,8 +102,8 @@ def scaled_blocks(x: torch.Tensor, blocksize: int):
     """(v [nb, bs] = x * (1/absmax) in float32 with v = 0 where absmax == 0, absmax [nb], n)."""
     blocks, n = _blocks(x, blocksize)
     absmax = blocks.abs().amax(dim=1) if blocks.numel() else torch.zeros(0)
-    inv = torch.where(absmax > 0, 1.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax)),
-                      torch.zeros_like(absmax))
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    inv = torch.where(absmax > 0, torch.ones_like(absmax).div(safe), torch.zeros_like(absmax))  # float32 1/absmax
     return blocks * inv[:, None], absmax, n
 
 
@@ -106,8 +132,8 @@ def dequantize_blockwise_ref(q: torch.Tensor, absmax: torch.Tensor, code: torch.
 def nf4_codes(v: torch.Tensor) -> torch.Tensor:
     """Code index for scaled values v (float32) via the strict '>' threshold list."""
     codes = torch.zeros(v.shape, dtype=torch.int64)
-    for t in NF4_THRESHOLDS:
-        codes += (v > t).long()
+    for t in NF4_THRESHOLDS:  # float32-exact values: the comparison is the float32 one
+        codes += (v.float() > torch.tensor(t, dtype=torch.float32)).long()
     return codes
 
 
@@ -116,7 +142,7 @@ def fp4_codes(v: torch.Tensor) -> torch.Tensor:
     low = torch.zeros(v.shape, dtype=torch.int64)
     decided = torch.zeros(v.shape, dtype=torch.bool)
     for t, bits in FP4_RULES:
-        hit = (a > t) & ~decided
+        hit = (a.float() > torch.tensor(t, dtype=torch.float32)) & ~decided
         low[hit] = bits
         decided |= hit
     return low + 8 * (v < 0).long()
@@ -161,8 +187,9 @@ def int8_vectorwise_ref(x: torch.Tensor, threshold: float = 0.0):
         mask = None
         kept = rows2d
     absmax = kept.abs().amax(dim=1) if cols else torch.zeros(rows2d.shape[0])
-    scale = torch.where(absmax > 0, 127.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax)),
-                        torch.zeros_like(absmax))
+    # float32 127 / absmax as a true division (``127.0 / tensor`` is computed as 127 * reciprocal).
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    scale = torch.where(absmax > 0, torch.full_like(absmax, 127.0).div(safe), torch.zeros_like(absmax))
     q = torch.round(kept * scale[:, None])
     outliers = None
     if mask is not None:

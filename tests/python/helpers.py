@@ -1,0 +1,27 @@
+"""Devices, dtypes and marks shared by the test modules."""
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+# Parametrize over these to run a test on CPU and (when present) on CUDA.
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}
+
+# Blocksizes CUDA accepts for 8-bit blockwise (powers of two 64..4096); CPU accepts any positive one.
+BLOCKSIZES_8BIT_POW2 = [64, 128, 256, 512, 1024, 2048, 4096]
+BLOCKSIZES_8BIT_CPU_ONLY = [100, 16384]
+BLOCKSIZES_4BIT = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def dtype_id(d):
+    return DTYPE_IDS.get(d, str(d).replace("torch.", ""))
+
+
+def randn(shape, dtype, device="cpu", seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).to(dtype).to(device)

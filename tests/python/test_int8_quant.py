@@ -1,0 +1,256 @@
+"""LLM.int8() quantization: int8_vectorwise_quant / _dequant, int8_double_quant (compat.md §1.3, §1.4.4).
+
+Tolerances: row quantization is exact (round half to even of x * 127 / absmax in float32);
+row/col absmax exact; dequantization exact for the stated multiplier.
+"""
+
+import pytest
+import torch
+
+import bitsandbytes.functional as F
+import oracles as O
+from helpers import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda, randn
+
+ops = torch.ops.bitsandbytes
+
+
+def _with_outliers(shape, dtype, device, seed=0):
+    x = randn(shape, torch.float32, "cpu", seed=seed)
+    cols = shape[-1]
+    flat = x.view(-1, cols)
+    flat[1, 3] = 9.0
+    flat[-1, 3] = -7.5
+    flat[2, cols - 1] = 6.0  # exactly the threshold: an outlier (>=)
+    flat[0, 5] = 5.96875  # just below the threshold, exact in bf16 too
+    return x.to(dtype).to(device)
+
+
+def _check(x, threshold, q, stats, cols):
+    q_ref, stats_ref, cols_ref = O.int8_vectorwise_ref(x, threshold)
+    assert q.dtype == torch.int8 and q.shape == x.shape and q.device == x.device
+    rows = x.numel() // x.shape[-1]
+    assert stats.dtype == torch.float32 and stats.shape == (rows,)
+    assert torch.equal(stats.cpu(), stats_ref)
+    bad = (q.cpu() != q_ref).sum().item()
+    assert bad == 0, f"{bad} int8 values differ from round(x * 127 / absmax)"
+    if threshold == 0.0:
+        assert cols is None
+    else:
+        assert cols is not None and cols.dtype == torch.int64 and cols.dim() == 1
+        assert torch.equal(cols.cpu(), cols_ref)
+    return q_ref, stats_ref, cols_ref
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", [(1, 64), (37, 129), (4, 5, 96)], ids=str)
+def test_vectorwise_quant_no_threshold(device, dtype, shape):
+    x = randn(shape, dtype, device, seed=3, scale=3.0)
+    q, stats, cols = F.int8_vectorwise_quant(x)
+    _check(x, 0.0, q, stats, cols)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", [(6, 40), (2, 3, 40)], ids=str)
+def test_vectorwise_quant_with_outliers(device, dtype, shape):
+    x = _with_outliers(shape, dtype, device)
+    q, stats, cols = F.int8_vectorwise_quant(x, threshold=6.0)
+    q_ref, stats_ref, cols_ref = _check(x, 6.0, q, stats, cols)
+    assert cols.tolist() == [3, shape[-1] - 1], "sorted, unique columns with any |x| >= threshold"
+    q2d = q.view(-1, shape[-1]).cpu()
+    assert torch.all(q2d[:, cols.cpu()] == 0), "whole outlier columns are zeroed when rows > 1"
+    # row absmax excludes the outliers: the row holding 9.0 has stats < 6
+    assert stats.view(-1)[1].item() < 6.0
+    assert stats.view(-1)[0].item() == 5.96875
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vectorwise_quant_single_row_zeroes_only_outliers(device):
+    x = torch.tensor([[0.5, -8.0, 1.0, 2.0, 7.0, -0.25]], device=device)
+    q, stats, cols = F.int8_vectorwise_quant(x, threshold=6.0)
+    _check(x, 6.0, q, stats, cols)
+    assert cols.tolist() == [1, 4]
+    assert stats.item() == 2.0
+    assert q.cpu().tolist() == [[32, 0, 64, 127, 0, -16]]  # 0.5 * 63.5 = 31.75 -> 32; -0.25 -> -15.875 -> -16
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_vectorwise_quant_threshold_without_outliers_gives_empty_tensor(device, dtype):
+    x = randn((8, 32), dtype, device)
+    q, stats, cols = F.int8_vectorwise_quant(x, threshold=100.0)
+    assert cols is not None and cols.numel() == 0 and cols.dtype == torch.int64
+    _check(x, 100.0, q, stats, cols)
+    q0, stats0, _ = F.int8_vectorwise_quant(x)
+    assert torch.equal(q, q0) and torch.equal(stats, stats0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vectorwise_quant_rounds_half_to_even(device):
+    # With absmax 127 the scale is exactly 1, so x itself is rounded.
+    vals = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.4999, 3.5, 126.5]
+    x = torch.tensor([vals], device=device)
+    q, stats, _ = F.int8_vectorwise_quant(x)
+    assert stats.item() == 127.0
+    assert q.cpu().tolist() == [[127, 0, 2, 2, 0, -2, -2, 3, 4, 126]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vectorwise_quant_zero_row(device):
+    x = randn((3, 16), torch.float16, device)
+    x[1] = 0
+    q, stats, _ = F.int8_vectorwise_quant(x)
+    assert stats[1].item() == 0.0
+    assert torch.all(q[1] == 0)
+    _check(x, 0.0, q, stats, None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vectorwise_quant_non_contiguous(device):
+    base = randn((40, 64), torch.bfloat16, device, seed=8, scale=2.0)
+    x = base.t()
+    q, stats, cols = F.int8_vectorwise_quant(x)
+    _check(x, 0.0, q, stats, cols)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_vectorwise_round_trip_error_bound(device, dtype):
+    x = randn((64, 256), dtype, device, seed=5, scale=4.0)
+    q, stats, _ = F.int8_vectorwise_quant(x)
+    y = F.int8_vectorwise_dequant(q, stats)
+    # half a quantization step per row, plus the rounding of the input dtype
+    step = stats.cpu()[:, None] / 127
+    err = (y.cpu() - x.cpu().float()).abs()
+    assert torch.all(err <= step / 2 * (1 + 1e-5) + 1e-6)
+
+
+# ---- dequant ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(5, 17), (2, 3, 17)], ids=str)
+def test_vectorwise_dequant(device, shape):
+    g = torch.Generator().manual_seed(1)
+    A = torch.randint(-127, 128, shape, dtype=torch.int8, generator=g)
+    rows = A.numel() // shape[-1]
+    stats = torch.rand(rows, generator=g) * 10 + 0.1
+    y = F.int8_vectorwise_dequant(A.to(device), stats.to(device))
+    assert y.dtype == torch.float32 and y.shape == shape
+    want = (A.reshape(rows, -1).float() * stats[:, None] * torch.tensor(O.INT8_DEQUANT_MULTIPLIER,
+                                                                         dtype=torch.float32)).reshape(shape)
+    assert torch.equal(y.cpu(), want)
+    # the multiplier is 1/127
+    exact = A.reshape(rows, -1).double() * stats.double()[:, None] / 127
+    torch.testing.assert_close(y.cpu().double().reshape(rows, -1), exact, rtol=1e-6, atol=1e-6)
+
+
+def test_dequant_multiplier_constant():
+    import bitsandbytes._ops as _ops
+
+    assert _ops.INT8_DEQUANT_MULTIPLIER == 7.874015718698502e-3
+
+
+# ---- double quant -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_double_quant(device, dtype, threshold):
+    x = _with_outliers((24, 48), dtype, device, seed=2)
+    out_row, out_col, row_stats, col_stats, cols = F.int8_double_quant(x, threshold=threshold)
+    _check(x, threshold, out_row, row_stats, cols)
+    col_ref, col_stats_ref = O.int8_colwise_ref(x, threshold)
+    assert out_col.dtype == torch.int8 and out_col.shape == x.shape
+    assert col_stats.dtype == torch.float32 and col_stats.shape == (48,)
+    assert torch.equal(col_stats.cpu(), col_stats_ref)
+    diff = (out_col.cpu().int() - col_ref.int()).abs()
+    # exact except where x * 127 / absmax sits within float32 rounding of a .5 tie
+    assert diff.max().item() <= 1
+    assert (diff != 0).float().mean().item() < 1e-3
+    if threshold > 0:
+        outlier_mask = x.cpu().float().abs() >= threshold
+        assert torch.all(out_col.cpu()[outlier_mask] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_quant_3d(device):
+    x = randn((2, 5, 24), torch.float16, device, seed=4)
+    out_row, out_col, row_stats, col_stats, cols = F.int8_double_quant(x)
+    assert out_row.shape == out_col.shape == (2, 5, 24)
+    assert row_stats.shape == (10,) and col_stats.shape == (24,) and cols is None
+    assert torch.equal(col_stats.cpu(), x.cpu().float().reshape(10, 24).abs().amax(0))
+
+
+@pytest.mark.parametrize("kwarg", ["col_stats", "row_stats", "out_col", "out_row"])
+def test_double_quant_rejects_preallocated_outputs(kwarg):
+    x = randn((4, 8), torch.float16)
+    buffers = {"col_stats": torch.empty(8), "row_stats": torch.empty(4),
+               "out_col": torch.empty(4, 8, dtype=torch.int8), "out_row": torch.empty(4, 8, dtype=torch.int8)}
+    with pytest.raises(ValueError):
+        F.int8_double_quant(x, **{kwarg: buffers[kwarg]})
+
+
+# ---- CUDA vs CPU ----------------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_cuda_matches_cpu(dtype, threshold):
+    x = _with_outliers((64, 200), dtype, "cpu", seed=6)
+    cpu = F.int8_vectorwise_quant(x, threshold)
+    gpu = F.int8_vectorwise_quant(x.cuda(), threshold)
+    assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+    if threshold:
+        assert torch.equal(gpu[2].cpu(), cpu[2])
+    else:
+        assert gpu[2] is None
+    cpu_d = F.int8_double_quant(x, threshold=threshold)
+    gpu_d = F.int8_double_quant(x.cuda(), threshold=threshold)
+    for a, b in zip(gpu_d[:4], cpu_d[:4]):
+        assert torch.equal(a.cpu(), b)
+    assert torch.equal(F.int8_vectorwise_dequant(gpu[0], gpu[1]).cpu(), F.int8_vectorwise_dequant(cpu[0], cpu[1]))
+
+
+# ---- empty shapes: real outputs agree with the fake kernel --------------------------------------------------
+
+
+def _fake_run(op, shape, threshold):
+    """The op's fake-kernel outputs (FakeTensorMode: the outlier list has a data-dependent size)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    with FakeTensorMode(shape_env=ShapeEnv()):
+        return op(torch.empty(shape), threshold)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 0), (0, 8), (2, 0, 3), (3, 1, 0)], ids=str)
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_vectorwise_quant_empty_shapes(device, shape, threshold):
+    x = torch.empty(shape, device=device)
+    q, stats, cols = F.int8_vectorwise_quant(x, threshold)
+    mq, mstats, mcols = _fake_run(ops.int8_vectorwise_quant, shape, threshold)
+    assert q.shape == mq.shape == shape and q.dtype == torch.int8
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    assert stats.shape == mstats.shape == (rows,)
+    assert torch.all(stats == 0)
+    if threshold == 0.0:
+        assert cols is None and mcols is None
+    else:
+        assert cols.dtype == torch.int64 and cols.numel() == 0, "no values, so no outlier columns"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 0), (0, 8)], ids=str)
+def test_double_quant_empty_shapes(device, shape):
+    out_row, out_col, row_stats, col_stats, cols = F.int8_double_quant(torch.empty(shape, device=device), threshold=2.0)
+    meta = _fake_run(ops.int8_double_quant, shape, 2.0)
+    assert out_row.shape == out_col.shape == shape
+    assert row_stats.shape == meta[2].shape and col_stats.shape == meta[3].shape
+    assert cols.numel() == 0
