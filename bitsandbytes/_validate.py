@@ -36,11 +36,23 @@ def float_dtype(name: str, dtype: torch.dtype) -> None:
         raise TypeError(f"{name} must be one of {_names(FLOAT_DTYPES)}; got {dtype}")
 
 
+def storage_device(t: torch.Tensor) -> torch.device:
+    """The device whose kernels read `t`: cuda:page_deviceid for a paged tensor, else t.device.
+
+    A paged tensor is typed as a CPU tensor (its memory is host-addressable managed memory), but
+    the kernels that use it run on the GPU it was allocated for.
+    """
+    if getattr(t, "is_paged", False):
+        return torch.device("cuda", t.page_deviceid)
+    return t.device
+
+
 def same_device(reference_name: str, reference: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    ref_device = storage_device(reference)
     for name, t in others.items():
-        if t is not None and t.device != reference.device:
+        if t is not None and storage_device(t) != ref_device:
             raise ValueError(
-                f"{name} is on {t.device} but {reference_name} is on {reference.device}: "
+                f"{name} is on {storage_device(t)} but {reference_name} is on {ref_device}: "
                 "all tensors of one call must be on the same device"
             )
 

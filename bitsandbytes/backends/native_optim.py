@@ -78,7 +78,7 @@ def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, be
     g = g.contiguous()
     hp = _hparams(lr, beta1, beta2, beta3, alpha, eps, weight_decay, gnorm_scale, max_unorm, param_norm, step,
                   skip_zeros)
-    lib, dev, stream = _exec(p.device)
+    lib, dev, stream = _exec(check.storage_device(p))
     lib.call("bnb_optimizer_update_32bit", _native.OPTIMIZERS[rule], ct.byref(hp), _ptr(p), _DTYPE_CODES[p.dtype],
              _ptr(g), _DTYPE_CODES[g.dtype], _ptr(state1), _ptr(state2 if rule in TWO_STATE else None), _ptr(unorm),
              p.numel(), dev, stream)
@@ -107,7 +107,7 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
     # optimizer classes, which call the native library with max_unorm directly.
     hp = _hparams(lr, beta1, beta2, beta3, alpha, eps, weight_decay, gnorm_scale, 0.0, 0.0, step, skip_zeros)
     two = rule in TWO_STATE
-    lib, dev, stream = _exec(p.device)
+    lib, dev, stream = _exec(check.storage_device(p))
     lib.call("bnb_optimizer_update_8bit_blockwise", _native.OPTIMIZERS[rule], ct.byref(hp), _ptr(p),
              _DTYPE_CODES[p.dtype], _ptr(g), _DTYPE_CODES[g.dtype], _ptr(state1), _ptr(state2 if two else None),
              _ptr(qmap1.contiguous()), _ptr(qmap2.contiguous() if two else None), _ptr(absmax1),

@@ -14,6 +14,13 @@ from test_optim_reference import RefOptimizer
 
 O = bnb.optim
 
+
+@pytest.fixture(autouse=True)
+def _fresh_manager():
+    # Overrides are keyed by id(param); ids of dead parameters from other tests may be reused.
+    O.GlobalOptimManager.get_instance().initialize()
+    yield
+
 # name -> (factory(params, optim_bits), reference rule, reference hyper-parameters)
 CASES = {
     "adam": (lambda ps, b: O.Adam(ps, lr=1e-2, betas=(0.9, 0.99), optim_bits=b), "adam",
@@ -235,10 +242,12 @@ def test_bf16_grads_for_fp32_params(name, bits):
     make, _, _ = CASES[name]
     p0 = init_param(SHAPE_8BIT)
     a, b = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
-    a.grad_dtype = torch.bfloat16 if hasattr(a, "grad_dtype") else None
     oa, ob = make([a], bits), make([b], bits)
     for g in grads(SHAPE_8BIT, 5, dtype=torch.bfloat16):
-        a.grad = g.clone()
+        # torch checks a gradient's dtype on assignment (mixed-precision frameworks set it through
+        # .data or grad_dtype); .data works on every supported torch version.
+        a.grad = torch.zeros_like(a)
+        a.grad.data = g.clone()
         b.grad = g.float()
         oa.step()
         ob.step()
@@ -505,3 +514,27 @@ def test_functional_rejects_mixed_devices():
                                  torch.zeros(10), beta2=0.99)
     with pytest.raises(ValueError, match="optimizer_name"):
         F.optimizer_update_32bit("adamax", torch.zeros(10), p, torch.zeros(10), 0.9, 1e-8, 1, 1e-3)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_replaced_state_and_param_storage_are_picked_up(fused):
+    """Tensors swapped in by hand (a state moved and back, p.data replaced) are used by the next step."""
+    def run(swap):
+        p = torch.nn.Parameter(init_param(SHAPE_8BIT))
+        opt = O.AdamW8bit([p])
+        opt._fused = fused
+        for i, g in enumerate(grads(SHAPE_8BIT, 6)):
+            p.grad = g
+            opt.step()
+            if swap and i == 2:
+                st = opt.state[p]
+                for k in ("state1", "state2", "absmax1", "absmax2"):
+                    st[k] = st[k].clone()
+                p.data = p.data.clone()
+        return p, opt
+
+    pa, oa = run(True)
+    pb, ob = run(False)
+    assert torch.equal(pa, pb)
+    for k in ("state1", "state2", "absmax1", "absmax2"):
+        assert torch.equal(oa.state[pa][k], ob.state[pb][k])
