@@ -15,6 +15,8 @@
 // finish through shared memory.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/common.cuh"
 
 namespace bnb::cuda {
@@ -38,11 +40,18 @@ struct BlockTile {
     float warp_max[2][kWarps];
   };
 
-  // Loads this thread's L vectors of block `block` (all in range) into x, as float.
-  __device__ __forceinline__ static void load(const T* __restrict__ A, int64_t block, int g, float (&x)[L][kVec]) {
+  using Raw = RawVec<T, kVec>;
+
+  // Loads this thread's L vectors of block `block` (all in range), raw.
+  __device__ __forceinline__ static void load(const T* __restrict__ A, int64_t block, int g, uint4 (&raw)[L]) {
     const T* base = A + block * kBlockElems + int64_t{g} * kVec;
 #pragma unroll
-    for (int l = 0; l < L; ++l) load_f32<T, kVec>(base + l * G * kVec, x[l]);
+    for (int l = 0; l < L; ++l) raw[l] = Raw::load(base + l * G * kVec);
+  }
+
+  // Vector l as floats.
+  __device__ __forceinline__ static void unpack(const uint4 (&raw)[L], int l, float (&x)[kVec]) {
+    Raw::unpack(raw[l], x);
   }
 
   // Element offset, inside the block, of element i of this thread's vector l.
@@ -50,12 +59,30 @@ struct BlockTile {
 
   // max |x| over the whole block; every thread of the group gets it. Must be reached by all
   // threads of the CTA when G > 32 (it contains a barrier).
-  __device__ __forceinline__ static float absmax(const float (&x)[L][kVec], Shared& smem, int parity) {
+  __device__ __forceinline__ static float absmax(const uint4 (&raw)[L], Shared& smem, int parity) {
     float m = 0.0f;
+    if constexpr (sizeof(T) == 2) {
+      // Two 16-bit values per instruction; the maximum of 16-bit values is exact in 16 bits, and
+      // __hmax2 returns the other operand for a NaN, as fmaxf does.
+      using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+      const uint32_t zero = 0u;  // +0 in both halves
+      T2 m2 = *reinterpret_cast<const T2*>(&zero);
 #pragma unroll
-    for (int l = 0; l < L; ++l)
+      for (int l = 0; l < L; ++l) {
+        const uint32_t w[4] = {raw[l].x, raw[l].y, raw[l].z, raw[l].w};
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) m = fmaxf(m, fabsf(x[l][i]));
+        for (int k = 0; k < 4; ++k) m2 = __hmax2(m2, __habs2(*reinterpret_cast<const T2*>(&w[k])));
+      }
+      m = fmaxf(to_f32(m2.x), to_f32(m2.y));
+    } else {
+#pragma unroll
+      for (int l = 0; l < L; ++l) {
+        float x[kVec];
+        unpack(raw, l, x);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) m = fmaxf(m, fabsf(x[i]));
+      }
+    }
     if constexpr (G <= kWarpSize) {
       return group_max<G>(m);
     } else {

@@ -9,7 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstring>
+#include <type_traits>
 
 #include "bnb/bnb.h"
 #include "core/dispatch.h"
@@ -45,16 +45,19 @@ namespace bnb::cuda {
 // ---- device selection --------------------------------------------------------------------------------
 // The runtime is linked statically, so its notion of "current device" is private to this library and
 // unrelated to torch's: every op selects the device it was given before touching memory or launching.
-// Only this library calls cudaSetDevice on its runtime, so a per-thread cache of the last choice is exact.
+// Only this library calls cudaSetDevice on its runtime, so a per-thread record of the last choice is
+// exact and saves the call on the hot path.
+inline cudaError_t select_device(int32_t device) {
+  thread_local int32_t current = -1;  // one per thread for the whole library (inline function)
+  if (current == device) return cudaSuccess;
+  const cudaError_t err = cudaSetDevice(device);
+  current = err == cudaSuccess ? device : -1;
+  return err;
+}
+
 class DeviceGuard {
  public:
-  explicit DeviceGuard(int32_t device) {
-    thread_local int32_t current = -1;
-    if (current != device) {
-      BNB_CUDA_CHECK(cudaSetDevice(device));
-      current = device;
-    }
-  }
+  explicit DeviceGuard(int32_t device) { BNB_CUDA_CHECK(select_device(device)); }
 };
 
 inline cudaStream_t as_cuda(bnb_stream_t stream) { return static_cast<cudaStream_t>(stream); }
@@ -104,11 +107,56 @@ struct alignas(sizeof(T) * V) Packet {
   T v[V];
 };
 
+// Elements of one 16-byte word as float. Kept as raw words until used: a cached __half held as its
+// own object costs a whole register, a raw word holds two.
+__device__ __forceinline__ void unpack16(const uint4& r, float (&x)[4]) {
+  x[0] = __uint_as_float(r.x);
+  x[1] = __uint_as_float(r.y);
+  x[2] = __uint_as_float(r.z);
+  x[3] = __uint_as_float(r.w);
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& r, float (&x)[8]) {
+  const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if constexpr (std::is_same_v<T, __half>) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[k]));
+      x[2 * k] = f.x;
+      x[2 * k + 1] = f.y;
+    } else {  // bfloat16 is the upper half of a float32: widening is a shift
+      x[2 * k] = __uint_as_float(w[k] << 16);
+      x[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+  }
+}
+
+// V consecutive elements of T in their raw form: one 16-byte word for a full vector, the elements
+// themselves for narrower accesses (unaligned rows).
+template <typename T, int V>
+struct RawVec {
+  static constexpr bool kWide = V * sizeof(T) == kVecBytes;
+  using type = std::conditional_t<kWide, uint4, Packet<T, V>>;
+
+  __device__ __forceinline__ static type load(const T* __restrict__ src) {
+    return *reinterpret_cast<const type*>(src);
+  }
+  __device__ __forceinline__ static void unpack(const type& r, float (&x)[V]) {
+    if constexpr (kWide && sizeof(T) == 4) {
+      unpack16(r, x);
+    } else if constexpr (kWide) {
+      unpack16<T>(r, x);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) x[i] = to_f32(r.v[i]);
+    }
+  }
+};
+
 template <typename T, int V>
 __device__ __forceinline__ void load_f32(const T* __restrict__ src, float (&dst)[V]) {
-  const Packet<T, V> p = *reinterpret_cast<const Packet<T, V>*>(src);
-#pragma unroll
-  for (int i = 0; i < V; ++i) dst[i] = to_f32(p.v[i]);
+  RawVec<T, V>::unpack(RawVec<T, V>::load(src), dst);
 }
 
 template <typename T, int V>
@@ -119,9 +167,6 @@ __device__ __forceinline__ void store_from_f32(T* __restrict__ dst, const float 
   *reinterpret_cast<Packet<T, V>*>(dst) = p;
 }
 
-// Raw 16-byte load/store of any element type (the caller unpacks).
-__device__ __forceinline__ uint4 load16(const void* src) { return *reinterpret_cast<const uint4*>(src); }
-__device__ __forceinline__ void store16(void* dst, const uint4& v) { *reinterpret_cast<uint4*>(dst) = v; }
 
 inline bool is_aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 

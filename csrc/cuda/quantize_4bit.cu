@@ -1,13 +1,14 @@
 // 4-bit blockwise quantization (NF4 / FP4) with nibble packing, and its inverse.
 //
 // Quantize: absmax[b] = max |A| over block b; each element is scaled by inverse_absmax(absmax[b])
-// and encoded with bnb::encode_4bit<Q> (core/formats.h); element 2j goes to the high nibble of
+// and encoded as bnb::encode_4bit<Q> (core/formats.h) does (the vector kernel through an exact lookup
+// table derived from it); element 2j goes to the high nibble of
 // packed[j], element 2j + 1 to the low nibble, and an odd n leaves the last low nibble zero.
 // Whole tiles of aligned data use the vector layout of block_tile.cuh; the rest (last partial tile,
 // misaligned pointers) goes through a warp-per-block kernel with the same encoder.
 //
-// Dequantize: out[i] = table[nibble(i)] * absmax[i / blocksize]; one thread expands 16 packed bytes
-// (32 elements) per step with the 16-entry table in shared memory (16 words in 16 banks: no conflicts).
+// Dequantize: out[i] = table[nibble(i)] * absmax[i / blocksize]; one thread writes a 16-byte output
+// vector per step, with the 16-entry table in shared memory (16 words in 16 banks: no conflicts).
 #include <algorithm>
 
 #include "core/backend.h"
@@ -22,11 +23,76 @@ constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread in the
 constexpr int kGenericThreads = 256;
 constexpr int kGenericWarps = kGenericThreads / kWarpSize;
 constexpr int kDequantThreads = 256;
-constexpr int kDequantChunkBytes = 16;                       // packed bytes per thread per step
-constexpr int kDequantChunkElems = 2 * kDequantChunkBytes;   // elements they hold
+constexpr int kDequantUnroll = 4;  // output vectors per thread per step of the dequantize kernel
 constexpr int kTableSize4bit = 16;
 
 __device__ __forceinline__ uint8_t pack_pair(uint8_t hi, uint8_t lo) { return static_cast<uint8_t>((hi << 4) | lo); }
+
+// encode_4bit<Q> as one shared-memory lookup and one comparison instead of 7-15 comparisons, which
+// would make the kernel ALU-bound for 16-bit inputs. The float bits of the scaled value pick a bucket
+// (sign, exponent, kSliceBits mantissa bits); every bucket holds at most one decision threshold, so
+//   code(x) = x > bucket.thr ? bucket.above : bucket.below
+// reproduces encode_4bit<Q> exactly. The table is computed per CTA by evaluating encode_4bit<Q> itself
+// (binary search for the one change point of each bucket), so it cannot drift from the reference.
+//
+//   magnitude buckets:  0 = |x| < 2^-kOctaves | kOctaves + 1 octaves x 2^kSliceBits slices up to [1, 2) | NaN/|x| >= 2
+//   index = magnitude bucket + (sign ? kMagBuckets : 0)
+struct Lut4bit {
+  static constexpr int kSliceBits = 3;   // 8 slices per octave: NF4/FP4 thresholds are >= 1/8 octave apart
+  static constexpr int kOctaves = 10;    // 2^-10 is below the smallest FP4 threshold (0.0026) and NF4's (0.0398)
+  static constexpr int kTopExponent = 127;                       // biased exponent of 1.0f
+  static constexpr int kFirstKey = (kTopExponent - kOctaves) << kSliceBits;
+  static constexpr int kSlices = (kOctaves + 1) << kSliceBits;   // octaves 2^-10 .. 2^0 inclusive
+  static constexpr int kMagBuckets = 1 + kSlices + 1;
+  static constexpr int kEntries = 2 * kMagBuckets;
+  static constexpr uint32_t kCanonicalNaN = 0x7fffffffu;
+
+  struct Entry {
+    float thr;
+    uint32_t codes;  // below | above << 8
+  };
+  Entry entry[kEntries];
+
+  __device__ __forceinline__ static int magnitude_bucket(uint32_t bits) {
+    const int m = static_cast<int>((bits & 0x7fffffffu) >> (23 - kSliceBits)) - kFirstKey + 1;
+    return min(max(m, 0), kMagBuckets - 1);
+  }
+
+  __device__ __forceinline__ uint32_t encode(float x) const {
+    const uint32_t bits = __float_as_uint(x);
+    const Entry e = entry[magnitude_bucket(bits) + ((bits >> 31) ? kMagBuckets : 0)];
+    return x > e.thr ? (e.codes >> 8) : (e.codes & 0xffu);
+  }
+
+  // Magnitude bits of the smallest |x| in magnitude bucket m (1 <= m < kMagBuckets).
+  __device__ static uint32_t lower_bits(int m) { return static_cast<uint32_t>(m - 1 + kFirstKey) << (23 - kSliceBits); }
+
+  template <QuantType Q>
+  __device__ void build() {
+    for (int idx = threadIdx.x; idx < kEntries; idx += blockDim.x) {
+      const int m = idx % kMagBuckets;
+      const bool negative = idx >= kMagBuckets;
+      if (m == kMagBuckets - 1) {  // only NaN reaches it (|x * (1 / absmax)| <= 1 + ulp otherwise)
+        const uint32_t c = encode_4bit<Q>(__uint_as_float(kCanonicalNaN));
+        entry[idx] = {0.0f, c | (c << 8)};
+        continue;
+      }
+      const uint32_t a = m == 0 ? 0u : lower_bits(m);
+      const uint32_t b = lower_bits(m + 1) - 1u;
+      // The bucket's values in ascending order: value(i), i = 0 .. b - a.
+      auto value = [&](uint32_t i) { return negative ? -__uint_as_float(b - i) : __uint_as_float(a + i); };
+      const uint32_t below = encode_4bit<Q>(value(0));
+      const uint32_t above = encode_4bit<Q>(value(b - a));
+      uint32_t lo = 0, hi = b - a;  // largest i with code(value(i)) == below
+      while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1) / 2;
+        if (encode_4bit<Q>(value(mid)) == below) lo = mid;
+        else hi = mid - 1;
+      }
+      entry[idx] = {value(lo), below | (above << 8)};
+    }
+  }
+};
 
 // Whole tiles of aligned data. T: input element type; Q: NF4 or FP4; G: threads per block.
 template <typename T, QuantType Q, int G>
@@ -35,6 +101,9 @@ __global__ void __launch_bounds__(kTileThreads) quantize_4bit_kernel(Quantize4bi
   constexpr int V = Tile::kVec;
   static_assert(V % 2 == 0, "a vector holds whole bytes of codes");
   __shared__ typename Tile::Shared scratch;
+  __shared__ Lut4bit lut;
+  lut.build<Q>();
+  __syncthreads();
 
   const T* __restrict__ A = static_cast<const T*>(p.A);
   const int group = threadIdx.x / G;
@@ -42,18 +111,20 @@ __global__ void __launch_bounds__(kTileThreads) quantize_4bit_kernel(Quantize4bi
   int parity = 0;
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, parity ^= 1) {
     const int64_t block = tile * Tile::kBlocksPerTile + group;
-    float x[kLoadsPerThread][V];
-    Tile::load(A, block, g, x);
-    const float amax = Tile::absmax(x, scratch, parity);
+    uint4 raw[kLoadsPerThread];
+    Tile::load(A, block, g, raw);
+    const float amax = Tile::absmax(raw, scratch, parity);
     if (g == 0) p.absmax[block] = amax;
     const float scale = inverse_absmax(amax);
     uint8_t* packed = p.packed + block * (Tile::kBlockElems / 2);
 #pragma unroll
     for (int l = 0; l < kLoadsPerThread; ++l) {
+      float x[V];
+      Tile::unpack(raw, l, x);
       Packet<uint8_t, V / 2> q;
 #pragma unroll
       for (int j = 0; j < V / 2; ++j)
-        q.v[j] = pack_pair(encode_4bit<Q>(x[l][2 * j] * scale), encode_4bit<Q>(x[l][2 * j + 1] * scale));
+        q.v[j] = static_cast<uint8_t>((lut.encode(x[2 * j] * scale) << 4) | lut.encode(x[2 * j + 1] * scale));
       *reinterpret_cast<Packet<uint8_t, V / 2>*>(packed + Tile::offset_in_block(g, l) / 2) = q;
     }
   }
@@ -85,49 +156,54 @@ __global__ void __launch_bounds__(kGenericThreads)
   }
 }
 
+// One output vector (16 bytes of T) per thread and step, from V / 2 packed bytes: both the loads and
+// the 16-byte stores of a warp are contiguous. kDequantUnroll vectors per thread are loaded before
+// any is expanded, to keep several loads in flight.
 template <typename T>
 __global__ void __launch_bounds__(kDequantThreads)
-    dequantize_4bit_kernel(Dequantize4bitParams p, int64_t num_chunks, int log2_blocksize) {
+    dequantize_4bit_kernel(Dequantize4bitParams p, int64_t num_vecs, int log2_blocksize) {
   constexpr int V = vec_elems<T>();
-  constexpr int kStores = kDequantChunkElems / V;  // 16-byte stores per chunk
+  using Codes = Packet<uint8_t, V / 2>;
   __shared__ float table[kTableSize4bit];
   if (threadIdx.x < kTableSize4bit)
     table[threadIdx.x] = p.qtype == QuantType::NF4 ? kNF4Values[threadIdx.x] : kFP4Values[threadIdx.x];
   __syncthreads();
 
   T* __restrict__ out = static_cast<T*>(p.out);
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  // A chunk never straddles two blocks: blocksizes are powers of two >= kDequantChunkElems.
-  for (int64_t c = tid; c < num_chunks; c += stride) {
-    const uint4 raw = load16(p.packed + c * kDequantChunkBytes);
-    const int64_t first = c * kDequantChunkElems;
-    const float scale = __ldg(p.absmax + (first >> log2_blocksize));
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  const Codes* __restrict__ in = reinterpret_cast<const Codes*>(p.packed);
+  constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
+  // A vector never straddles two blocks: blocksizes are powers of two >= kMinBlocksize4bit >= V.
+  for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
+    Codes q[kDequantUnroll];
 #pragma unroll
-    for (int s = 0; s < kStores; ++s) {
-      float v[V];
+    for (int u = 0; u < kDequantUnroll; ++u) {
+      const int64_t v = base + u * kDequantThreads + threadIdx.x;
+      if (v < num_vecs) q[u] = in[v];
+    }
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int e = s * V + i;                     // element within the chunk
-        const uint32_t byte = (words[e / 8] >> (8 * ((e / 2) % 4))) & 0xffu;
-        const uint32_t nibble = (e % 2 == 0) ? (byte >> 4) : (byte & 0xfu);
-        v[i] = table[nibble] * scale;
+    for (int u = 0; u < kDequantUnroll; ++u) {
+      const int64_t v = base + u * kDequantThreads + threadIdx.x;
+      if (v >= num_vecs) break;
+      const float scale = __ldg(p.absmax + ((v * V) >> log2_blocksize));
+      float x[V];
+#pragma unroll
+      for (int j = 0; j < V / 2; ++j) {
+        x[2 * j] = table[q[u].v[j] >> 4] * scale;
+        x[2 * j + 1] = table[q[u].v[j] & 0xf] * scale;
       }
-      store_from_f32<T, V>(out + first + s * V, v);
+      store_from_f32<T, V>(out + v * V, x);
     }
   }
-  // Bytes after the last whole chunk (or all of them when the pointers are not 16-byte aligned).
+  // Bytes after the last whole vector (or all of them when the pointers are not aligned).
   const int64_t num_bytes = (p.n + 1) / 2;
-  for (int64_t j = num_chunks * kDequantChunkBytes + tid; j < num_bytes; j += stride) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t j = num_vecs * (V / 2) + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; j < num_bytes; j += stride) {
     const uint8_t byte = p.packed[j];
     const int64_t i = 2 * j;
     out[i] = from_f32<T>(table[byte >> 4] * __ldg(p.absmax + (i >> log2_blocksize)));
     if (i + 1 < p.n) out[i + 1] = from_f32<T>(table[byte & 0xf] * __ldg(p.absmax + ((i + 1) >> log2_blocksize)));
   }
 }
-
-static_assert(kDequantChunkElems <= kMinBlocksize4bit, "a dequantize chunk lies inside one block");
 
 int log2_of(int64_t pow2) {
   int s = 0;
@@ -189,14 +265,13 @@ void launch_quantize_4bit(const Quantize4bitParams& p, int32_t device, cudaStrea
 
 template <typename T>
 void launch_dequantize_4bit(const Dequantize4bitParams& p, int32_t device, cudaStream_t stream) {
-  const bool vector_ok = is_aligned(p.packed, kVecBytes) && is_aligned(p.out, kVecBytes);
-  const int64_t num_chunks = vector_ok ? p.n / kDequantChunkElems : 0;
-  const int64_t tail_bytes = (p.n + 1) / 2 - num_chunks * kDequantChunkBytes;
+  constexpr int V = vec_elems<T>();
+  const bool vector_ok = is_aligned(p.packed, V / 2) && is_aligned(p.out, kVecBytes);
+  const int64_t num_vecs = vector_ok ? p.n / V : 0;
   constexpr auto kernel = dequantize_4bit_kernel<T>;
-  const int64_t work = std::max<int64_t>(num_chunks, tail_bytes);
-  const unsigned grid =
-      grid_for((work + kDequantThreads - 1) / kDequantThreads, resident_ctas<kernel>(device, kDequantThreads));
-  kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_chunks, log2_of(p.blocksize));
+  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * kDequantUnroll * V : 2 * kDequantThreads;
+  const unsigned grid = grid_for((p.n + per_cta - 1) / per_cta, resident_ctas<kernel>(device, kDequantThreads));
+  kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_vecs, log2_of(p.blocksize));
   BNB_CUDA_CHECK_LAUNCH("dequantize_4bit_kernel");
 }
 

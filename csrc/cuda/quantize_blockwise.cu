@@ -6,7 +6,7 @@
 // is not a whole tile of aligned data (the last partial tile, misaligned pointers) goes through a
 // warp-per-block kernel with scalar accesses and the same search, so the bytes never depend on the path.
 //
-// Dequantize: out[i] = code[A[i]] * absmax[i / blocksize], 16 codes per thread per step.
+// Dequantize: out[i] = code[A[i]] * absmax[i / blocksize], one 16-byte output vector per thread per step.
 #include <algorithm>
 
 #include "core/backend.h"
@@ -22,7 +22,9 @@ constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread in the
 constexpr int kGenericThreads = 256;
 constexpr int kGenericWarps = kGenericThreads / kWarpSize;
 constexpr int kDequantThreads = 256;
-constexpr int kDequantChunk = 16;  // codes per thread per step: one 16-byte load
+constexpr uint32_t kLowBytesPair = 0x0040;  // __byte_perm selector: [a.byte0, b.byte0, ...]
+constexpr uint32_t kJoinPairs = 0x5410;     // __byte_perm selector: [a.byte0, a.byte1, b.byte0, b.byte1]
+constexpr int kDequantUnroll = 4;  // output vectors per thread per step of the dequantize kernel
 
 // Fills the CTA's copy of the search tables from the code book. Same arithmetic as
 // CodeSearch::build on the host, so the tables (and therefore the codes) are identical.
@@ -37,15 +39,114 @@ __device__ void build_code_search(CodeSearch& s, const float* __restrict__ code)
   __syncthreads();
 }
 
+// CodeSearch with finer buckets and a one-comparison fast path, for the vector kernel.
+//
+// Same rule as bnb::CodeSearch (index = number of midpoints strictly below v) and the same kind of
+// table: a bucket picked from v's float bits, lo = #midpoints below the bucket. With 64 slices per
+// octave (CodeSearch: 16) almost every bucket of the usual code books holds at most one midpoint, so
+//   index = lo + (v > mid[lo])
+// is exact there with one comparison and no loop; buckets holding more midpoints (and values below
+// 2^-kOctaves, which share one bucket) fall back to CodeSearch's forward scan. A NaN lands in the
+// bucket CodeSearch gives it (|v| >= 1 of its sign) and gets the same index.
+struct FineCodeSearch {
+  static constexpr int kSliceBits = 6;    // 64 slices per octave
+  static constexpr int kOctaves = 12;     // [2^-12, 1) get slices; smaller |v| share bucket 0
+  static constexpr int kTopExponent = 127;
+  static constexpr int kShift = 23 - kSliceBits;
+  static constexpr int kFirstKey = (kTopExponent - kOctaves) << kSliceBits;
+  static constexpr int kMagBuckets = 1 + (kOctaves << kSliceBits) + 1;  // tiny | slices | |v| >= 1
+  static constexpr int kEntries = 2 * kMagBuckets;                        // positive, then negative
+  static constexpr int kCountShift = 8;                                   // lo in bits 0..7, count above
+  static constexpr uint32_t kPositiveInfBits = 0x7f800000u;
+
+  struct Entry {
+    float first_mid;  // mid[lo] (+inf when lo == 255): the only midpoint that can lie below v
+    uint32_t lo_count;
+  };
+  float mid[CodeSearch::kMidpoints];
+  Entry entry[kEntries];
+
+  __device__ __forceinline__ static int magnitude_bucket(uint32_t bits) {
+    const int m = static_cast<int>((bits & 0x7fffffffu) >> kShift) - kFirstKey + 1;
+    return min(max(m, 0), kMagBuckets - 1);
+  }
+  // Bits of the smallest magnitude in magnitude bucket m (m <= kMagBuckets - 1).
+  __device__ static uint32_t lower_bits(int m) { return m == 0 ? 0u : static_cast<uint32_t>(m - 1 + kFirstKey) << kShift; }
+
+  __device__ __forceinline__ int search(float v) const {
+    const uint32_t bits = __float_as_uint(v);
+    const Entry e = entry[magnitude_bucket(bits) + (bits >> 31) * kMagBuckets];
+    int idx = static_cast<int>(e.lo_count & 0xffu);
+    if ((e.lo_count >> kCountShift) <= 1) return idx + (v > e.first_mid ? 1 : 0);
+    while (idx < CodeSearch::kMidpoints && v > mid[idx]) ++idx;
+    return idx;
+  }
+
+  // Indices of kGroup values at once (four entries stay in registers; a 16-bit vector's eight would
+  // spill). The fast path is taken when none of them lands in a bucket with two or more midpoints,
+  // one test per group. There lo + (v > mid[lo]) is formed as lo + signbit(mid[lo] - v): exact,
+  // because the rounded difference of two distinct floats is never zero (no flush-to-zero) and a
+  // NaN difference is the positive canonical NaN (v > mid[lo] is false for NaN). The caller must
+  // round v on its own (__fmul_rn): a multiply fused into this subtraction would change ties.
+  // The low byte of each result is the index.
+  static constexpr int kGroup = 4;
+  __device__ __forceinline__ void search4(const float* v, uint32_t* idx) const {
+    Entry e[kGroup];
+    uint32_t any = 0;
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i) {
+      const uint32_t bits = __float_as_uint(v[i]);
+      e[i] = entry[magnitude_bucket(bits) + (bits >> 31) * kMagBuckets];
+      any |= e[i].lo_count;
+    }
+    if ((any >> kCountShift) <= 1) {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = e[i].lo_count + (__float_as_uint(__fsub_rn(e[i].first_mid, v[i])) >> 31);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(search(v[i]));
+    }
+  }
+
+  __device__ static int count_at_most(const float* sorted, int count, float v) {
+    int lo = 0, hi = count;  // first index with sorted[i] > v
+    while (lo < hi) {
+      const int m = (lo + hi) / 2;
+      if (sorted[m] <= v) lo = m + 1;
+      else hi = m;
+    }
+    return lo;
+  }
+
+  __device__ void build(const float* __restrict__ code) {
+    for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
+      mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kEntries; idx += blockDim.x) {
+      const int m = idx % kMagBuckets;
+      const bool top = m == kMagBuckets - 1;
+      const float small = __uint_as_float(lower_bits(m));                                   // smallest |v|
+      const float large = __uint_as_float(top ? kPositiveInfBits : lower_bits(m + 1) - 1u); // largest |v|
+      const float vmin = idx < kMagBuckets ? small : -large;
+      const float vmax = idx < kMagBuckets ? large : -small;
+      const int lo = count_below(mid, CodeSearch::kMidpoints, vmin);
+      const int count = count_at_most(mid, CodeSearch::kMidpoints, vmax) - lo;
+      const float first = lo < CodeSearch::kMidpoints ? mid[lo] : __uint_as_float(kPositiveInfBits);
+      entry[idx] = {first, static_cast<uint32_t>(lo) | (static_cast<uint32_t>(count) << kCountShift)};
+    }
+    __syncthreads();
+  }
+};
+
 // Whole tiles of 16-byte-aligned data. T: input element type; G: threads per quantization block.
 template <typename T, int G>
 __global__ void __launch_bounds__(kTileThreads)
     quantize_blockwise_kernel(QuantizeBlockwiseParams p, int64_t num_tiles) {
   using Tile = BlockTile<T, G, kLoadsPerThread>;
   constexpr int V = Tile::kVec;
-  __shared__ CodeSearch search;
+  __shared__ FineCodeSearch search;
   __shared__ typename Tile::Shared scratch;
-  build_code_search(search, p.code);
+  search.build(p.code);
 
   const T* __restrict__ A = static_cast<const T*>(p.A);
   const int group = threadIdx.x / G;
@@ -53,18 +154,29 @@ __global__ void __launch_bounds__(kTileThreads)
   int parity = 0;
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, parity ^= 1) {
     const int64_t block = tile * Tile::kBlocksPerTile + group;
-    float x[kLoadsPerThread][V];
-    Tile::load(A, block, g, x);
-    const float amax = Tile::absmax(x, scratch, parity);
+    uint4 raw[kLoadsPerThread];
+    Tile::load(A, block, g, raw);
+    const float amax = Tile::absmax(raw, scratch, parity);
     if (g == 0) p.absmax[block] = amax;
     const float scale = inverse_absmax(amax);
     uint8_t* out = p.out + block * Tile::kBlockElems;
 #pragma unroll
     for (int l = 0; l < kLoadsPerThread; ++l) {
-      Packet<uint8_t, V> q;
+      float x[V];
+      Tile::unpack(raw, l, x);
 #pragma unroll
-      for (int i = 0; i < V; ++i) q.v[i] = static_cast<uint8_t>(search.search(x[l][i] * scale));
-      *reinterpret_cast<Packet<uint8_t, V>*>(out + Tile::offset_in_block(g, l)) = q;
+      for (int i = 0; i < V; ++i) x[i] = __fmul_rn(x[i], scale);  // rounded on its own: never fused into the search
+      uint32_t idx[V];
+#pragma unroll
+      for (int k = 0; k < V; k += FineCodeSearch::kGroup) search.search4(x + k, idx + k);
+      // Low bytes of four results per word: byte_perm picks them without masking.
+      uint32_t words[V / 4];
+#pragma unroll
+      for (int w = 0; w < V / 4; ++w)
+        words[w] = __byte_perm(__byte_perm(idx[4 * w], idx[4 * w + 1], kLowBytesPair),
+                               __byte_perm(idx[4 * w + 2], idx[4 * w + 3], kLowBytesPair), kJoinPairs);
+      *reinterpret_cast<Packet<uint32_t, V / 4>*>(out + Tile::offset_in_block(g, l)) =
+          *reinterpret_cast<const Packet<uint32_t, V / 4>*>(words);
     }
   }
 }
@@ -95,35 +207,43 @@ __global__ void __launch_bounds__(kGenericThreads)
   }
 }
 
+// One output vector (16 bytes of T) per thread and step, from V consecutive codes: both the V-byte
+// code loads and the 16-byte stores of a warp are contiguous. kDequantUnroll vectors per thread are
+// loaded before any is expanded, to keep several loads in flight.
 template <typename T>
 __global__ void __launch_bounds__(kDequantThreads)
-    dequantize_blockwise_kernel(DequantizeBlockwiseParams p, int64_t num_chunks, int log2_blocksize) {
+    dequantize_blockwise_kernel(DequantizeBlockwiseParams p, int64_t num_vecs, int log2_blocksize) {
   constexpr int V = vec_elems<T>();
-  constexpr int kStores = kDequantChunk / V;  // 16-byte stores per chunk
+  using Codes = Packet<uint8_t, V>;
   __shared__ float code[kCodeSize8bit];
   for (int i = threadIdx.x; i < kCodeSize8bit; i += blockDim.x) code[i] = __ldg(p.code + i);
   __syncthreads();
 
   T* __restrict__ out = static_cast<T*>(p.out);
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  const int64_t tid = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  // A chunk never straddles two blocks: blocksizes are powers of two >= kMinBlocksizeCuda8bit.
-  for (int64_t c = tid; c < num_chunks; c += stride) {
-    const int64_t first = c * kDequantChunk;
-    const uint4 raw = load16(p.A + first);
-    const float scale = __ldg(p.absmax + (first >> log2_blocksize));
-    uint8_t q[kDequantChunk];
-    std::memcpy(q, &raw, sizeof(q));
+  const Codes* __restrict__ in = reinterpret_cast<const Codes*>(p.A);
+  constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
+  // A vector never straddles two blocks: blocksizes are powers of two >= kMinBlocksizeCuda8bit >= V.
+  for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
+    Codes q[kDequantUnroll];
 #pragma unroll
-    for (int s = 0; s < kStores; ++s) {
-      float v[V];
+    for (int u = 0; u < kDequantUnroll; ++u) {
+      const int64_t v = base + u * kDequantThreads + threadIdx.x;
+      if (v < num_vecs) q[u] = in[v];
+    }
 #pragma unroll
-      for (int i = 0; i < V; ++i) v[i] = code[q[s * V + i]] * scale;
-      store_from_f32<T, V>(out + first + s * V, v);
+    for (int u = 0; u < kDequantUnroll; ++u) {
+      const int64_t v = base + u * kDequantThreads + threadIdx.x;
+      if (v >= num_vecs) break;
+      const float scale = __ldg(p.absmax + ((v * V) >> log2_blocksize));
+      float x[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) x[i] = code[q[u].v[i]] * scale;
+      store_from_f32<T, V>(out + v * V, x);
     }
   }
-  // Elements after the last whole chunk (or all of them when the pointers are not 16-byte aligned).
-  for (int64_t i = num_chunks * kDequantChunk + tid; i < p.n; i += stride)
+  // Elements after the last whole vector (or all of them when the pointers are not aligned).
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = num_vecs * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < p.n; i += stride)
     out[i] = from_f32<T>(code[p.A[i]] * __ldg(p.absmax + (i >> log2_blocksize)));
 }
 
@@ -188,12 +308,13 @@ void launch_quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t device,
 
 template <typename T>
 void launch_dequantize_blockwise(const DequantizeBlockwiseParams& p, int32_t device, cudaStream_t stream) {
-  const bool vector_ok = is_aligned(p.A, kVecBytes) && is_aligned(p.out, kVecBytes);
-  const int64_t num_chunks = vector_ok ? p.n / kDequantChunk : 0;
+  constexpr int V = vec_elems<T>();
+  const bool vector_ok = is_aligned(p.A, V) && is_aligned(p.out, kVecBytes);
+  const int64_t num_vecs = vector_ok ? p.n / V : 0;
   constexpr auto kernel = dequantize_blockwise_kernel<T>;
-  const int64_t work = std::max<int64_t>(num_chunks, p.n - num_chunks * kDequantChunk);
-  const unsigned grid = grid_for((work + kDequantThreads - 1) / kDequantThreads, resident_ctas<kernel>(device, kDequantThreads));
-  kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_chunks, log2_of(p.blocksize));
+  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * kDequantUnroll * V : kDequantThreads;
+  const unsigned grid = grid_for((p.n + per_cta - 1) / per_cta, resident_ctas<kernel>(device, kDequantThreads));
+  kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_vecs, log2_of(p.blocksize));
   BNB_CUDA_CHECK_LAUNCH("dequantize_blockwise_kernel");
 }
 

@@ -1,0 +1,249 @@
+// LLM.int8() quantization of a row-major [rows, cols] matrix.
+//
+// Row-wise (int8_vectorwise_quant): a group of R threads owns one row (R = one warp for short rows,
+// the whole CTA otherwise). The row is read once into registers (up to kCacheVecs vectors per
+// thread; longer rows are re-read for the second pass, mostly from L2), its absmax over the
+// non-outliers is reduced across the group, then every element becomes
+// rint(x * int8_scale(absmax)) or 0 for an outlier (|x| >= threshold), exactly as the CPU reference.
+// Outlier columns are flagged by plain byte stores of 1 (concurrent writers store the same value)
+// into a mask the launcher clears on the stream first.
+//
+//   R = 32  (cols <= kWarpRowMaxElems):  warp w of a CTA -> row  blockIdx * 8 + w
+//   R = 256 (longer rows):                the CTA         -> row  blockIdx
+//   thread t of the group reads vectors t, t + R, t + 2R, ...   (coalesced 16-byte loads)
+//
+// Column-wise (int8_colwise_quant): one pass reduces column maxima into col_stats with atomicMax on
+// the float bits (valid for non-negative, non-NaN floats), a second pass quantizes.
+#include <algorithm>
+
+#include "core/backend.h"
+#include "core/formats.h"
+#include "cuda/common.cuh"
+
+namespace bnb::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;  // threads per CTA of the row-wise kernel
+constexpr int kCacheVecs = 4;     // vectors of a row kept in registers per thread (4 x 16 bytes)
+constexpr int kColThreads = 256;  // columns per CTA of the column-wise kernels
+constexpr int kColSlabRows = 64;  // rows one thread scans before its atomicMax
+constexpr int64_t kMaxGridY = 65535;
+
+// Round half to even, as std::nearbyint in the CPU reference; |v| <= 127 by construction.
+__device__ __forceinline__ int8_t round_to_int8(float v) { return static_cast<int8_t>(__float2int_rn(v)); }
+
+// Max |x| over the non-outliers of V elements; flags the columns of outliers when kOutliers.
+template <bool kOutliers, int V>
+__device__ __forceinline__ float packet_absmax(const float (&x)[V], float amax, float threshold,
+                                               uint8_t* __restrict__ outlier_cols, int64_t col) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const float a = fabsf(x[i]);
+    if (kOutliers && a >= threshold) {
+      outlier_cols[col + i] = 1;
+    } else {
+      amax = fmaxf(amax, a);
+    }
+  }
+  return amax;
+}
+
+template <bool kOutliers, int V>
+__device__ __forceinline__ void quantize_packet(const float (&x)[V], float scale, float threshold, int8_t* dst) {
+  Packet<int8_t, V> q;
+#pragma unroll
+  for (int i = 0; i < V; ++i)
+    q.v[i] = (kOutliers && fabsf(x[i]) >= threshold) ? int8_t{0} : round_to_int8(x[i] * scale);
+  *reinterpret_cast<Packet<int8_t, V>*>(dst) = q;
+}
+
+// T: input type; R: threads per row (32 or kRowThreads); V: elements per access (16-byte vector,
+// or 1 when rows are not vector-aligned); kOutliers: threshold > 0.
+template <typename T, int R, int V, bool kOutliers>
+__global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8VectorwiseQuantParams p) {
+  constexpr int kRowsPerCta = kRowThreads / R;
+  constexpr int kWarps = kRowThreads / kWarpSize;
+  __shared__ float warp_max[2][kWarps];  // R = kRowThreads only; double-buffered by row parity
+
+  const T* __restrict__ A = static_cast<const T*>(p.A);
+  const int t = threadIdx.x % R;
+  const int64_t nvec = p.cols / V;
+  int parity = 0;
+  // Trip count is uniform over the CTA (rows are visited in CTA-sized steps), so the barrier of the
+  // R = kRowThreads reduction is reached by every thread.
+  for (int64_t base = int64_t{blockIdx.x} * kRowsPerCta; base < p.rows;
+       base += int64_t{gridDim.x} * kRowsPerCta, parity ^= 1) {
+    const int64_t row = base + threadIdx.x / R;
+    const bool active = row < p.rows;
+    const T* src = A + row * p.cols;
+    int8_t* dst = p.out + row * p.cols;
+
+    using Raw = RawVec<T, V>;
+    typename Raw::type cache[kCacheVecs];
+#pragma unroll
+    for (int c = 0; c < kCacheVecs; ++c) {
+      const int64_t v = int64_t{c} * R + t;
+      if (active && v < nvec) cache[c] = Raw::load(src + v * V);
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kCacheVecs; ++c) {
+      const int64_t v = int64_t{c} * R + t;
+      if (active && v < nvec) {
+        float x[V];
+        Raw::unpack(cache[c], x);
+        amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, v * V);
+      }
+    }
+    for (int64_t v = int64_t{kCacheVecs} * R + t; active && v < nvec; v += R) {
+      float x[V];
+      load_f32<T, V>(src + v * V, x);
+      amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, v * V);
+    }
+
+    if constexpr (R == kRowThreads) {
+      amax = group_max<kWarpSize>(amax);
+      if (threadIdx.x % kWarpSize == 0) warp_max[parity][threadIdx.x / kWarpSize] = amax;
+      __syncthreads();
+      amax = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) amax = fmaxf(amax, warp_max[parity][w]);
+    } else {
+      amax = group_max<R>(amax);
+    }
+    if (!active) continue;
+    if (t == 0) p.row_stats[row] = amax;
+
+    const float scale = int8_scale(amax);
+#pragma unroll
+    for (int c = 0; c < kCacheVecs; ++c) {
+      const int64_t v = int64_t{c} * R + t;
+      if (v < nvec) {
+        float x[V];
+        Raw::unpack(cache[c], x);
+        quantize_packet<kOutliers, V>(x, scale, p.threshold, dst + v * V);
+      }
+    }
+    for (int64_t v = int64_t{kCacheVecs} * R + t; v < nvec; v += R) {
+      float x[V];
+      load_f32<T, V>(src + v * V, x);
+      quantize_packet<kOutliers, V>(x, scale, p.threshold, dst + v * V);
+    }
+  }
+}
+
+// col_stats[c] = max over a slab of rows of |A[r, c]| for non-outliers, merged with atomicMax.
+// fmaxf never produces NaN from a 0 start, so only non-negative finite-or-inf bits reach atomicMax.
+template <typename T>
+__global__ void __launch_bounds__(kColThreads) int8_col_absmax_kernel(Int8ColwiseQuantParams p) {
+  const T* __restrict__ A = static_cast<const T*>(p.A);
+  const bool outliers = p.threshold > 0.0f;
+  for (int64_t col = int64_t{blockIdx.x} * kColThreads + threadIdx.x; col < p.cols;
+       col += int64_t{gridDim.x} * kColThreads) {
+    for (int64_t r0 = int64_t{blockIdx.y} * kColSlabRows; r0 < p.rows; r0 += int64_t{gridDim.y} * kColSlabRows) {
+      const int64_t r1 = r0 + kColSlabRows < p.rows ? r0 + kColSlabRows : p.rows;
+      float m = 0.0f;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float a = fabsf(to_f32(A[r * p.cols + col]));
+        if (!(outliers && a >= p.threshold)) m = fmaxf(m, a);
+      }
+      atomicMax(reinterpret_cast<int*>(p.col_stats + col), __float_as_int(m));
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kColThreads) int8_col_quantize_kernel(Int8ColwiseQuantParams p) {
+  const T* __restrict__ A = static_cast<const T*>(p.A);
+  const bool outliers = p.threshold > 0.0f;
+  for (int64_t col = int64_t{blockIdx.x} * kColThreads + threadIdx.x; col < p.cols;
+       col += int64_t{gridDim.x} * kColThreads) {
+    const float scale = int8_scale(p.col_stats[col]);
+    for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
+      const float x = to_f32(A[r * p.cols + col]);
+      p.out[r * p.cols + col] = (outliers && fabsf(x) >= p.threshold) ? int8_t{0} : round_to_int8(x * scale);
+    }
+  }
+}
+
+template <typename T, int R, int V, bool kOutliers>
+void launch_rows(const Int8VectorwiseQuantParams& p, int32_t device, cudaStream_t stream) {
+  constexpr auto kernel = int8_vectorwise_kernel<T, R, V, kOutliers>;
+  constexpr int kRowsPerCta = kRowThreads / R;
+  const int64_t ctas = (p.rows + kRowsPerCta - 1) / kRowsPerCta;
+  const unsigned grid = grid_for(ctas, resident_ctas<kernel>(device, kRowThreads));
+  kernel<<<grid, kRowThreads, 0, stream>>>(p);
+  BNB_CUDA_CHECK_LAUNCH("int8_vectorwise_kernel");
+}
+
+template <typename T, int V, bool kOutliers>
+void launch_rows_for(const Int8VectorwiseQuantParams& p, int32_t device, cudaStream_t stream) {
+  // A warp covers a row from registers up to this length; longer rows take the whole CTA.
+  constexpr int64_t kWarpRowMaxElems = int64_t{kWarpSize} * kCacheVecs * V;
+  if (p.cols <= kWarpRowMaxElems) launch_rows<T, kWarpSize, V, kOutliers>(p, device, stream);
+  else launch_rows<T, kRowThreads, V, kOutliers>(p, device, stream);
+}
+
+template <typename T>
+void launch_int8_vectorwise(const Int8VectorwiseQuantParams& p, int32_t device, cudaStream_t stream) {
+  if (p.outlier_cols) BNB_CUDA_CHECK(cudaMemsetAsync(p.outlier_cols, 0, static_cast<size_t>(p.cols), stream));
+  if (p.cols == 0) {
+    BNB_CUDA_CHECK(cudaMemsetAsync(p.row_stats, 0, static_cast<size_t>(p.rows) * sizeof(float), stream));
+    return;
+  }
+  constexpr int V = vec_elems<T>();
+  const bool vector_ok = p.cols % V == 0 && is_aligned(p.A, kVecBytes) && is_aligned(p.out, V);
+  const bool outliers = p.threshold > 0.0f;
+  if (vector_ok) {
+    if (outliers) launch_rows_for<T, V, true>(p, device, stream);
+    else launch_rows_for<T, V, false>(p, device, stream);
+  } else {
+    if (outliers) launch_rows_for<T, 1, true>(p, device, stream);
+    else launch_rows_for<T, 1, false>(p, device, stream);
+  }
+}
+
+template <typename T>
+void launch_int8_colwise(const Int8ColwiseQuantParams& p, int32_t device, cudaStream_t stream) {
+  BNB_CUDA_CHECK(cudaMemsetAsync(p.col_stats, 0, static_cast<size_t>(p.cols) * sizeof(float), stream));
+  if (p.rows == 0) return;
+  const int64_t col_ctas = (p.cols + kColThreads - 1) / kColThreads;
+  {
+    constexpr auto kernel = int8_col_absmax_kernel<T>;
+    const int64_t resident = resident_ctas<kernel>(device, kColThreads);
+    const unsigned gx = grid_for(col_ctas, resident);
+    const int64_t slabs = (p.rows + kColSlabRows - 1) / kColSlabRows;
+    const int64_t gy = std::min<int64_t>({slabs, kMaxGridY, std::max<int64_t>(1, resident / gx)});
+    kernel<<<dim3(gx, static_cast<unsigned>(gy)), kColThreads, 0, stream>>>(p);
+    BNB_CUDA_CHECK_LAUNCH("int8_col_absmax_kernel");
+  }
+  {
+    constexpr auto kernel = int8_col_quantize_kernel<T>;
+    const int64_t resident = resident_ctas<kernel>(device, kColThreads);
+    const unsigned gx = grid_for(col_ctas, resident);
+    const int64_t gy = std::min<int64_t>({p.rows, kMaxGridY, std::max<int64_t>(1, resident / gx)});
+    kernel<<<dim3(gx, static_cast<unsigned>(gy)), kColThreads, 0, stream>>>(p);
+    BNB_CUDA_CHECK_LAUNCH("int8_col_quantize_kernel");
+  }
+}
+
+}  // namespace
+}  // namespace bnb::cuda
+
+namespace bnb::backend {
+
+void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  dispatch_float<cuda::CudaType>(p.a_dtype, "A", [&](auto tag) {
+    cuda::launch_int8_vectorwise<typename decltype(tag)::type>(p, device, cuda::as_cuda(stream));
+  });
+}
+
+void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  dispatch_float<cuda::CudaType>(p.a_dtype, "A", [&](auto tag) {
+    cuda::launch_int8_colwise<typename decltype(tag)::type>(p, device, cuda::as_cuda(stream));
+  });
+}
+
+}  // namespace bnb::backend
