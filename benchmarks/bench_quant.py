@@ -23,6 +23,7 @@ import torch
 
 import bitsandbytes  # noqa: F401  (registers torch.ops.bitsandbytes)
 from bitsandbytes._code_maps import create_dynamic_map
+from gpu_timing import copy_bandwidth, time_ms
 
 N = 1 << 28
 INT8_SHAPE = (16384, 8192)
@@ -39,32 +40,6 @@ TARGET_INT8_THRESHOLD_0 = 0.80
 TARGET_INT8_THRESHOLD_6 = 0.60
 
 ops = torch.ops.bitsandbytes
-
-
-def time_ms(fn, repeats: int, warmup: int = 3) -> float:
-    """Median GPU time of one call. All runs are queued before the host waits, so each event pair
-    measures the GPU's time for the call rather than host-side launch latency (an op that
-    synchronises internally, such as int8_vectorwise_quant with outliers, still pays for it)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-    for start, stop in events:
-        start.record()
-        fn()
-        stop.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
-
-
-def copy_bandwidth(repeats: int) -> float:
-    """GB/s of a device-to-device copy of N float32 values, counting bytes read + written."""
-    src = torch.randn(N, device="cuda")
-    dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), repeats)
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * N * 4 / ms / 1e6
 
 
 class Report:

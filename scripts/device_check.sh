@@ -32,7 +32,7 @@ tail -25 "$OUT/main.log"
 
 step "GPU tests"
 # shellcheck disable=SC2086
-PYTHONPATH=$PWD timeout 900 python3 -m pytest tests/python -q -rs -x --junitxml="$OUT/pytest.xml" ${PYTEST_ARGS:-} \
+PYTHONPATH=$PWD timeout 330 python3 -m pytest tests/python -q -rs --maxfail=40 -p no:cacheprovider --junitxml="$OUT/pytest.xml" ${PYTEST_ARGS:-} \
   > "$OUT/pytest.log" 2>&1 || status=1
 tail -15 "$OUT/pytest.log"
 
@@ -41,7 +41,7 @@ for bench in benchmarks/bench_*.py; do
   case "$bench" in *bench_cpu_*) continue ;; esac  # CPU figures are taken on the development machine
   name=$(basename "$bench" .py)
   # shellcheck disable=SC2086
-  PYTHONPATH=$PWD python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/$name.log" 2>&1 || status=1
+  PYTHONPATH=$PWD timeout 200 python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/$name.log" 2>&1 || status=1
   tail -40 "$OUT/$name.log"
 done
 

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "bnb/optim.h"
 #include "core/host_device.h"
@@ -134,6 +135,19 @@ BNB_HD float optim_trust(const OptimStep& s, float unorm_sq) {
 #include "core/code_search.h"
 
 namespace bnb {
+
+// Calls f(std::integral_constant<OptimizerKind, K>{}) for the runtime rule (host side).
+template <typename F>
+void dispatch_optimizer(OptimizerKind kind, F&& f) {
+  switch (kind) {
+    case OptimizerKind::Adam: return f(std::integral_constant<OptimizerKind, OptimizerKind::Adam>{});
+    case OptimizerKind::Momentum: return f(std::integral_constant<OptimizerKind, OptimizerKind::Momentum>{});
+    case OptimizerKind::RMSprop: return f(std::integral_constant<OptimizerKind, OptimizerKind::RMSprop>{});
+    case OptimizerKind::Adagrad: return f(std::integral_constant<OptimizerKind, OptimizerKind::Adagrad>{});
+    case OptimizerKind::Lion: return f(std::integral_constant<OptimizerKind, OptimizerKind::Lion>{});
+    case OptimizerKind::AdEMAMix: return f(std::integral_constant<OptimizerKind, OptimizerKind::AdEMAMix>{});
+  }
+}
 
 // Re-quantize a signed state value against its code book, keeping its sign: a momentum whose
 // sign flipped through rounding would push the parameter the wrong way, so such an index is

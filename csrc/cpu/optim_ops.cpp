@@ -25,23 +25,10 @@ namespace {
 constexpr int64_t kGrain32bit = 1 << 14;  // elements per thread task
 constexpr int64_t kGrainBlocks = 64;      // 8-bit blocks (of 256) per thread task
 
-template <typename F>
-void dispatch_kind(OptimizerKind kind, F&& f) {
-  switch (kind) {
-    case OptimizerKind::Adam: return f(std::integral_constant<OptimizerKind, OptimizerKind::Adam>{});
-    case OptimizerKind::Momentum: return f(std::integral_constant<OptimizerKind, OptimizerKind::Momentum>{});
-    case OptimizerKind::RMSprop: return f(std::integral_constant<OptimizerKind, OptimizerKind::RMSprop>{});
-    case OptimizerKind::Adagrad: return f(std::integral_constant<OptimizerKind, OptimizerKind::Adagrad>{});
-    case OptimizerKind::Lion: return f(std::integral_constant<OptimizerKind, OptimizerKind::Lion>{});
-    case OptimizerKind::AdEMAMix: return f(std::integral_constant<OptimizerKind, OptimizerKind::AdEMAMix>{});
-  }
-  fail(BNB_STATUS_INVALID_ARGUMENT, "unknown optimizer ", int(kind));
-}
-
 // Calls f(kind tag, param type tag, grad type tag).
 template <typename F>
 void dispatch_update(OptimizerKind kind, bnb_dtype_t p_dtype, bnb_dtype_t g_dtype, F&& f) {
-  dispatch_kind(kind, [&](auto k) {
+  dispatch_optimizer(kind, [&](auto k) {
     dispatch_float<cpu::CpuType>(p_dtype, "p", [&](auto tp) {
       dispatch_float<cpu::CpuType>(g_dtype, "g", [&](auto tg) { f(k, tp, tg); });
     });

@@ -13,6 +13,7 @@
 #include "core/code_search.h"
 #include "core/formats.h"
 #include "cuda/block_tile.cuh"
+#include "cuda/code_search.cuh"
 #include "cuda/common.cuh"
 
 namespace bnb::cuda {
@@ -25,19 +26,6 @@ constexpr int kDequantThreads = 256;
 constexpr uint32_t kLowBytesPair = 0x0040;  // __byte_perm selector: [a.byte0, b.byte0, ...]
 constexpr uint32_t kJoinPairs = 0x5410;     // __byte_perm selector: [a.byte0, a.byte1, b.byte0, b.byte1]
 constexpr int kDequantUnroll = 4;  // output vectors per thread per step of the dequantize kernel
-
-// Fills the CTA's copy of the search tables from the code book. Same arithmetic as
-// CodeSearch::build on the host, so the tables (and therefore the codes) are identical.
-__device__ void build_code_search(CodeSearch& s, const float* __restrict__ code) {
-  for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
-    s.mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
-  __syncthreads();
-  for (int b = threadIdx.x; b < CodeSearch::kBuckets; b += blockDim.x) {
-    const int below = count_below(s.mid, CodeSearch::kMidpoints, CodeSearch::bucket_min(b));
-    s.lo[b] = static_cast<uint8_t>(below > CodeSearch::kMidpoints ? CodeSearch::kMidpoints : below);
-  }
-  __syncthreads();
-}
 
 // CodeSearch with finer buckets and a one-comparison fast path, for the vector kernel.
 //

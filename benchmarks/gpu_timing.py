@@ -1,0 +1,33 @@
+"""Timing helpers shared by the GPU benchmarks: CUDA-event medians and the same-run copy baseline."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def time_ms(fn, repeats: int, warmup: int = 3) -> float:
+    """Median GPU time of one call. All runs are queued before the host waits, so each event pair
+    measures the GPU's time for the call rather than host-side launch latency (an op that
+    synchronises internally, such as int8_vectorwise_quant with outliers, still pays for it)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for start, stop in events:
+        start.record()
+        fn()
+        stop.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(stop) for start, stop in events)
+
+
+def copy_bandwidth(repeats: int, n: int = 1 << 28) -> float:
+    """GB/s of a device-to-device copy of n float32 values, counting bytes read + written."""
+    src = torch.randn(n, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), repeats)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / ms / 1e6
