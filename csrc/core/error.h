@@ -3,9 +3,10 @@
 // crosses an extern "C" boundary as an exception.
 #pragma once
 
-#include <sstream>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "bnb/bnb.h"
@@ -21,11 +22,32 @@ class Error : public std::runtime_error {
   bnb_status_t status_;
 };
 
+// Message building without iostreams: ostream formatting goes through the C++ locale machinery,
+// which is not reliably initialised in a shared library that carries its own (static) copy of
+// libstdc++ — a common way to build portable binaries. snprintf / std::to_string need none of it.
+inline void append_part(std::string& s, const char* v) { s += v ? v : "(null)"; }
+inline void append_part(std::string& s, const std::string& v) { s += v; }
+inline void append_part(std::string& s, char v) { s += v; }
+inline void append_part(std::string& s, bool v) { s += v ? "true" : "false"; }
+template <typename T>
+void append_part(std::string& s, T v) {
+  if constexpr (std::is_enum_v<T>) {
+    append_part(s, static_cast<std::underlying_type_t<T>>(v));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(v));
+    s += buf;
+  } else {
+    static_assert(std::is_integral_v<T>, "concat() formats strings, characters, numbers and enums");
+    s += std::to_string(v);
+  }
+}
+
 template <typename... Parts>
 std::string concat(Parts&&... parts) {
-  std::ostringstream os;
-  (os << ... << std::forward<Parts>(parts));
-  return os.str();
+  std::string s;
+  (append_part(s, std::forward<Parts>(parts)), ...);
+  return s;
 }
 
 template <typename... Parts>
