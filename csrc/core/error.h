@@ -26,6 +26,7 @@ class Error : public std::runtime_error {
 // which is not reliably initialised in a shared library that carries its own (static) copy of
 // libstdc++ — a common way to build portable binaries. snprintf / std::to_string need none of it.
 inline void append_part(std::string& s, const char* v) { s += v ? v : "(null)"; }
+inline void append_part(std::string& s, char* v) { append_part(s, static_cast<const char*>(v)); }
 inline void append_part(std::string& s, const std::string& v) { s += v; }
 inline void append_part(std::string& s, char v) { s += v; }
 inline void append_part(std::string& s, bool v) { s += v ? "true" : "false"; }
