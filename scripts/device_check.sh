@@ -23,7 +23,7 @@ step() { echo; echo "=== $* ($(date +%T))"; }
   step "build"
   cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DBNB_CUDA=ON \
     -DBNB_CUDA_ARCHS="${BNB_CUDA_ARCHS:-90-real}" -DBNB_TESTS=OFF && cmake --build build/device -j "$(nproc)"
-  ldd build/lib/libbitsandbytes_cuda.so && nm -DC --undefined-only build/lib/libbitsandbytes_cpu.so | grep -c GLIBCXX
+  ldd build/lib/libbitsandbytes_cuda.so || true
 } > "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -50 "$OUT/build.log"; exit 1; }
 tail -3 "$OUT/build.log"
 
