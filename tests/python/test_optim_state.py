@@ -44,7 +44,7 @@ def param(*shape, dtype=torch.float32, seed=0):
 def fill_grads(params, seed):
     g = torch.Generator().manual_seed(seed)
     for p in params:
-        p.grad = (torch.randn(p.shape, generator=g) * 0.1).to(p.dtype)
+        p.grad = (torch.randn(p.shape, generator=g) * 0.1).to(device=p.device, dtype=p.dtype)
 
 
 # ---- names, constructors, validation ---------------------------------------------------------------------
