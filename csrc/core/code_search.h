@@ -10,7 +10,7 @@
 // short forward scan over the few midpoints inside the bucket finishes the job:
 //
 //      v = -0.7                                         v = 0.3
-//       |  sign | exponent (24 kept) | 4 mantissa bits |
+//       |  sign | exponent (24 kept) | 6 mantissa bits |
 //       +-------+--------------------+-----------------+  -> bucket -> lo = #{m < bucket_min}
 //                                                          -> while (v > m[lo]) ++lo
 //
@@ -27,7 +27,9 @@
 namespace bnb {
 
 struct CodeSearch {
-  static constexpr int kMantissaBits = 4;   // mantissa bits that refine a bucket (16 per octave)
+  // Mantissa bits that refine a bucket: 64 slices per octave leave at most one midpoint in almost
+  // every bucket of the usual code books, so the scan below is a single comparison.
+  static constexpr int kMantissaBits = 6;
   static constexpr int kOctaves = 24;       // octaves [2^-24, 1] get their own buckets
   static constexpr int kTopExponent = 127;  // biased exponent of 1.0f
   // Per sign: bucket 0 = tiny (|v| < 2^-24), then kOctaves * 16 octave slices, then 1 for |v| >= 1.

@@ -35,6 +35,8 @@ struct OptimStep {
   float lr, beta1, beta2, beta3, alpha, eps, weight_decay, gnorm_scale;
   float bias1;       // 1 - beta1^t
   float bias2_sqrt;  // sqrt(1 - beta2^t)
+  float inv_bias1;       // 1 / bias1: multiplications instead of divisions in the hot loop
+  float inv_bias2_sqrt;  // 1 / bias2_sqrt
   float decay;       // 1 - lr * weight_decay (decoupled decay factor)
   float max_unorm, param_norm;
   int32_t step;
@@ -53,6 +55,8 @@ struct OptimStep {
     s.gnorm_scale = h.gnorm_scale;
     s.bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), h.step));
     s.bias2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(h.beta2), h.step)));
+    s.inv_bias1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(h.beta1), h.step)));
+    s.inv_bias2_sqrt = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(static_cast<double>(h.beta2), h.step)));
     s.decay = static_cast<float>(1.0 - static_cast<double>(h.lr) * h.weight_decay);
     s.max_unorm = h.max_unorm;
     s.param_norm = h.param_norm;
@@ -80,8 +84,8 @@ BNB_HD float optim_states(const OptimStep& s, OptimElement& e) {
   if constexpr (K == OptimizerKind::Adam) {
     e.m = s.beta1 * e.m + (1.0f - s.beta1) * e.g;
     e.v = s.beta2 * e.v + (1.0f - s.beta2) * e.g * e.g;
-    // m_hat / (sqrt(v_hat) + eps) written with the bias corrections folded in.
-    return (e.m / s.bias1) / (sqrtf(e.v) / s.bias2_sqrt + s.eps);
+    // m_hat / (sqrt(v_hat) + eps), the bias corrections as precomputed reciprocals: one division.
+    return (e.m * s.inv_bias1) / (sqrtf(e.v) * s.inv_bias2_sqrt + s.eps);
   } else if constexpr (K == OptimizerKind::Momentum) {
     const float g = s.weight_decay > 0.0f ? e.g + s.weight_decay * e.p : e.g;
     e.m = s.step == 1 ? g : s.beta1 * e.m + g;
@@ -102,7 +106,7 @@ BNB_HD float optim_states(const OptimStep& s, OptimElement& e) {
     e.m = s.beta1 * e.m + (1.0f - s.beta1) * e.g;
     e.m2 = s.beta3 * e.m2 + (1.0f - s.beta3) * e.g;
     e.v = s.beta2 * e.v + (1.0f - s.beta2) * e.g * e.g;
-    return (e.m / s.bias1 + s.alpha * e.m2) / (sqrtf(e.v) / s.bias2_sqrt + s.eps);
+    return (e.m * s.inv_bias1 + s.alpha * e.m2) / (sqrtf(e.v) * s.inv_bias2_sqrt + s.eps);
   }
 }
 

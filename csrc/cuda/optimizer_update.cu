@@ -1,10 +1,13 @@
 // CUDA optimizer updates: the rules of core/optim.h for 32-bit and 8-bit blockwise states, one
 // tensor or a fused table of many.
 //
-// Work unit: one warp updates one block of 256 elements (the 8-bit absmax block), each lane 8
-// consecutive elements, so a block's absmax is a single warp reduction:
+// Work unit: one warp updates one block of 256 elements (the 8-bit absmax block), so a block's
+// absmax is a single warp reduction. Each lane holds 8 elements as two chunks of 4, placed so that
+// every load and store instruction of the warp covers one contiguous span (512 bytes of fp32,
+// 256 of 16-bit, 128 of 8-bit codes) instead of half of every sector:
 //
-//   block b of tensor t:  | lane 0: e0..e7 | lane 1: e8..e15 | ... | lane 31: e248..e255 |
+//   block b:  | chunk 0: lane 0 e0..e3 | lane 1 e4..e7 | ... | lane 31 e124..e127 |
+//             | chunk 1: lane 0 e128..e131 | ...             | lane 31 e252..e255 |
 //
 // A CTA of 8 warps strides over the blocks of every tensor in its table (persistent grid), so the
 // per-CTA setup (code books and their search tables in shared memory) is paid once per CTA. The
@@ -25,10 +28,11 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kLaneElems = kOptimBlock / kWarpSize;  // elements per lane
-static_assert(kLaneElems == 8, "the load helpers below move 8 elements per lane");
+constexpr int kChunk = 4;                              // consecutive elements per lane per access
+constexpr int kChunkSpan = kChunk * kWarpSize;         // elements one warp-wide access covers
+static_assert(kLaneElems == 2 * kChunk, "the load helpers below move two chunks per lane");
 constexpr int kSingle = 1;                                 // table capacity of single-tensor calls
 constexpr int kMulti = BNB_OPTIM_MULTI_MAX_TENSORS;        // table capacity of fused calls
-constexpr uintptr_t kVectorAlign = 16;                     // 16-byte loads need 16-byte aligned bases
 
 // Tensors of one launch. Tensor i owns the global blocks [first_block[i], first_block[i + 1]).
 template <int Cap>
@@ -39,8 +43,9 @@ struct TensorTable {
 };
 static_assert(sizeof(TensorTable<kMulti>) + 128 < 32764, "kernel parameters are limited to 32764 bytes");
 
-// The trust ratio (LAMB / LARS) needs ||update|| before any element moves: a Norm pass accumulates
-// it into `unorm`, the Update pass reads it back on the device.
+// The trust ratio (LAMB / LARS) needs ||update|| before any element moves: a Norm pass writes one
+// partial sum per CTA, the Update pass adds them up in a fixed order on the device (so the result
+// is bit-for-bit repeatable, unlike float atomics) and CTA 0 stores it in `unorm`.
 enum class Phase : int { Update = 0, Norm = 1 };
 
 struct KernelArgs {
@@ -48,8 +53,22 @@ struct KernelArgs {
   const float* qmap1;  // [256] signed code book (8-bit states)
   const float* qmap2;  // [256] unsigned code book, or null
   float* unorm;        // [1] squared update norm when the trust ratio is on, else null
+  float* partials;     // [gridDim.x] per-CTA partial norms (trust ratio only)
   bnb_dtype_t g_dtype; // gradients may differ in dtype from the parameters
 };
+
+// Sum of partials[0, count) in a fixed order; every thread of the CTA gets it (contains a barrier).
+__device__ float ordered_total(const float* __restrict__ partials, int count, float* scratch) {
+  if (threadIdx.x < kWarpSize) {
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < count; i += kWarpSize) acc += partials[i];
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(kFullWarpMask, acc, offset);
+    if (threadIdx.x == 0) *scratch = acc;
+  }
+  __syncthreads();
+  return *scratch;
+}
 
 struct Smem8bit {
   float qmap1[kCodeSize8bit];
@@ -59,80 +78,97 @@ struct Smem8bit {
 };
 
 // ---- 8-element lane I/O ----------------------------------------------------------------------------
+// `block` points at element 0 of the 256-element block; `full` = the whole block is in range and
+// every base pointer is aligned for chunk-wide accesses; otherwise element (c, k) is read only when
+// its offset is below `remaining`.
+
+__device__ __forceinline__ int lane_offset(int lane, int c, int k) { return c * kChunkSpan + lane * kChunk + k; }
 
 template <typename T>
-__device__ __forceinline__ void load8(const T* __restrict__ src, bool vector, int valid, float (&x)[8]) {
-  if (vector) {
-    constexpr int V = vec_elems<T>();
+__device__ __forceinline__ void load8(const T* __restrict__ block, int lane, bool full, int64_t remaining,
+                                      float (&x)[8]) {
 #pragma unroll
-    for (int c = 0; c < 8 / V; ++c) {
-      float part[V];
-      load_f32<T, V>(src + c * V, part);
+  for (int c = 0; c < 2; ++c) {
+    if (full) {
+      const Packet<T, kChunk> v = *reinterpret_cast<const Packet<T, kChunk>*>(block + lane_offset(lane, c, 0));
 #pragma unroll
-      for (int k = 0; k < V; ++k) x[c * V + k] = part[k];
+      for (int k = 0; k < kChunk; ++k) x[c * kChunk + k] = to_f32(v.v[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) {
+        const int off = lane_offset(lane, c, k);
+        x[c * kChunk + k] = off < remaining ? to_f32(block[off]) : 0.0f;
+      }
     }
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) x[k] = k < valid ? to_f32(src[k]) : 0.0f;
   }
 }
 
 template <typename T>
-__device__ __forceinline__ void store8(T* __restrict__ dst, bool vector, int valid, const float (&x)[8]) {
-  if (vector) {
-    constexpr int V = vec_elems<T>();
+__device__ __forceinline__ void store8(T* __restrict__ block, int lane, bool full, int64_t remaining,
+                                       const float (&x)[8]) {
 #pragma unroll
-    for (int c = 0; c < 8 / V; ++c) {
-      float part[V];
+  for (int c = 0; c < 2; ++c) {
+    if (full) {
+      Packet<T, kChunk> v;
 #pragma unroll
-      for (int k = 0; k < V; ++k) part[k] = x[c * V + k];
-      store_from_f32<T, V>(dst + c * V, part);
+      for (int k = 0; k < kChunk; ++k) v.v[k] = from_f32<T>(x[c * kChunk + k]);
+      *reinterpret_cast<Packet<T, kChunk>*>(block + lane_offset(lane, c, 0)) = v;
+    } else {
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) {
+        const int off = lane_offset(lane, c, k);
+        if (off < remaining) block[off] = from_f32<T>(x[c * kChunk + k]);
+      }
     }
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (k < valid) dst[k] = from_f32<T>(x[k]);
   }
 }
 
-__device__ __forceinline__ void load_grad(const void* g, bnb_dtype_t dtype, int64_t offset, bool vector, int valid,
-                                          float (&x)[8]) {
+__device__ __forceinline__ void load_grad(const void* g, bnb_dtype_t dtype, int64_t block_begin, int lane, bool full,
+                                          int64_t remaining, float (&x)[8]) {
   switch (dtype) {  // uniform across the warp
-    case BNB_DTYPE_FLOAT16: return load8(static_cast<const __half*>(g) + offset, vector, valid, x);
-    case BNB_DTYPE_BFLOAT16: return load8(static_cast<const __nv_bfloat16*>(g) + offset, vector, valid, x);
-    default: return load8(static_cast<const float*>(g) + offset, vector, valid, x);
+    case BNB_DTYPE_FLOAT16:
+      return load8(static_cast<const __half*>(g) + block_begin, lane, full, remaining, x);
+    case BNB_DTYPE_BFLOAT16:
+      return load8(static_cast<const __nv_bfloat16*>(g) + block_begin, lane, full, remaining, x);
+    default:
+      return load8(static_cast<const float*>(g) + block_begin, lane, full, remaining, x);
   }
 }
 
-__device__ __forceinline__ void load_codes(const uint8_t* __restrict__ src, bool vector, int valid,
-                                           uint8_t (&c)[8]) {
-  if (vector) {
-    const uint2 w = *reinterpret_cast<const uint2*>(src);
+__device__ __forceinline__ void load_codes(const uint8_t* __restrict__ block, int lane, bool full, int64_t remaining,
+                                           uint8_t (&q)[8]) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      c[k] = static_cast<uint8_t>(w.x >> (8 * k));
-      c[4 + k] = static_cast<uint8_t>(w.y >> (8 * k));
+  for (int c = 0; c < 2; ++c) {
+    if (full) {
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(block + lane_offset(lane, c, 0));
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) q[c * kChunk + k] = static_cast<uint8_t>(w >> (8 * k));
+    } else {
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) {
+        const int off = lane_offset(lane, c, k);
+        q[c * kChunk + k] = off < remaining ? block[off] : 0;
+      }
     }
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) c[k] = k < valid ? src[k] : 0;
   }
 }
 
-__device__ __forceinline__ void store_codes(uint8_t* __restrict__ dst, bool vector, int valid,
-                                            const uint8_t (&c)[8]) {
-  if (vector) {
-    uint2 w{0u, 0u};
+__device__ __forceinline__ void store_codes(uint8_t* __restrict__ block, int lane, bool full, int64_t remaining,
+                                            const uint8_t (&q)[8]) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      w.x |= static_cast<uint32_t>(c[k]) << (8 * k);
-      w.y |= static_cast<uint32_t>(c[4 + k]) << (8 * k);
+  for (int c = 0; c < 2; ++c) {
+    if (full) {
+      uint32_t w = 0;
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) w |= static_cast<uint32_t>(q[c * kChunk + k]) << (8 * k);
+      *reinterpret_cast<uint32_t*>(block + lane_offset(lane, c, 0)) = w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) {
+        const int off = lane_offset(lane, c, k);
+        if (off < remaining) block[off] = q[c * kChunk + k];
+      }
     }
-    *reinterpret_cast<uint2*>(dst) = w;
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (k < valid) dst[k] = c[k];
   }
 }
 
@@ -167,7 +203,13 @@ __global__ void __launch_bounds__(kThreads)
     if (kTwoStates) build_code_search(smem.search2, args.qmap2);
   }
 
-  const float trust = (phase == Phase::Update && args.unorm) ? optim_trust<K>(s, *args.unorm) : 1.0f;
+  __shared__ float norm_scratch[kWarps + 1];
+  float trust = 1.0f;
+  if (phase == Phase::Update && args.unorm) {
+    const float unorm_sq = ordered_total(args.partials, gridDim.x, &norm_scratch[kWarps]);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *args.unorm = unorm_sq;
+    trust = optim_trust<K>(s, unorm_sq);
+  }
   float norm_acc = 0.0f;
   const int64_t total = table.first_block[table.count];
   int ti = 0;
@@ -176,36 +218,37 @@ __global__ void __launch_bounds__(kThreads)
     const bnb_optimizer_tensor_t& t = table.t[ti];
     const int64_t b = gb - table.first_block[ti];
     const int64_t nb = (t.n + kOptimBlock - 1) / kOptimBlock;
-    const int64_t begin = b * kOptimBlock + int64_t{lane} * kLaneElems;
-    const int valid = static_cast<int>(min(max(t.n - begin, int64_t{0}), int64_t{kLaneElems}));
-    const uintptr_t state_align = Bits == 8 ? sizeof(uint2) : kVectorAlign;
-    const bool vector = valid == kLaneElems && aligned(t.p, kVectorAlign) && aligned(t.g, kVectorAlign) &&
-                        aligned(t.state1, state_align) && (!kTwoStates || aligned(t.state2, state_align)) &&
-                        (!kSlowMoment || (t.n % kLaneElems) == 0);
+    const int64_t begin = b * kOptimBlock;  // first element of the block
+    const int64_t remaining = t.n - begin;  // >= 1
+    const uintptr_t state_align = Bits == 8 ? kChunk : kChunk * sizeof(float);
+    const bool full = remaining >= kOptimBlock && aligned(t.p, kChunk * sizeof(TP)) &&
+                      aligned(t.g, kChunk * 4) && aligned(t.state1, state_align) &&
+                      (!kTwoStates || aligned(t.state2, state_align)) && (!kSlowMoment || t.n % kChunk == 0);
 
     TP* p = static_cast<TP*>(t.p) + begin;
     float pv[8], gv[8], m[8], v[8], m2[8];
-    load8(p, vector, valid, pv);
-    load_grad(t.g, args.g_dtype, begin, vector, valid, gv);
+    load8(p, lane, full, remaining, pv);
+    load_grad(t.g, args.g_dtype, begin, lane, full, remaining, gv);
     uint8_t c1[8], c2[8], c3[8];
     if constexpr (Bits == 32) {
       const float* s1 = static_cast<const float*>(t.state1);
-      load8(s1 + begin, vector, valid, m);
-      if (kTwoStates) load8(static_cast<const float*>(t.state2) + begin, vector, valid, v);
-      if (kSlowMoment) load8(s1 + t.n + begin, vector, valid, m2);
+      load8(s1 + begin, lane, full, remaining, m);
+      if (kTwoStates) load8(static_cast<const float*>(t.state2) + begin, lane, full, remaining, v);
+      if (kSlowMoment) load8(s1 + t.n + begin, lane, full, remaining, m2);
     } else {
       const uint8_t* s1 = static_cast<const uint8_t*>(t.state1);
-      load_codes(s1 + begin, vector, valid, c1);
-      if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, vector, valid, c2);
-      if (kSlowMoment) load_codes(s1 + t.n + begin, vector, valid, c3);
+      load_codes(s1 + begin, lane, full, remaining, c1);
+      if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, full, remaining, c2);
+      if (kSlowMoment) load_codes(s1 + t.n + begin, lane, full, remaining, c3);
       const float a1 = t.absmax1[b];
       const float a2 = kTwoStates ? t.absmax2[b] : 0.0f;
       const float a3 = kSlowMoment ? t.absmax1[nb + b] : 0.0f;
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        m[k] = k < valid ? smem.qmap1[c1[k]] * a1 : 0.0f;
-        if (kTwoStates) v[k] = k < valid ? smem.qmap2[c2[k]] * a2 : 0.0f;
-        if (kSlowMoment) m2[k] = k < valid ? smem.qmap1[c3[k]] * a3 : 0.0f;
+        const bool in = lane_offset(lane, k / kChunk, k % kChunk) < remaining;
+        m[k] = in ? smem.qmap1[c1[k]] * a1 : 0.0f;
+        if (kTwoStates) v[k] = in ? smem.qmap2[c2[k]] * a2 : 0.0f;
+        if (kSlowMoment) m2[k] = in ? smem.qmap1[c3[k]] * a3 : 0.0f;
       }
     }
     if constexpr (!kTwoStates) {
@@ -219,7 +262,7 @@ __global__ void __launch_bounds__(kThreads)
 
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      if (k >= valid) continue;
+      if (lane_offset(lane, k / kChunk, k % kChunk) >= remaining) continue;
       OptimElement e{pv[k], gv[k] * s.gnorm_scale, m[k], v[k], m2[k]};
       if (optim_skip(s, e.g)) continue;
       const float u = optim_states<K>(s, e);
@@ -234,12 +277,12 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (phase == Phase::Norm) continue;
 
-    store8(p, vector, valid, pv);
+    store8(p, lane, full, remaining, pv);
     if constexpr (Bits == 32) {
       float* s1 = static_cast<float*>(t.state1);
-      store8(s1 + begin, vector, valid, m);
-      if (kTwoStates) store8(static_cast<float*>(t.state2) + begin, vector, valid, v);
-      if (kSlowMoment) store8(s1 + t.n + begin, vector, valid, m2);
+      store8(s1 + begin, lane, full, remaining, m);
+      if (kTwoStates) store8(static_cast<float*>(t.state2) + begin, lane, full, remaining, v);
+      if (kSlowMoment) store8(s1 + t.n + begin, lane, full, remaining, m2);
     } else {
       // New block scales, then re-quantize every state against them.
       float x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
@@ -260,9 +303,9 @@ __global__ void __launch_bounds__(kThreads)
         if (kSlowMoment) c3[k] = quantize_signed_state(smem.search1, smem.qmap1, m2[k], inv3);
       }
       uint8_t* s1 = static_cast<uint8_t*>(t.state1);
-      store_codes(s1 + begin, vector, valid, c1);
-      if (kTwoStates) store_codes(static_cast<uint8_t*>(t.state2) + begin, vector, valid, c2);
-      if (kSlowMoment) store_codes(s1 + t.n + begin, vector, valid, c3);
+      store_codes(s1 + begin, lane, full, remaining, c1);
+      if (kTwoStates) store_codes(static_cast<uint8_t*>(t.state2) + begin, lane, full, remaining, c2);
+      if (kSlowMoment) store_codes(s1 + t.n + begin, lane, full, remaining, c3);
       if (lane == 0) {
         t.absmax1[b] = x1;
         if (kTwoStates) t.absmax2[b] = x2;
@@ -272,19 +315,28 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (phase == Phase::Norm) {
     norm_acc = warp_sum(norm_acc);
-    if (lane == 0 && norm_acc != 0.0f) atomicAdd(args.unorm, norm_acc);
+    if (lane == 0) norm_scratch[warp] = norm_acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float cta = 0.0f;
+      for (int w = 0; w < kWarps; ++w) cta += norm_scratch[w];
+      args.partials[blockIdx.x] = cta;
+    }
   }
 }
 
 // ---- launchers -----------------------------------------------------------------------------------------
 
 template <OptimizerKind K, typename TP, int Bits, int Cap>
-void launch_optimizer(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase, int32_t device,
-                      cudaStream_t stream) {
+unsigned optimizer_grid(const TensorTable<Cap>& table, int32_t device) {
   const int64_t total_blocks = table.first_block[table.count];
-  if (total_blocks == 0) return;
   const int64_t resident = resident_ctas<optimizer_kernel<K, TP, Bits, Cap>>(device, kThreads);
-  const unsigned grid = grid_for((total_blocks + kWarps - 1) / kWarps, resident);
+  return grid_for((total_blocks + kWarps - 1) / kWarps, resident);
+}
+
+template <OptimizerKind K, typename TP, int Bits, int Cap>
+void launch_optimizer(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase, unsigned grid,
+                      cudaStream_t stream) {
   optimizer_kernel<K, TP, Bits, Cap><<<grid, kThreads, 0, stream>>>(table, args, phase);
   BNB_CUDA_CHECK_LAUNCH("optimizer_kernel");
 }
@@ -298,11 +350,18 @@ void run_table(OptimizerKind kind, bnb_dtype_t p_dtype, const TensorTable<Cap>& 
     dispatch_float<CudaType>(p_dtype, "p", [&](auto tp) {
       using TP = typename decltype(tp)::type;
       constexpr OptimizerKind K = decltype(k)::value;
-      if (args.unorm) {
-        BNB_CUDA_CHECK(cudaMemsetAsync(args.unorm, 0, sizeof(float), stream));
-        launch_optimizer<K, TP, Bits, Cap>(table, args, Phase::Norm, device, stream);
+      if (table.first_block[table.count] == 0) return;
+      const unsigned grid = optimizer_grid<K, TP, Bits, Cap>(table, device);
+      if (!args.unorm) {
+        launch_optimizer<K, TP, Bits, Cap>(table, args, Phase::Update, grid, stream);
+        return;
       }
-      launch_optimizer<K, TP, Bits, Cap>(table, args, Phase::Update, device, stream);
+      // Stream-ordered scratch for the per-CTA partial norms: no host synchronisation.
+      KernelArgs with_partials = args;
+      BNB_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&with_partials.partials), grid * sizeof(float), stream));
+      launch_optimizer<K, TP, Bits, Cap>(table, with_partials, Phase::Norm, grid, stream);
+      launch_optimizer<K, TP, Bits, Cap>(table, with_partials, Phase::Update, grid, stream);
+      BNB_CUDA_CHECK(cudaFreeAsync(with_partials.partials, stream));
     });
   });
 }
@@ -324,7 +383,7 @@ void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Opt
   table.first_block[0] = 0;
   table.first_block[1] = blocks_of(p.n);
   table.count = 1;
-  const KernelArgs args{step, nullptr, nullptr, step.trust_ratio ? p.unorm : nullptr, p.g_dtype};
+  const KernelArgs args{step, nullptr, nullptr, step.trust_ratio ? p.unorm : nullptr, nullptr, p.g_dtype};
   run_table<32>(kind, p.p_dtype, table, args, device, as_cuda(stream));
 }
 
@@ -336,14 +395,14 @@ void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, 
   table.first_block[0] = 0;
   table.first_block[1] = blocks_of(p.n);
   table.count = 1;
-  const KernelArgs args{step, p.qmap1, p.qmap2, step.trust_ratio ? p.unorm : nullptr, p.g_dtype};
+  const KernelArgs args{step, p.qmap1, p.qmap2, step.trust_ratio ? p.unorm : nullptr, nullptr, p.g_dtype};
   run_table<8>(kind, p.p_dtype, table, args, device, as_cuda(stream));
 }
 
 void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const OptimizerMultiParams& m, int32_t device,
                             bnb_stream_t stream) {
   DeviceGuard guard(device);
-  const KernelArgs args{step, m.qmap1, m.qmap2, nullptr, m.g_dtype};
+  const KernelArgs args{step, m.qmap1, m.qmap2, nullptr, nullptr, m.g_dtype};
   // Built on the host stack, copied into the launch by the runtime.
   static thread_local TensorTable<kMulti> table;
   for (int64_t first = 0; first < m.count; first += kMulti) {

@@ -291,11 +291,13 @@ constexpr KernelTable make_table(const char* isa) {
 // the 3 bytes before lo[0] belong to `mid`, so every read stays inside the object.
 static_assert(offsetof(CodeSearch, lo) >= 3, "CodeSearch::lo must follow at least 3 bytes of the struct");
 constexpr int kFirstSliceExponent = CodeSearch::kTopExponent - CodeSearch::kOctaves;
-// magnitude_bucket(|v|) = clamp((|v| bits >> 19) - kBucketBias, 0, kBucketsPerSign - 1): the exponent and
-// the 4 slice bits are contiguous, so one shift and one subtraction give the bucket inside the sliced range.
+// magnitude_bucket(|v|) = clamp((|v| bits >> kBucketShift) - kBucketBias, 0, kBucketsPerSign - 1): the
+// exponent and the slice bits are contiguous, so one shift and one subtraction give the bucket inside the
+// sliced range.
 constexpr int kBucketShift = 23 - CodeSearch::kMantissaBits;
 constexpr int kBucketBias = (kFirstSliceExponent << CodeSearch::kMantissaBits) - 1;
-static_assert(kBucketShift == 19 && CodeSearch::kBucketsPerSign == 386, "bucket layout changed: revisit search()");
+static_assert(CodeSearch::kBucketsPerSign == (CodeSearch::kOctaves << CodeSearch::kMantissaBits) + 2,
+              "bucket layout changed: revisit search()");
 // Up to this many midpoints per bucket (the dynamic, linear and quantile maps need 2-4), the search does
 // that many independent comparisons instead of a data-dependent scan: no mispredicted loop exits,
 // and the lookups do not wait on each other.
