@@ -184,32 +184,17 @@ __device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {
 
 // ---- the kernel ------------------------------------------------------------------------------------------
 
-template <OptimizerKind K, typename TP, int Bits, int Cap>
-__global__ void __launch_bounds__(kThreads)
-    optimizer_kernel(const __grid_constant__ TensorTable<Cap> table, const KernelArgs args, const Phase phase) {
+// The grid-stride loop over 256-element blocks. Steps > 0: the 8-bit re-quantization searches take
+// exactly Steps branch-free steps (valid because the CTA checked Steps >= max_run of both tables).
+template <int Steps, OptimizerKind K, typename TP, int Bits, int Cap>
+__device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase,
+                                               const std::conditional_t<Bits == 8, Smem8bit, char>& smem,
+                                               float trust) {
   constexpr bool kTwoStates = has_second_state(K);
   constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
   const OptimStep& s = args.step;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-
-  __shared__ std::conditional_t<Bits == 8, Smem8bit, char> smem;
-  if constexpr (Bits == 8) {
-    for (int i = threadIdx.x; i < kCodeSize8bit; i += kThreads) {
-      smem.qmap1[i] = args.qmap1[i];
-      if (kTwoStates) smem.qmap2[i] = args.qmap2[i];
-    }
-    build_code_search(smem.search1, args.qmap1);
-    if (kTwoStates) build_code_search(smem.search2, args.qmap2);
-  }
-
-  __shared__ float norm_scratch[kWarps + 1];
-  float trust = 1.0f;
-  if (phase == Phase::Update && args.unorm) {
-    const float unorm_sq = ordered_total(args.partials, gridDim.x, &norm_scratch[kWarps]);
-    if (blockIdx.x == 0 && threadIdx.x == 0) *args.unorm = unorm_sq;
-    trust = optim_trust<K>(s, unorm_sq);
-  }
   float norm_acc = 0.0f;
   const int64_t total = table.first_block[table.count];
   int ti = 0;
@@ -298,9 +283,9 @@ __global__ void __launch_bounds__(kThreads)
       const float inv1 = inverse_absmax(x1), inv2 = inverse_absmax(x2), inv3 = inverse_absmax(x3);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        c1[k] = quantize_signed_state(smem.search1, smem.qmap1, m[k], inv1);
-        if (kTwoStates) c2[k] = quantize_unsigned_state(smem.search2, v[k], inv2);
-        if (kSlowMoment) c3[k] = quantize_signed_state(smem.search1, smem.qmap1, m2[k], inv3);
+        c1[k] = quantize_signed_state<Steps>(smem.search1, smem.qmap1, m[k], inv1);
+        if (kTwoStates) c2[k] = quantize_unsigned_state<Steps>(smem.search2, v[k], inv2);
+        if (kSlowMoment) c3[k] = quantize_signed_state<Steps>(smem.search1, smem.qmap1, m2[k], inv3);
       }
       uint8_t* s1 = static_cast<uint8_t*>(t.state1);
       store_codes(s1 + begin, lane, full, remaining, c1);
@@ -312,6 +297,46 @@ __global__ void __launch_bounds__(kThreads)
         if (kSlowMoment) t.absmax1[nb + b] = x3;
       }
     }
+  }
+  return norm_acc;
+}
+
+template <OptimizerKind K, typename TP, int Bits, int Cap>
+__global__ void __launch_bounds__(kThreads)
+    optimizer_kernel(const __grid_constant__ TensorTable<Cap> table, const KernelArgs args, const Phase phase) {
+  constexpr bool kTwoStates = has_second_state(K);
+  const OptimStep& s = args.step;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+
+  __shared__ std::conditional_t<Bits == 8, Smem8bit, char> smem;
+  if constexpr (Bits == 8) {
+    for (int i = threadIdx.x; i < kCodeSize8bit; i += kThreads) {
+      smem.qmap1[i] = args.qmap1[i];
+      if (kTwoStates) smem.qmap2[i] = args.qmap2[i];
+    }
+    build_code_search(smem.search1, args.qmap1);
+    if (kTwoStates) build_code_search(smem.search2, args.qmap2);
+  }
+
+  __shared__ float norm_scratch[kWarps + 1];
+  float trust = 1.0f;
+  if (phase == Phase::Update && args.unorm) {
+    const float unorm_sq = ordered_total(args.partials, gridDim.x, &norm_scratch[kWarps]);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *args.unorm = unorm_sq;
+    trust = optim_trust<K>(s, unorm_sq);
+  }
+  float norm_acc = 0.0f;
+  // Two search steps cover the standard dynamic maps at 64 buckets per octave; other code books
+  // take the general scan.
+  constexpr int kBoundedSteps = 2;
+  if constexpr (Bits == 8) {
+    const bool bounded =
+        smem.search1.max_run <= kBoundedSteps && (!kTwoStates || smem.search2.max_run <= kBoundedSteps);
+    if (bounded) norm_acc = update_blocks<kBoundedSteps, K, TP, Bits, Cap>(table, args, phase, smem, trust);
+    else norm_acc = update_blocks<0, K, TP, Bits, Cap>(table, args, phase, smem, trust);
+  } else {
+    norm_acc = update_blocks<0, K, TP, Bits, Cap>(table, args, phase, smem, trust);
   }
   if (phase == Phase::Norm) {
     norm_acc = warp_sum(norm_acc);

@@ -325,3 +325,59 @@ TEST(Conversions, FloatToBFloat16RoundsToNearestEven) {
 
 }  // namespace
 }  // namespace bnb::test
+
+// The unsigned dynamic map (optimizer second state): twice the fractions per decade, no negatives.
+static std::vector<float> unsigned_dynamic_map() {
+  std::vector<float> data;
+  for (int i = 0; i < 7; ++i) {
+    const int items = (1 << (i + 1)) + 1;
+    const float scale = static_cast<float>(std::pow(10.0, i - 6));
+    for (int j = 0; j + 1 < items; ++j) {
+      const float a = 0.1f + 0.9f * static_cast<float>(j) / static_cast<float>(items - 1);
+      const float b = 0.1f + 0.9f * static_cast<float>(j + 1) / static_cast<float>(items - 1);
+      data.push_back(scale * (a + b) / 2.0f);
+    }
+  }
+  data.push_back(0.0f);
+  data.push_back(1.0f);
+  std::sort(data.begin(), data.end());
+  return data;
+}
+
+// The optimizer kernels take the two-step branch-free search when both tables allow it: the
+// standard maps must, and the bounded search must agree with the scan wherever it is allowed.
+TEST(CodeSearch, BoundedSearchCoversTheDynamicMaps) {
+  const std::vector<std::vector<float>> codes = {bnb::test::dynamic_map(), unsigned_dynamic_map()};
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const auto& code : codes) {
+    ASSERT_EQ(code.size(), 256u);
+    bnb::CodeSearch cs;
+    cs.build(code.data());
+    EXPECT_LE(cs.max_run, 2) << "the optimizer fast path would be skipped for a standard map";
+    EXPECT_TRUE(std::isinf(cs.mid[bnb::CodeSearch::kMidpoints]));
+    for (int i = 0; i < 200000; ++i) {
+      float v = u(rng);
+      if (i % 4 == 0) v *= 1e-4f;  // small magnitudes exercise the fine decades
+      ASSERT_EQ(cs.search_bounded<2>(v), cs.search(v)) << "v=" << v;
+    }
+    for (int i = 0; i < bnb::CodeSearch::kMidpoints; ++i) {
+      ASSERT_EQ(cs.search_bounded<2>(cs.mid[i]), cs.search(cs.mid[i]));
+      ASSERT_EQ(cs.search(cs.mid[i]), i) << "a value on a midpoint goes to the lower code";
+    }
+  }
+}
+
+TEST(CodeSearch, MaxRunBoundsEveryScan) {
+  const auto code = bnb::test::random_sorted_code(5);
+  bnb::CodeSearch cs;
+  cs.build(code.data());
+  for (int b = 0; b < bnb::CodeSearch::kBuckets; ++b) ASSERT_LE(cs.run_length(b), cs.max_run);
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int i = 0; i < 100000; ++i) {
+    const float v = u(rng);
+    const int steps = cs.search(v) - cs.lo[bnb::CodeSearch::bucket(v)];
+    ASSERT_LE(steps, cs.max_run);
+  }
+}
