@@ -144,7 +144,8 @@ class _Entry:
 
 
 class _GroupCache:
-    __slots__ = ("ids", "version", "mng_version", "entries", "table")
+    __slots__ = ("ids", "version", "mng_version", "entries", "table", "fast", "pptrs", "s1s", "states", "step",
+                 "device_index")
 
 
 class Optimizer8bit(torch.optim.Optimizer):
@@ -555,8 +556,72 @@ class Optimizer8bit(torch.optim.Optimizer):
                          0 if a1 is None else a1.data_ptr(), 0 if a2 is None else a2.data_ptr(), e.n))
             cache.entries[pindex] = e
         cache.table = np.array(rows, dtype=np.int64).reshape(len(rows), len(MULTI_COLUMNS))
+        # The fast path (see _fast_step) serves groups whose parameters all have state, share one
+        # fused key and need no per-tensor treatment — the usual case after the first step.
+        entries = cache.entries
+        cache.fast = (bool(entries) and all(e is not None and not e.per_tensor for e in entries)
+                      and len({e.key for e in entries}) == 1 and all(e.row == i for i, e in enumerate(entries)))
+        if cache.fast:
+            cache.pptrs = [e.pptr for e in entries]
+            cache.s1s = [e.s1 for e in entries]
+            cache.states = [e.state for e in entries]
+            cache.device_index = entries[0].p.get_device()
+        cache.step = None
         self._group_caches[gindex] = cache
         return cache
+
+    def _fast_step(self) -> bool:
+        """One fused step for the common case, with the fewest Python operations per parameter.
+
+        Applies only when every group is cached as fast, every parameter has a gradient of one
+        float dtype, contiguous, on its parameter's device, and all states share one step count;
+        then each group is one native call (or a few, for more than OPTIM_MULTI_MAX_TENSORS
+        tensors). Returns False, having changed nothing, whenever anything differs: the general
+        path then validates and handles it.
+        """
+        work = []
+        for gindex, group in enumerate(self.param_groups):
+            params = group["params"]
+            cache = self._group_caches.get(gindex)
+            if cache is None or not cache.fast or len(params) != len(cache.pptrs):
+                return False
+            grads = [p.grad for p in params]
+            # (identity test: `None in grads` would call Tensor.__eq__ on every gradient)
+            if any(g is None for g in grads):
+                return False
+            g_dtype = grads[0].dtype
+            if g_dtype not in _FLOAT_DTYPES:
+                return False
+            dev = cache.device_index
+            for g in grads:
+                if g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev or g.is_sparse:
+                    return False
+            if [p.data_ptr() for p in params] != cache.pptrs:
+                return False
+            for st, s1 in zip(cache.states, cache.s1s):
+                if st.get("state1") is not s1:
+                    return False
+            if cache.step is None:
+                steps = {st["step"] for st in cache.states}
+                if len(steps) != 1:
+                    return False
+                cache.step = steps.pop()
+            work.append((group, cache, g_dtype, [g.data_ptr() for g in grads], grads))
+        rule = native_rule(self.optimizer_name)
+        for group, cache, g_dtype, gptrs, _grads in work:
+            e0 = cache.entries[0]
+            config = self._group_config(group)
+            if e0.override is not None:
+                config = {**config, **e0.override}
+            step = cache.step + 1
+            table = cache.table.copy()
+            table[:, _COL["g"]] = gptrs
+            multi_tensor_update(rule, self._hparams(config, step), e0.bits, e0.pdtype, g_dtype, e0.qmap1, e0.qmap2,
+                                table, e0.device)
+            for st in cache.states:
+                st["step"] = step
+            cache.step = step
+        return True
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -574,6 +639,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         # Phase 1: validate everything (including existing states) before touching anything. The
         # fused plan does this in the same pass that partitions the parameters; it gives up (None)
         # when some parameter has no state yet or changed storage, and the general pass takes over.
+        if self._fused and self._fast_step():
+            return loss
+        for cache in self._group_caches.values():
+            cache.step = None  # the general path may move step counters apart
         plan = self._plan_fused() if self._fused else None
         if plan is None:
             work = self._collect()

@@ -5,6 +5,7 @@
 // new block absmax and re-quantize.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <mutex>
 #include <type_traits>
 
@@ -96,8 +97,17 @@ void update_32bit(const OptimStep& s, const Optimizer32bitParams& P) {
 }
 
 
+// The code-book search tables of one call, built once (a fused call shares them across tensors).
+struct StateSearch {
+  CodeSearch search1, search2;
+  explicit StateSearch(const float* qmap1, const float* qmap2) {
+    search1.build(qmap1);
+    if (qmap2) search2.build(qmap2);
+  }
+};
+
 template <OptimizerKind K, typename TP, typename TG>
-void update_8bit(const OptimStep& s, const Optimizer8bitParams& P) {
+void update_8bit(const OptimStep& s, const Optimizer8bitParams& P, const StateSearch& tables) {
   auto* p = static_cast<TP*>(P.p);
   const auto* g = static_cast<const TG*>(P.g);
   const int64_t nb = (P.n + kOptimBlock - 1) / kOptimBlock;
@@ -109,9 +119,8 @@ void update_8bit(const OptimStep& s, const Optimizer8bitParams& P) {
   float* a_m2 = kTwoMoments ? P.absmax1 + nb : nullptr;
   float* a_v = P.absmax2;
 
-  CodeSearch search1, search2;
-  search1.build(P.qmap1);
-  if (P.qmap2) search2.build(P.qmap2);
+  const CodeSearch& search1 = tables.search1;
+  const CodeSearch& search2 = tables.search2;
 
   // Runs the update rule over block b; `commit` decides whether results are written.
   auto run_block = [&](int64_t b, bool commit, float trust) {
@@ -175,17 +184,26 @@ void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Opt
   });
 }
 
+namespace {
+void update_8bit_with(OptimizerKind kind, const OptimStep& step, const Optimizer8bitParams& p,
+                      const StateSearch& tables) {
+  dispatch_update(kind, p.p_dtype, p.g_dtype, [&](auto k, auto tp, auto tg) {
+    update_8bit<decltype(k)::value, typename decltype(tp)::type, typename decltype(tg)::type>(step, p, tables);
+  });
+}
+}  // namespace
+
 void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, const Optimizer8bitParams& p, int32_t,
                                      bnb_stream_t) {
-  dispatch_update(kind, p.p_dtype, p.g_dtype, [&](auto k, auto tp, auto tg) {
-    update_8bit<decltype(k)::value, typename decltype(tp)::type, typename decltype(tg)::type>(step, p);
-  });
+  update_8bit_with(kind, step, p, StateSearch(p.qmap1, p.qmap2));
 }
 
 // CPU: the tensors one after another, each spread over the thread pool.
 void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const OptimizerMultiParams& m, int32_t device,
                             bnb_stream_t stream) {
   const bool two = has_second_state(kind);
+  std::unique_ptr<StateSearch> tables;
+  if (m.state_bits == 8) tables = std::make_unique<StateSearch>(m.qmap1, m.qmap2);
   for (int64_t i = 0; i < m.count; ++i) {
     const bnb_optimizer_tensor_t& t = m.tensors[i];
     if (t.n == 0) continue;
@@ -195,11 +213,10 @@ void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const Opt
                               nullptr, t.n, m.p_dtype, m.g_dtype},
                              device, stream);
     } else {
-      optimizer_update_8bit_blockwise(
-          kind, step,
-          {t.p, t.g, static_cast<uint8_t*>(t.state1), two ? static_cast<uint8_t*>(t.state2) : nullptr, m.qmap1,
-           m.qmap2, t.absmax1, two ? t.absmax2 : nullptr, nullptr, t.n, m.p_dtype, m.g_dtype},
-          device, stream);
+      update_8bit_with(kind, step,
+                       {t.p, t.g, static_cast<uint8_t*>(t.state1), two ? static_cast<uint8_t*>(t.state2) : nullptr,
+                        m.qmap1, m.qmap2, t.absmax1, two ? t.absmax2 : nullptr, nullptr, t.n, m.p_dtype, m.g_dtype},
+                       *tables);
     }
   }
 }
