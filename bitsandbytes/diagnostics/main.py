@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from .demo import run_demo
+from .demo import run_demo, run_optimizer_demo
 from .environment import print_environment
 from .selfcheck import run_selfcheck
 
@@ -22,6 +22,7 @@ def main() -> None:
 
     if not failures:
         run_demo(devices[-1])
+        run_optimizer_demo(devices[-1])
         print(f"\nSUCCESS! bitsandbytes works on: {', '.join(devices)}")
         return
     print(f"\nFAILED: {len(failures)} check(s) failed: {'; '.join(failures)}")

@@ -71,10 +71,36 @@ def _check_int8(device: str) -> str:
     return f"outliers found, max dequant error {err:.4f}"
 
 
+def _check_optimizers(device: str) -> str:
+    """AdamW with 32-bit and 8-bit states against torch.optim.AdamW over a few steps."""
+    from .. import optim
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(5000, generator=gen)
+    grads = [torch.randn(5000, generator=gen) for _ in range(4)]
+
+    def run(make):
+        p = torch.nn.Parameter(start.clone().to(device))
+        opt = make([p])
+        for g in grads:
+            p.grad = g.to(device)
+            opt.step()
+        return p.detach().cpu()
+
+    reference = run(lambda ps: torch.optim.AdamW(ps, lr=1e-2))
+    moved = (reference - start).abs().mean().item()
+    err32 = (run(lambda ps: optim.AdamW(ps, lr=1e-2)) - reference).abs().max().item()
+    err8 = (run(lambda ps: optim.AdamW8bit(ps, lr=1e-2, min_8bit_size=0)) - reference).abs().mean().item()
+    assert err32 < 1e-5, f"32-bit AdamW differs from torch by {err32:.2e}"
+    assert err8 < 0.05 * moved, f"8-bit AdamW drifts {err8:.2e} from torch (update size {moved:.2e})"
+    return f"32-bit max diff {err32:.1e}, 8-bit mean drift {err8 / moved:.1%} of the update"
+
+
 CHECKS: List[Tuple[str, Callable[[str], str]]] = [
     ("8-bit blockwise", _check_blockwise),
     ("4-bit nf4/fp4 (double-quantized)", _check_4bit),
     ("LLM.int8 vector-wise", _check_int8),
+    ("optimizers (AdamW 32-bit and 8-bit)", _check_optimizers),
 ]
 
 ADVICE = {
