@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes as ct
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .. import _native, _validate as check
@@ -179,7 +180,25 @@ def _rows_cols(A: torch.Tensor) -> tuple:
 
 
 def _outlier_columns(mask: torch.Tensor) -> torch.Tensor:
-    return torch.nonzero(mask).view(-1).to(torch.int64)
+    """Sorted int64 indices of the flagged columns, on the mask's device.
+
+    The list's length depends on the data, so the host must wait for the flags either way. On CUDA
+    one copy of the [cols] byte mask into pinned memory is that single wait; the host counts the
+    flags, and the list itself is built on the device by nonzero_static, which needs no further
+    synchronisation (torch.nonzero waits once more internally, and a host-built list would need a
+    blocking upload). With no outliers, the usual case, nothing more runs on the device."""
+    if mask.device.type != "cuda":
+        return torch.nonzero(mask).view(-1)
+    flags = torch.empty(mask.shape, dtype=torch.uint8, pin_memory=True)
+    flags.copy_(mask, non_blocking=True)
+    torch.cuda.current_stream(mask.device).synchronize()
+    count = int(np.count_nonzero(flags.numpy()))
+    if count == 0:
+        return torch.empty(0, device=mask.device, dtype=torch.int64)
+    try:
+        return torch.nonzero_static(mask, size=count).view(-1)
+    except NotImplementedError:  # a torch without the CUDA kernel of nonzero_static
+        return torch.nonzero(mask).view(-1)
 
 
 @_register("int8_vectorwise_quant")
@@ -188,8 +207,10 @@ def _(A: torch.Tensor, threshold: float = 0.0):
     rows, cols = _rows_cols(A)
     out = torch.empty_like(A, dtype=torch.int8)
     row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
-    # zeros, not empty: the library writes nothing when there are no rows
-    mask = torch.zeros(cols, device=A.device, dtype=torch.uint8) if threshold > 0.0 else None
+    # The library clears the mask itself whenever there are rows; with none it writes nothing.
+    mask = None
+    if threshold > 0.0:
+        mask = (torch.empty if rows > 0 else torch.zeros)(cols, device=A.device, dtype=torch.uint8)
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_int8_vectorwise_quant", _ptr(A), _DTYPE_CODES[A.dtype], rows, cols, float(threshold), _ptr(out),
              _ptr(row_stats), _ptr(mask), dev, stream)

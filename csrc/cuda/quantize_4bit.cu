@@ -174,17 +174,24 @@ __global__ void __launch_bounds__(kDequantThreads)
   constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
   // A vector never straddles two blocks: blocksizes are powers of two >= kMinBlocksize4bit >= V.
   for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
+    // Codes and block scales of all kDequantUnroll vectors are requested before any is used: a
+    // scale read issued only after the previous vector's store would put one memory latency per
+    // vector on the critical path (at blocksize 64 most of them miss L1).
     Codes q[kDequantUnroll];
+    float scales[kDequantUnroll];
 #pragma unroll
     for (int u = 0; u < kDequantUnroll; ++u) {
       const int64_t v = base + u * kDequantThreads + threadIdx.x;
-      if (v < num_vecs) q[u] = in[v];
+      if (v < num_vecs) {
+        q[u] = in[v];
+        scales[u] = __ldg(p.absmax + ((v * V) >> log2_blocksize));
+      }
     }
 #pragma unroll
     for (int u = 0; u < kDequantUnroll; ++u) {
       const int64_t v = base + u * kDequantThreads + threadIdx.x;
       if (v >= num_vecs) break;
-      const float scale = __ldg(p.absmax + ((v * V) >> log2_blocksize));
+      const float scale = scales[u];
       float x[V];
 #pragma unroll
       for (int j = 0; j < V / 2; ++j) {

@@ -23,76 +23,86 @@ constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread in the
 constexpr int kGenericThreads = 256;
 constexpr int kGenericWarps = kGenericThreads / kWarpSize;
 constexpr int kDequantThreads = 256;
-constexpr uint32_t kLowBytesPair = 0x0040;  // __byte_perm selector: [a.byte0, b.byte0, ...]
+constexpr uint32_t kHighBytesPair = 0x0073;  // __byte_perm selector: [a.byte3, b.byte3, ...]
 constexpr uint32_t kJoinPairs = 0x5410;     // __byte_perm selector: [a.byte0, a.byte1, b.byte0, b.byte1]
 constexpr int kDequantUnroll = 4;  // output vectors per thread per step of the dequantize kernel
 
-// CodeSearch with finer buckets and a one-comparison fast path, for the vector kernel.
+// CodeSearch with one 32-bit word per bucket and a branch-free fast path, for the vector kernel.
 //
-// Same rule as bnb::CodeSearch (index = number of midpoints strictly below v) and the same kind of
-// table: a bucket picked from v's float bits, lo = #midpoints below the bucket. With 64 slices per
-// octave (CodeSearch: 16) almost every bucket of the usual code books holds at most one midpoint, so
-//   index = lo + (v > mid[lo])
-// is exact there with one comparison and no loop; buckets holding more midpoints (and values below
-// 2^-kOctaves, which share one bucket) fall back to CodeSearch's forward scan. A NaN lands in the
-// bucket CodeSearch gives it (|v| >= 1 of its sign) and gets the same index.
+// Same rule as bnb::CodeSearch (index = number of midpoints strictly below v) and the same buckets:
+// sign, exponent and 6 mantissa bits of v pick a bucket, lo = #midpoints below the bucket. In a
+// bucket of one octave slice every value shares bits 17..31, so comparing v with the one midpoint
+// m inside it is comparing their low 17 bits (reversed for negative values, where a larger
+// magnitude is a smaller value):
+//
+//   x = low17(v bits ^ sign mask)                       (0x1ffff - low17 for v < 0)
+//   entry = lo << 24 | 0x7f << 17 | K,  K = 0x1ffff - x(m)   (K = 0 when no midpoint is inside)
+//   entry + x: the low 17 bits carry out iff x > x(m), i.e. iff v > m; the carry ripples through
+//   the seven ones into bits 24..31, which then hold lo + (v > m), the index.
+//
+// One shared-memory word per element instead of two (entry and midpoint), spread over all 32 banks:
+// the table lookups were what held 16-bit inputs back (three times the element rate of fp32 per byte).
+// Buckets with two or more midpoints, and the tiny and |v| >= 1 buckets (which span several
+// exponents) when a midpoint lies inside, clear bit 23 and take CodeSearch's forward scan from lo.
+// A NaN lands in the |v| >= 1 bucket of its sign, as in CodeSearch; no comparison with it holds, so
+// it gets lo there on either path, as CodeSearch gives it.
 struct FineCodeSearch {
-  static constexpr int kSliceBits = 6;    // 64 slices per octave
-  static constexpr int kOctaves = 12;     // [2^-12, 1) get slices; smaller |v| share bucket 0
+  static constexpr int kSliceBits = CodeSearch::kMantissaBits;  // 64 slices per octave
+  static constexpr int kOctaves = CodeSearch::kOctaves;          // [2^-24, 1) get slices
   static constexpr int kTopExponent = 127;
-  static constexpr int kShift = 23 - kSliceBits;
+  static constexpr int kShift = 23 - kSliceBits;                 // bits below the bucket key
+  static constexpr uint32_t kLowMask = (1u << kShift) - 1u;
   static constexpr int kFirstKey = (kTopExponent - kOctaves) << kSliceBits;
   static constexpr int kMagBuckets = 1 + (kOctaves << kSliceBits) + 1;  // tiny | slices | |v| >= 1
-  static constexpr int kEntries = 2 * kMagBuckets;                        // positive, then negative
-  static constexpr int kCountShift = 8;                                   // lo in bits 0..7, count above
+  static constexpr int kSignStride = 2048;  // negative buckets start here: a power of two, so OR adds it
+  static_assert(kMagBuckets <= kSignStride, "magnitude buckets fit below the sign stride");
+  static constexpr int kEntries = 2 * kSignStride;
+  static constexpr int kIndexShift = 24;                        // lo (and the result) in bits 24..31
+  static constexpr uint32_t kCarryOnes = 0x7fu << kShift;      // bits 17..23: carry path to bit 24
+  static constexpr uint32_t kFastBit = 1u << (kIndexShift - 1);  // bit 23: set iff one comparison suffices
+  static_assert(kShift + 7 == kIndexShift, "the carry path spans bits kShift..23");
   static constexpr uint32_t kPositiveInfBits = 0x7f800000u;
 
-  struct Entry {
-    float first_mid;  // mid[lo] (+inf when lo == 255): the only midpoint that can lie below v
-    uint32_t lo_count;
-  };
   float mid[CodeSearch::kMidpoints];
-  Entry entry[kEntries];
+  uint32_t entry[kEntries];
 
-  __device__ __forceinline__ static int magnitude_bucket(uint32_t bits) {
+  // Table slot of v: magnitude bucket (clamped: tiny below, |v| >= 1 and NaN above) | sign stride.
+  __device__ __forceinline__ static int slot(uint32_t bits) {
     const int m = static_cast<int>((bits & 0x7fffffffu) >> kShift) - kFirstKey + 1;
-    return min(max(m, 0), kMagBuckets - 1);
+    const int sign = static_cast<int>(bits) >> 31;  // 0 or -1
+    return min(max(m, 0), kMagBuckets - 1) | (sign & kSignStride);
+  }
+  // v's low bits in comparison order: larger means a larger value within the bucket.
+  __device__ __forceinline__ static uint32_t order_bits(uint32_t bits) {
+    return (bits ^ static_cast<uint32_t>(static_cast<int>(bits) >> 31)) & kLowMask;
   }
   // Bits of the smallest magnitude in magnitude bucket m (m <= kMagBuckets - 1).
   __device__ static uint32_t lower_bits(int m) { return m == 0 ? 0u : static_cast<uint32_t>(m - 1 + kFirstKey) << kShift; }
 
-  __device__ __forceinline__ int search(float v) const {
-    const uint32_t bits = __float_as_uint(v);
-    const Entry e = entry[magnitude_bucket(bits) + (bits >> 31) * kMagBuckets];
-    int idx = static_cast<int>(e.lo_count & 0xffu);
-    if ((e.lo_count >> kCountShift) <= 1) return idx + (v > e.first_mid ? 1 : 0);
+  __device__ __forceinline__ int scan(float v, uint32_t e) const {
+    int idx = static_cast<int>(e >> kIndexShift);
     while (idx < CodeSearch::kMidpoints && v > mid[idx]) ++idx;
     return idx;
   }
 
-  // Indices of kGroup values at once (four entries stay in registers; a 16-bit vector's eight would
-  // spill). The fast path is taken when none of them lands in a bucket with two or more midpoints,
-  // one test per group. There lo + (v > mid[lo]) is formed as lo + signbit(mid[lo] - v): exact,
-  // because the rounded difference of two distinct floats is never zero (no flush-to-zero) and a
-  // NaN difference is the positive canonical NaN (v > mid[lo] is false for NaN). The caller must
-  // round v on its own (__fmul_rn): a multiply fused into this subtraction would change ties.
-  // The low byte of each result is the index.
+  // Indices of kGroup values at once; byte 3 of each result is the index. The fast path is taken
+  // when all of them land in one-comparison buckets (one test per group). The caller must round v
+  // on its own (__fmul_rn): the bits compared are those of the rounded product.
   static constexpr int kGroup = 4;
   __device__ __forceinline__ void search4(const float* v, uint32_t* idx) const {
-    Entry e[kGroup];
-    uint32_t any = 0;
+    uint32_t e[kGroup];
+    uint32_t all = kFastBit;
 #pragma unroll
     for (int i = 0; i < kGroup; ++i) {
-      const uint32_t bits = __float_as_uint(v[i]);
-      e[i] = entry[magnitude_bucket(bits) + (bits >> 31) * kMagBuckets];
-      any |= e[i].lo_count;
+      e[i] = entry[slot(__float_as_uint(v[i]))];
+      all &= e[i];
     }
-    if ((any >> kCountShift) <= 1) {
+    if (all) {
 #pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = e[i].lo_count + (__float_as_uint(__fsub_rn(e[i].first_mid, v[i])) >> 31);
+      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + order_bits(__float_as_uint(v[i]));
     } else {
 #pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(search(v[i]));
+      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(scan(v[i], e[i])) << kIndexShift;
     }
   }
 
@@ -111,16 +121,27 @@ struct FineCodeSearch {
       mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
     __syncthreads();
     for (int idx = threadIdx.x; idx < kEntries; idx += blockDim.x) {
-      const int m = idx % kMagBuckets;
+      const int m = idx % kSignStride;
+      if (m >= kMagBuckets) continue;  // never looked up
+      const bool negative = idx >= kSignStride;
       const bool top = m == kMagBuckets - 1;
       const float small = __uint_as_float(lower_bits(m));                                   // smallest |v|
       const float large = __uint_as_float(top ? kPositiveInfBits : lower_bits(m + 1) - 1u); // largest |v|
-      const float vmin = idx < kMagBuckets ? small : -large;
-      const float vmax = idx < kMagBuckets ? large : -small;
+      const float vmin = negative ? -large : small;
+      const float vmax = negative ? -small : large;
       const int lo = count_below(mid, CodeSearch::kMidpoints, vmin);
       const int count = count_at_most(mid, CodeSearch::kMidpoints, vmax) - lo;
-      const float first = lo < CodeSearch::kMidpoints ? mid[lo] : __uint_as_float(kPositiveInfBits);
-      entry[idx] = {first, static_cast<uint32_t>(lo) | (static_cast<uint32_t>(count) << kCountShift)};
+      // One octave slice: all its values share bits kShift..31 (checked on the midpoint itself, so a
+      // code book with NaN or inf entries, whose counts mean nothing, keeps the scan).
+      const bool narrow = m != 0 && !top;
+      uint32_t e = static_cast<uint32_t>(lo) << kIndexShift;
+      if (count == 0) {
+        e |= kCarryOnes;  // K = 0: x never carries
+      } else if (count == 1 && narrow &&
+                 (__float_as_uint(mid[lo]) >> kShift) == (__float_as_uint(vmin) >> kShift)) {
+        e |= kCarryOnes | (kLowMask - order_bits(__float_as_uint(mid[lo])));
+      }
+      entry[idx] = e;
     }
     __syncthreads();
   }
@@ -157,12 +178,12 @@ __global__ void __launch_bounds__(kTileThreads)
       uint32_t idx[V];
 #pragma unroll
       for (int k = 0; k < V; k += FineCodeSearch::kGroup) search.search4(x + k, idx + k);
-      // Low bytes of four results per word: byte_perm picks them without masking.
+      // Top bytes of four results per word: byte_perm picks them without shifting.
       uint32_t words[V / 4];
 #pragma unroll
       for (int w = 0; w < V / 4; ++w)
-        words[w] = __byte_perm(__byte_perm(idx[4 * w], idx[4 * w + 1], kLowBytesPair),
-                               __byte_perm(idx[4 * w + 2], idx[4 * w + 3], kLowBytesPair), kJoinPairs);
+        words[w] = __byte_perm(__byte_perm(idx[4 * w], idx[4 * w + 1], kHighBytesPair),
+                               __byte_perm(idx[4 * w + 2], idx[4 * w + 3], kHighBytesPair), kJoinPairs);
       *reinterpret_cast<Packet<uint32_t, V / 4>*>(out + Tile::offset_in_block(g, l)) =
           *reinterpret_cast<const Packet<uint32_t, V / 4>*>(words);
     }
@@ -212,17 +233,24 @@ __global__ void __launch_bounds__(kDequantThreads)
   constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
   // A vector never straddles two blocks: blocksizes are powers of two >= kMinBlocksizeCuda8bit >= V.
   for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
+    // Codes and block scales of all kDequantUnroll vectors are requested before any is used: a
+    // scale read issued only after the previous vector's store would put one memory latency per
+    // vector on the critical path (at blocksize 64 most of them miss L1).
     Codes q[kDequantUnroll];
+    float scales[kDequantUnroll];
 #pragma unroll
     for (int u = 0; u < kDequantUnroll; ++u) {
       const int64_t v = base + u * kDequantThreads + threadIdx.x;
-      if (v < num_vecs) q[u] = in[v];
+      if (v < num_vecs) {
+        q[u] = in[v];
+        scales[u] = __ldg(p.absmax + ((v * V) >> log2_blocksize));
+      }
     }
 #pragma unroll
     for (int u = 0; u < kDequantUnroll; ++u) {
       const int64_t v = base + u * kDequantThreads + threadIdx.x;
       if (v >= num_vecs) break;
-      const float scale = __ldg(p.absmax + ((v * V) >> log2_blocksize));
+      const float scale = scales[u];
       float x[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) x[i] = code[q[u].v[i]] * scale;
