@@ -9,9 +9,6 @@ void CodeSearch::build(const float* code) {
     const int below = count_below(mid, kMidpoints, bucket_min(b));  // midpoints strictly below
     lo[b] = static_cast<uint8_t>(below > kMidpoints ? kMidpoints : below);
   }
-  int longest = 0;
-  for (int b = 0; b < kBuckets; ++b) longest = run_length(b) > longest ? run_length(b) : longest;
-  max_run = static_cast<uint8_t>(longest);
 }
 
 }  // namespace bnb

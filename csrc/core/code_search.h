@@ -40,7 +40,6 @@ struct CodeSearch {
 
   float mid[kMidpoints + 1];  // midpoints between consecutive codes, then a +inf sentinel that ends every scan
   uint8_t lo[kBuckets];      // #midpoints strictly below the smallest value of each bucket
-  uint8_t max_run;           // most midpoints inside one bucket: no scan takes more steps than this
 
   // Magnitude bucket in [0, kBucketsPerSign) of |v| given its bit pattern without the sign.
   BNB_HD static int magnitude_bucket(uint32_t abs_bits) {
@@ -70,19 +69,6 @@ struct CodeSearch {
     while (v > mid[idx]) ++idx;  // the +inf sentinel stops the scan at index kMidpoints
     return idx;
   }
-
-  // The same answer in exactly Steps branch-free steps; valid when Steps >= max_run. Independent
-  // searches can then overlap instead of each waiting on its own loop exit.
-  template <int Steps>
-  BNB_HD int search_bounded(float v) const {
-    int idx = lo[bucket(v)];
-#pragma unroll
-    for (int s = 0; s < Steps; ++s) idx += v > mid[idx] ? 1 : 0;
-    return idx;
-  }
-
-  // Midpoints that fall inside bucket b (an upper bound on the steps of a scan starting there).
-  BNB_HD int run_length(int b) const { return (b + 1 < kBuckets ? lo[b + 1] : kMidpoints) - lo[b]; }
 
   // Bit pattern of the smallest |v| in magnitude bucket mb.
   BNB_HD static uint32_t magnitude_lower_bits(int mb) {
@@ -116,7 +102,7 @@ struct CodeSearch {
     return -from_bits(magnitude_lower_bits(mb + 1) - 1u);
   }
 
-  // Fill `mid`, `lo` and `max_run` from a sorted 256-entry code (host-side build).
+  // Fill `mid` and `lo` from a sorted 256-entry code (host-side build).
   void build(const float* code);
 
  private:

@@ -13,29 +13,134 @@ namespace bnb::cuda {
 __device__ inline void build_code_search(CodeSearch& s, const float* __restrict__ code) {
   for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
     s.mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
-  if (threadIdx.x == 0) {
-    s.mid[CodeSearch::kMidpoints] = CodeSearch::kSentinel;
-    s.max_run = 0;
-  }
+  if (threadIdx.x == 0) s.mid[CodeSearch::kMidpoints] = CodeSearch::kSentinel;
   __syncthreads();
   for (int b = threadIdx.x; b < CodeSearch::kBuckets; b += blockDim.x) {
     const int below = count_below(s.mid, CodeSearch::kMidpoints, CodeSearch::bucket_min(b));
     s.lo[b] = static_cast<uint8_t>(below > CodeSearch::kMidpoints ? CodeSearch::kMidpoints : below);
   }
   __syncthreads();
-  // max_run: a byte in shared memory has no atomicMax, so reduce through one int per warp.
-  int longest = 0;
-  for (int b = threadIdx.x; b < CodeSearch::kBuckets; b += blockDim.x) longest = max(longest, s.run_length(b));
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    longest = max(longest, __shfl_xor_sync(kFullWarpMask, longest, offset));
-  __shared__ int warp_longest;
-  if (threadIdx.x == 0) warp_longest = 0;
-  __syncthreads();
-  if (threadIdx.x % kWarpSize == 0) atomicMax(&warp_longest, longest);
-  __syncthreads();
-  if (threadIdx.x == 0) s.max_run = static_cast<uint8_t>(warp_longest);
-  __syncthreads();
 }
+
+// CodeSearch with one 32-bit word per bucket and a branch-free fast path, for kernels that search
+// many values per CTA (blockwise quantization, 8-bit optimizer states).
+//
+// Same rule as bnb::CodeSearch (index = number of midpoints strictly below v) and the same buckets:
+// sign, exponent and 6 mantissa bits of v pick a bucket, lo = #midpoints below the bucket. In a
+// bucket of one octave slice every value shares bits 17..31, so comparing v with the one midpoint
+// m inside it is comparing their low 17 bits (reversed for negative values, where a larger
+// magnitude is a smaller value):
+//
+//   x = low17(v bits ^ sign mask)                       (0x1ffff - low17 for v < 0)
+//   entry = lo << 24 | 0x7f << 17 | K,  K = 0x1ffff - x(m)   (K = 0 when no midpoint is inside)
+//   entry + x: the low 17 bits carry out iff x > x(m), i.e. iff v > m; the carry ripples through
+//   the seven ones into bits 24..31, which then hold lo + (v > m), the index.
+//
+// One shared-memory word per element instead of two (entry and midpoint), spread over all 32 banks:
+// the table lookups were what held 16-bit inputs back (three times the element rate of fp32 per byte).
+// Buckets with two or more midpoints, and the tiny and |v| >= 1 buckets (which span several
+// exponents) when a midpoint lies inside, clear bit 23 and take CodeSearch's forward scan from lo.
+// A NaN lands in the |v| >= 1 bucket of its sign, as in CodeSearch; no comparison with it holds, so
+// it gets lo there on either path, as CodeSearch gives it.
+struct FineCodeSearch {
+  static constexpr int kSliceBits = CodeSearch::kMantissaBits;  // 64 slices per octave
+  static constexpr int kOctaves = CodeSearch::kOctaves;          // [2^-24, 1) get slices
+  static constexpr int kTopExponent = 127;
+  static constexpr int kShift = 23 - kSliceBits;                 // bits below the bucket key
+  static constexpr uint32_t kLowMask = (1u << kShift) - 1u;
+  static constexpr int kFirstKey = (kTopExponent - kOctaves) << kSliceBits;
+  static constexpr int kMagBuckets = 1 + (kOctaves << kSliceBits) + 1;  // tiny | slices | |v| >= 1
+  static constexpr int kSignStride = 2048;  // negative buckets start here: a power of two, so OR adds it
+  static_assert(kMagBuckets <= kSignStride, "magnitude buckets fit below the sign stride");
+  static constexpr int kEntries = 2 * kSignStride;
+  static constexpr int kIndexShift = 24;                        // lo (and the result) in bits 24..31
+  static constexpr uint32_t kCarryOnes = 0x7fu << kShift;      // bits 17..23: carry path to bit 24
+  static constexpr uint32_t kFastBit = 1u << (kIndexShift - 1);  // bit 23: set iff one comparison suffices
+  static_assert(kShift + 7 == kIndexShift, "the carry path spans bits kShift..23");
+  static constexpr uint32_t kPositiveInfBits = 0x7f800000u;
+
+  float mid[CodeSearch::kMidpoints];
+  uint32_t entry[kEntries];
+
+  // Table slot of v: magnitude bucket (clamped: tiny below, |v| >= 1 and NaN above) | sign stride.
+  __device__ __forceinline__ static int slot(uint32_t bits) {
+    const int m = static_cast<int>((bits & 0x7fffffffu) >> kShift) - kFirstKey + 1;
+    const int sign = static_cast<int>(bits) >> 31;  // 0 or -1
+    return min(max(m, 0), kMagBuckets - 1) | (sign & kSignStride);
+  }
+  // v's low bits in comparison order: larger means a larger value within the bucket.
+  __device__ __forceinline__ static uint32_t order_bits(uint32_t bits) {
+    return (bits ^ static_cast<uint32_t>(static_cast<int>(bits) >> 31)) & kLowMask;
+  }
+  // Bits of the smallest magnitude in magnitude bucket m (m <= kMagBuckets - 1).
+  __device__ static uint32_t lower_bits(int m) { return m == 0 ? 0u : static_cast<uint32_t>(m - 1 + kFirstKey) << kShift; }
+
+  __device__ __forceinline__ int scan(float v, uint32_t e) const {
+    int idx = static_cast<int>(e >> kIndexShift);
+    while (idx < CodeSearch::kMidpoints && v > mid[idx]) ++idx;
+    return idx;
+  }
+
+  // Indices of kGroup values at once; byte 3 of each result is the index. The fast path is taken
+  // when all of them land in one-comparison buckets (one test per group). The caller must round v
+  // on its own (__fmul_rn): the bits compared are those of the rounded product.
+  static constexpr int kGroup = 4;
+  __device__ __forceinline__ void search4(const float* v, uint32_t* idx) const {
+    uint32_t e[kGroup];
+    uint32_t all = kFastBit;
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i) {
+      e[i] = entry[slot(__float_as_uint(v[i]))];
+      all &= e[i];
+    }
+    if (all) {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + order_bits(__float_as_uint(v[i]));
+    } else {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(scan(v[i], e[i])) << kIndexShift;
+    }
+  }
+
+  __device__ static int count_at_most(const float* sorted, int count, float v) {
+    int lo = 0, hi = count;  // first index with sorted[i] > v
+    while (lo < hi) {
+      const int m = (lo + hi) / 2;
+      if (sorted[m] <= v) lo = m + 1;
+      else hi = m;
+    }
+    return lo;
+  }
+
+  __device__ void build(const float* __restrict__ code) {
+    for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
+      mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kEntries; idx += blockDim.x) {
+      const int m = idx % kSignStride;
+      if (m >= kMagBuckets) continue;  // never looked up
+      const bool negative = idx >= kSignStride;
+      const bool top = m == kMagBuckets - 1;
+      const float small = __uint_as_float(lower_bits(m));                                   // smallest |v|
+      const float large = __uint_as_float(top ? kPositiveInfBits : lower_bits(m + 1) - 1u); // largest |v|
+      const float vmin = negative ? -large : small;
+      const float vmax = negative ? -small : large;
+      const int lo = count_below(mid, CodeSearch::kMidpoints, vmin);
+      const int count = count_at_most(mid, CodeSearch::kMidpoints, vmax) - lo;
+      // One octave slice: all its values share bits kShift..31 (checked on the midpoint itself, so a
+      // code book with NaN or inf entries, whose counts mean nothing, keeps the scan).
+      const bool narrow = m != 0 && !top;
+      uint32_t e = static_cast<uint32_t>(lo) << kIndexShift;
+      if (count == 0) {
+        e |= kCarryOnes;  // K = 0: x never carries
+      } else if (count == 1 && narrow &&
+                 (__float_as_uint(mid[lo]) >> kShift) == (__float_as_uint(vmin) >> kShift)) {
+        e |= kCarryOnes | (kLowMask - order_bits(__float_as_uint(mid[lo])));
+      }
+      entry[idx] = e;
+    }
+    __syncthreads();
+  }
+};
 
 }  // namespace bnb::cuda

@@ -73,9 +73,24 @@ __device__ float ordered_total(const float* __restrict__ partials, int count, fl
 struct Smem8bit {
   float qmap1[kCodeSize8bit];
   float qmap2[kCodeSize8bit];
-  CodeSearch search1;
-  CodeSearch search2;
+  FineCodeSearch search1;  // re-quantization of state1 (signed map)
+  FineCodeSearch search2;  // of state2 (unsigned map)
 };
+
+// Code indices of the 8 values of a lane, each scaled by inv (rounded on its own, as the CPU
+// reference rounds it: the search compares the bits of the rounded product).
+__device__ __forceinline__ void search8(const FineCodeSearch& search, const float (&x)[8], float inv,
+                                        int (&idx)[8]) {
+  float v[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(x[k], inv);
+  uint32_t raw[8];
+#pragma unroll
+  for (int k = 0; k < 8; k += FineCodeSearch::kGroup) search.search4(v + k, raw + k);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) idx[k] = static_cast<int>(raw[k] >> FineCodeSearch::kIndexShift);
+}
+
 
 // ---- 8-element lane I/O ----------------------------------------------------------------------------
 // `block` points at element 0 of the 256-element block; `full` = the whole block is in range and
@@ -184,9 +199,8 @@ __device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {
 
 // ---- the kernel ------------------------------------------------------------------------------------------
 
-// The grid-stride loop over 256-element blocks. Steps > 0: the 8-bit re-quantization searches take
-// exactly Steps branch-free steps (valid because the CTA checked Steps >= max_run of both tables).
-template <int Steps, OptimizerKind K, typename TP, int Bits, int Cap>
+// The grid-stride loop over 256-element blocks.
+template <OptimizerKind K, typename TP, int Bits, int Cap>
 __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase,
                                                const std::conditional_t<Bits == 8, Smem8bit, char>& smem,
                                                float trust) {
@@ -280,12 +294,15 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
       x1 = group_max<kWarpSize>(x1);
       if (kTwoStates) x2 = group_max<kWarpSize>(x2);
       if (kSlowMoment) x3 = group_max<kWarpSize>(x3);
-      const float inv1 = inverse_absmax(x1), inv2 = inverse_absmax(x2), inv3 = inverse_absmax(x3);
+      int i1[8], i2[8], i3[8];
+      search8(smem.search1, m, inverse_absmax(x1), i1);
+      if (kTwoStates) search8(smem.search2, v, inverse_absmax(x2), i2);
+      if (kSlowMoment) search8(smem.search1, m2, inverse_absmax(x3), i3);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        c1[k] = quantize_signed_state<Steps>(smem.search1, smem.qmap1, m[k], inv1);
-        if (kTwoStates) c2[k] = quantize_unsigned_state<Steps>(smem.search2, v[k], inv2);
-        if (kSlowMoment) c3[k] = quantize_signed_state<Steps>(smem.search1, smem.qmap1, m2[k], inv3);
+        c1[k] = keep_sign(smem.qmap1, i1[k], m[k]);
+        if (kTwoStates) c2[k] = static_cast<uint8_t>(i2[k]);
+        if (kSlowMoment) c3[k] = keep_sign(smem.qmap1, i3[k], m2[k]);
       }
       uint8_t* s1 = static_cast<uint8_t*>(t.state1);
       store_codes(s1 + begin, lane, full, remaining, c1);
@@ -315,8 +332,8 @@ __global__ void __launch_bounds__(kThreads)
       smem.qmap1[i] = args.qmap1[i];
       if (kTwoStates) smem.qmap2[i] = args.qmap2[i];
     }
-    build_code_search(smem.search1, args.qmap1);
-    if (kTwoStates) build_code_search(smem.search2, args.qmap2);
+    smem.search1.build(args.qmap1);
+    if (kTwoStates) smem.search2.build(args.qmap2);
   }
 
   __shared__ float norm_scratch[kWarps + 1];
@@ -327,17 +344,7 @@ __global__ void __launch_bounds__(kThreads)
     trust = optim_trust<K>(s, unorm_sq);
   }
   float norm_acc = 0.0f;
-  // Two search steps cover the standard dynamic maps at 64 buckets per octave; other code books
-  // take the general scan.
-  constexpr int kBoundedSteps = 2;
-  if constexpr (Bits == 8) {
-    const bool bounded =
-        smem.search1.max_run <= kBoundedSteps && (!kTwoStates || smem.search2.max_run <= kBoundedSteps);
-    if (bounded) norm_acc = update_blocks<kBoundedSteps, K, TP, Bits, Cap>(table, args, phase, smem, trust);
-    else norm_acc = update_blocks<0, K, TP, Bits, Cap>(table, args, phase, smem, trust);
-  } else {
-    norm_acc = update_blocks<0, K, TP, Bits, Cap>(table, args, phase, smem, trust);
-  }
+  norm_acc = update_blocks<K, TP, Bits, Cap>(table, args, phase, smem, trust);
   if (phase == Phase::Norm) {
     norm_acc = warp_sum(norm_acc);
     if (lane == 0) norm_scratch[warp] = norm_acc;
