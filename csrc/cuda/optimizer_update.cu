@@ -261,17 +261,18 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
 
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      // Branch-free: every lane computes every element and keeps the result only where it applies
-      // (in range, finite gradient, not a skipped zero); divergent branches here cost more issue
-      // slots than the arithmetic they would save.
-      const bool take = lane_offset(lane, k / kChunk, k % kChunk) < remaining && !optim_skip(s, gv[k] * s.gnorm_scale);
+      if (lane_offset(lane, k / kChunk, k % kChunk) >= remaining) continue;
       OptimElement e{pv[k], gv[k] * s.gnorm_scale, m[k], v[k], m2[k]};
+      if (optim_skip(s, e.g)) continue;
       const float u = optim_states<K>(s, e);
-      norm_acc += take ? u * u : 0.0f;
-      pv[k] = take ? optim_param<K>(s, e.p, u, trust) : pv[k];
-      m[k] = take ? e.m : m[k];
-      v[k] = take ? e.v : v[k];
-      m2[k] = take ? e.m2 : m2[k];
+      if (phase == Phase::Norm) {
+        norm_acc += u * u;
+        continue;
+      }
+      pv[k] = optim_param<K>(s, e.p, u, trust);
+      m[k] = e.m;
+      v[k] = e.v;
+      m2[k] = e.m2;
     }
     if (phase == Phase::Norm) continue;
 
