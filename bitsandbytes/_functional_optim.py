@@ -27,6 +27,8 @@ import torch
 
 from . import _native, _validate as check
 from ._validate import storage_device
+from .backends.native import _DTYPE_CODES, _exec, _ptr
+from .backends.native_optim import TWO_STATE as _TWO_STATE_RULES, native_rule
 
 __all__ = [
     "FIRST_CUDA_DEVICE",
@@ -43,35 +45,8 @@ __all__ = [
 
 FIRST_CUDA_DEVICE = torch.device("cuda", 0)
 
-# Optimizer names accepted by the updates and the native rule each runs. LAMB and LARS are the
-# Adam and momentum rules scaled by the trust ratio (max_unorm > 0).
-_RULES = {
-    "adam": "adam",
-    "lamb": "adam",
-    "momentum": "momentum",
-    "lars": "momentum",
-    "rmsprop": "rmsprop",
-    "adagrad": "adagrad",
-    "lion": "lion",
-    "ademamix": "ademamix",
-}
-_TWO_STATE_RULES = {"adam", "ademamix"}
-
-_DTYPE_CODES = {
-    torch.float32: _native.DTYPE_FLOAT32,
-    torch.float16: _native.DTYPE_FLOAT16,
-    torch.bfloat16: _native.DTYPE_BFLOAT16,
-}
-
 # The 8-bit states are quantized in blocks of this many elements (include/bnb/optim.h).
 OPTIM_8BIT_BLOCKSIZE = 256
-
-
-def native_rule(optimizer_name: str) -> str:
-    rule = _RULES.get(optimizer_name)
-    if rule is None:
-        raise ValueError(f"optimizer_name must be one of {sorted(_RULES)}; got {optimizer_name!r}")
-    return rule
 
 
 # ---- devices -------------------------------------------------------------------------------------------
@@ -93,19 +68,6 @@ def _check_same_device(**tensors: Optional[torch.Tensor]) -> torch.device:
     if not devices:
         raise ValueError("no tensors given")
     return next(iter(devices))
-
-
-def _exec(device: torch.device):
-    """(library, device index, stream handle) for a native call on `device`, on the caller's stream."""
-    lib = _native.library_for(device)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return lib, index, torch.cuda.current_stream(index).cuda_stream
-    return lib, -1, None
-
-
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
 
 
 def _hparams(lr, beta1, beta2, beta3, alpha, eps, weight_decay, gnorm_scale, max_unorm, param_norm, step, skip_zeros):

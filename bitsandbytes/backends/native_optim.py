@@ -25,7 +25,8 @@ RULES = {
 TWO_STATE = {"adam", "ademamix"}
 
 
-def _rule(optimizer_name: str) -> str:
+def native_rule(optimizer_name: str) -> str:
+    """The native update rule an optimizer name runs (ValueError for an unknown name)."""
     rule = RULES.get(optimizer_name)
     if rule is None:
         raise ValueError(f"optimizer_name must be one of {sorted(RULES)}; got {optimizer_name!r}")
@@ -72,7 +73,7 @@ def _unorm(unorm_vec: Optional[torch.Tensor], max_unorm: float, p: torch.Tensor)
 @torch.library.register_kernel("bitsandbytes::optimizer_update_32bit", _DEVICES)
 def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3, alpha, eps,
       weight_decay, step, lr, gnorm_scale, skip_zeros=False):
-    rule = _rule(optimizer_name)
+    rule = native_rule(optimizer_name)
     _check_tensors(rule, g, p, state1, state2, torch.float32, {"unorm_vec": unorm_vec})
     unorm = _unorm(unorm_vec, max_unorm, p)
     g = g.contiguous()
@@ -87,7 +88,7 @@ def _(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, be
 @torch.library.register_kernel("bitsandbytes::optimizer_update_8bit_blockwise", _DEVICES)
 def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2,
       weight_decay, gnorm_scale, skip_zeros=False):
-    rule = _rule(optimizer_name)
+    rule = native_rule(optimizer_name)
     _check_tensors(rule, g, p, state1, state2, torch.uint8,
                    {"qmap1": qmap1, "qmap2": qmap2, "absmax1": absmax1, "absmax2": absmax2})
     n = p.numel()
