@@ -28,7 +28,7 @@ import torch
 from . import _native, _validate as check
 from ._validate import storage_device
 from .backends.native import _DTYPE_CODES, _exec, _ptr
-from .backends.native_optim import TWO_STATE as _TWO_STATE_RULES, native_rule
+from .backends.native_optim import TWO_STATE as _TWO_STATE_RULES, check_update_tensors, native_rule
 
 __all__ = [
     "FIRST_CUDA_DEVICE",
@@ -88,23 +88,9 @@ def _param_norm(p: torch.Tensor, max_unorm: float) -> float:
 
 
 def _check_update_tensors(rule, g, p, state1, state2, state_dtype):
-    check.tensor("g", g)
-    check.tensor("p", p)
-    check.tensor("state1", state1)
-    check.dtype_in("p", p, check.FLOAT_DTYPES)
-    check.dtype_in("g", g, check.FLOAT_DTYPES)
-    check.dtype_in("state1", state1, (state_dtype,))
-    n = p.numel()
-    check.numel("g", g, n)
-    check.numel("state1", state1, 2 * n if rule == "ademamix" else n)
-    if rule in _TWO_STATE_RULES:
-        if state2 is None:
-            raise ValueError(f"the {rule} update needs state2")
-        check.dtype_in("state2", state2, (state_dtype,))
-        check.numel("state2", state2, n)
-    for name, t in (("p", p), ("state1", state1), ("state2", state2)):
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (it is updated in place); got strides {t.stride()}")
+    for name, t in (("g", g), ("p", p), ("state1", state1)):
+        check.tensor(name, t)
+    check_update_tensors(rule, g, p, state1, state2, state_dtype)
 
 
 def _check_unorm(unorm_vec, max_unorm):

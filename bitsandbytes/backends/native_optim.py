@@ -37,11 +37,11 @@ def _state_numel(rule: str, n: int) -> int:
     return 2 * n if rule == "ademamix" else n
 
 
-def _check_tensors(rule: str, g, p, state1, state2, state_dtype, extra: dict) -> None:
+def check_update_tensors(rule: str, g, p, state1, state2, state_dtype) -> None:
+    """Dtypes, sizes and contiguity of an update's tensors (devices are checked by the caller)."""
     check.dtype_in("p", p, check.FLOAT_DTYPES)
     check.dtype_in("g", g, check.FLOAT_DTYPES)
     check.dtype_in("state1", state1, (state_dtype,))
-    check.same_device("p", p, g=g, state1=state1, state2=state2, **extra)
     n = p.numel()
     check.numel("g", g, n)
     check.numel("state1", state1, _state_numel(rule, n))
@@ -53,6 +53,11 @@ def _check_tensors(rule: str, g, p, state1, state2, state_dtype, extra: dict) ->
     for name, t in (("p", p), ("state1", state1), ("state2", state2)):
         if t is not None and not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (it is updated in place); got strides {t.stride()}")
+
+
+def _check_tensors(rule: str, g, p, state1, state2, state_dtype, extra: dict) -> None:
+    check_update_tensors(rule, g, p, state1, state2, state_dtype)
+    check.same_device("p", p, g=g, state1=state1, state2=state2, **extra)
 
 
 def _hparams(lr, beta1, beta2, beta3, alpha, eps, weight_decay, gnorm_scale, max_unorm, param_norm, step, skip_zeros):
