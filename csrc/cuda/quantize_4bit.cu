@@ -15,6 +15,7 @@
 #include "core/formats.h"
 #include "cuda/block_tile.cuh"
 #include "cuda/common.cuh"
+#include "cuda/dequantize_vectors.cuh"
 
 namespace bnb::cuda {
 namespace {
@@ -22,8 +23,6 @@ namespace {
 constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread in the vector kernel
 constexpr int kGenericThreads = 256;
 constexpr int kGenericWarps = kGenericThreads / kWarpSize;
-constexpr int kDequantThreads = 256;
-constexpr int kDequantUnroll = 4;  // output vectors per thread per step of the dequantize kernel
 constexpr int kTableSize4bit = 16;
 
 __device__ __forceinline__ uint8_t pack_pair(uint8_t hi, uint8_t lo) { return static_cast<uint8_t>((hi << 4) | lo); }
@@ -156,9 +155,7 @@ __global__ void __launch_bounds__(kGenericThreads)
   }
 }
 
-// One output vector (16 bytes of T) per thread and step, from V / 2 packed bytes: both the loads and
-// the 16-byte stores of a warp are contiguous. kDequantUnroll vectors per thread are loaded before
-// any is expanded, to keep several loads in flight.
+// Whole vectors through dequantize_vectors (V / 2 packed bytes per 16-byte output vector), then the tail.
 template <typename T>
 __global__ void __launch_bounds__(kDequantThreads)
     dequantize_4bit_kernel(Dequantize4bitParams p, int64_t num_vecs, int log2_blocksize) {
@@ -171,36 +168,13 @@ __global__ void __launch_bounds__(kDequantThreads)
 
   T* __restrict__ out = static_cast<T*>(p.out);
   const Codes* __restrict__ in = reinterpret_cast<const Codes*>(p.packed);
-  constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
-  // A vector never straddles two blocks: blocksizes are powers of two >= kMinBlocksize4bit >= V.
-  for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
-    // Codes and block scales of all kDequantUnroll vectors are requested before any is used: a
-    // scale read issued only after the previous vector's store would put one memory latency per
-    // vector on the critical path (at blocksize 64 most of them miss L1).
-    Codes q[kDequantUnroll];
-    float scales[kDequantUnroll];
+  dequantize_vectors(in, p.absmax, out, num_vecs, log2_blocksize, [&](const Codes& q, float scale, float (&x)[V]) {
 #pragma unroll
-    for (int u = 0; u < kDequantUnroll; ++u) {
-      const int64_t v = base + u * kDequantThreads + threadIdx.x;
-      if (v < num_vecs) {
-        q[u] = in[v];
-        scales[u] = __ldg(p.absmax + ((v * V) >> log2_blocksize));
-      }
+    for (int j = 0; j < V / 2; ++j) {
+      x[2 * j] = table[q.v[j] >> 4] * scale;
+      x[2 * j + 1] = table[q.v[j] & 0xf] * scale;
     }
-#pragma unroll
-    for (int u = 0; u < kDequantUnroll; ++u) {
-      const int64_t v = base + u * kDequantThreads + threadIdx.x;
-      if (v >= num_vecs) break;
-      const float scale = scales[u];
-      float x[V];
-#pragma unroll
-      for (int j = 0; j < V / 2; ++j) {
-        x[2 * j] = table[q[u].v[j] >> 4] * scale;
-        x[2 * j + 1] = table[q[u].v[j] & 0xf] * scale;
-      }
-      store_from_f32<T, V>(out + v * V, x);
-    }
-  }
+  });
   // Bytes after the last whole vector (or all of them when the pointers are not aligned).
   const int64_t num_bytes = (p.n + 1) / 2;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
@@ -212,11 +186,6 @@ __global__ void __launch_bounds__(kDequantThreads)
   }
 }
 
-int log2_of(int64_t pow2) {
-  int s = 0;
-  while ((int64_t{1} << s) < pow2) ++s;
-  return s;
-}
 
 template <typename T, QuantType Q, int G>
 void launch_quantize_tiles(const Quantize4bitParams& p, int64_t num_tiles, int32_t device, cudaStream_t stream) {

@@ -15,6 +15,7 @@
 #include "cuda/block_tile.cuh"
 #include "cuda/code_search.cuh"
 #include "cuda/common.cuh"
+#include "cuda/dequantize_vectors.cuh"
 
 namespace bnb::cuda {
 namespace {
@@ -22,10 +23,8 @@ namespace {
 constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread in the vector kernel
 constexpr int kGenericThreads = 256;
 constexpr int kGenericWarps = kGenericThreads / kWarpSize;
-constexpr int kDequantThreads = 256;
 constexpr uint32_t kHighBytesPair = 0x0073;  // __byte_perm selector: [a.byte3, b.byte3, ...]
 constexpr uint32_t kJoinPairs = 0x5410;     // __byte_perm selector: [a.byte0, a.byte1, b.byte0, b.byte1]
-constexpr int kDequantUnroll = 4;  // output vectors per thread per step of the dequantize kernel
 
 // Whole tiles of 16-byte-aligned data. T: input element type; G: threads per quantization block.
 template <typename T, int G>
@@ -96,9 +95,7 @@ __global__ void __launch_bounds__(kGenericThreads)
   }
 }
 
-// One output vector (16 bytes of T) per thread and step, from V consecutive codes: both the V-byte
-// code loads and the 16-byte stores of a warp are contiguous. kDequantUnroll vectors per thread are
-// loaded before any is expanded, to keep several loads in flight.
+// Whole vectors through dequantize_vectors (V codes per 16-byte output vector), then the tail.
 template <typename T>
 __global__ void __launch_bounds__(kDequantThreads)
     dequantize_blockwise_kernel(DequantizeBlockwiseParams p, int64_t num_vecs, int log2_blocksize) {
@@ -110,44 +107,16 @@ __global__ void __launch_bounds__(kDequantThreads)
 
   T* __restrict__ out = static_cast<T*>(p.out);
   const Codes* __restrict__ in = reinterpret_cast<const Codes*>(p.A);
-  constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
-  // A vector never straddles two blocks: blocksizes are powers of two >= kMinBlocksizeCuda8bit >= V.
-  for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
-    // Codes and block scales of all kDequantUnroll vectors are requested before any is used: a
-    // scale read issued only after the previous vector's store would put one memory latency per
-    // vector on the critical path (at blocksize 64 most of them miss L1).
-    Codes q[kDequantUnroll];
-    float scales[kDequantUnroll];
+  dequantize_vectors(in, p.absmax, out, num_vecs, log2_blocksize, [&](const Codes& q, float scale, float (&x)[V]) {
 #pragma unroll
-    for (int u = 0; u < kDequantUnroll; ++u) {
-      const int64_t v = base + u * kDequantThreads + threadIdx.x;
-      if (v < num_vecs) {
-        q[u] = in[v];
-        scales[u] = __ldg(p.absmax + ((v * V) >> log2_blocksize));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kDequantUnroll; ++u) {
-      const int64_t v = base + u * kDequantThreads + threadIdx.x;
-      if (v >= num_vecs) break;
-      const float scale = scales[u];
-      float x[V];
-#pragma unroll
-      for (int i = 0; i < V; ++i) x[i] = code[q[u].v[i]] * scale;
-      store_from_f32<T, V>(out + v * V, x);
-    }
-  }
+    for (int i = 0; i < V; ++i) x[i] = code[q.v[i]] * scale;
+  });
   // Elements after the last whole vector (or all of them when the pointers are not aligned).
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   for (int64_t i = num_vecs * V + int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < p.n; i += stride)
     out[i] = from_f32<T>(code[p.A[i]] * __ldg(p.absmax + (i >> log2_blocksize)));
 }
 
-int log2_of(int64_t pow2) {
-  int s = 0;
-  while ((int64_t{1} << s) < pow2) ++s;
-  return s;
-}
 
 template <typename T, int G>
 void launch_quantize_tiles(const QuantizeBlockwiseParams& p, int64_t num_tiles, int32_t device, cudaStream_t stream) {
