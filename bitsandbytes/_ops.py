@@ -316,7 +316,7 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
     torch._check(state1.dtype == torch.uint8, lambda: f"state1 must be uint8, got {state1.dtype}")
 
 
-# Ops whose kernels arrive with later capabilities (LLM.int8 matmul, 4-bit matmul).
+# Ops whose kernels arrive with later capabilities (the LLM.int8 matmul).
 # Until then every device gets an explicit NotImplementedError instead of a wrong answer.
 PENDING_OPS: Sequence[str] = (
     "int8_linear_matmul",
@@ -324,9 +324,6 @@ PENDING_OPS: Sequence[str] = (
     "int8_mm_dequant",
     "int8_scaled_mm",
     "int8_mixed_scaled_mm",
-    "gemv_4bit",
-    "gemv_4bit.out",
-    "gemm_4bit",
 )
 
 

@@ -1,0 +1,109 @@
+"""gemm_4bit / gemv_4bit against a float64 oracle on the dequantized weight (compat.md §1.2, §1.5)."""
+
+import pytest
+import torch
+
+import bitsandbytes  # noqa: F401
+import bitsandbytes.functional as F
+
+import oracles as O
+from helpers import DEVICES, FLOAT_DTYPES, dtype_id, randn
+
+ops = torch.ops.bitsandbytes
+
+# Relative error of the product against the float64 product of the same dequantized weight, by
+# activation dtype: the GEMM accumulates in the activation's precision class.
+RTOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def _oracle(x, packed_bytes, absmax, blocksize, quant_type, shape, bias=None):
+    n = shape[0] * shape[1]
+    codes = O.unpack_nibbles(packed_bytes.cpu(), n)
+    w = O.dequantize_4bit_ref(codes, absmax.cpu(), blocksize, quant_type, shape, torch.float32).double()
+    y = x.cpu().double() @ w.T
+    return y + bias.cpu().double() if bias is not None else y
+
+
+def _rel_err(y, ref):
+    return ((y.cpu().double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("m", [1, 5, 64])
+def test_gemm_4bit_matches_float64(device, dtype, quant_type, m):
+    N, K = 48, 96  # K not a multiple of the 64-element blocks per row: blocks span rows
+    w = randn((N, K), torch.float32, device, seed=1)
+    x = randn((m, K), dtype, device, seed=2)
+    bias = randn((N,), dtype, device, seed=3)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type=quant_type)
+    y = ops.gemm_4bit(x, packed, [N, K], state.absmax, 64, quant_type, bias)
+    assert y.shape == (m, N) and y.dtype == dtype and y.device.type == device
+    ref = _oracle(x, packed.view(torch.uint8).view(-1), state.absmax, 64, quant_type, (N, K), bias)
+    assert _rel_err(y, ref) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gemm_4bit_nested_statistics(device):
+    N, K = 40, 128
+    w = randn((N, K), torch.float32, device, seed=4)
+    x = randn((3, 2, K), torch.bfloat16, device, seed=5)  # leading dims are kept
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    y = ops.gemm_4bit(x, packed, [N, K], state.state2.absmax, 64, "nf4", None, state.absmax, state.state2.code,
+                      state.offset)
+    assert y.shape == (3, 2, N)
+    # Oracle: reconstruct the block scales from their definition code[q] * absmax2[i // 256] + offset.
+    q = state.absmax.cpu().long()
+    scales = state.state2.code.cpu()[q] * state.state2.absmax.cpu()[torch.arange(q.numel()) // 256] + state.offset.cpu()
+    ref = _oracle(x.reshape(-1, K), packed.view(-1), scales, 64, "nf4", (N, K)).reshape(3, 2, N)
+    assert _rel_err(y, ref) < RTOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_gemv_4bit_infers_the_type_from_the_code(device, quant_type):
+    N, K = 32, 64
+    w = randn((N, K), torch.float32, device, seed=6)
+    x = randn((1, K), torch.float16, device, seed=7)
+    packed, state = F.quantize_4bit(w, blocksize=32, quant_type=quant_type)
+    y = ops.gemv_4bit(x, packed, [N, K], state.absmax, state.code, 32)
+    ref = _oracle(x, packed.view(-1), state.absmax, 32, quant_type, (N, K))
+    assert y.shape == (1, N) and y.dtype == torch.float16
+    assert _rel_err(y, ref) < RTOL[torch.float16]
+    out = torch.full((1, N), float("nan"), dtype=torch.float16, device=device)
+    assert ops.gemv_4bit.out(x, packed, [N, K], state.absmax, state.code, 32, out=out) is None
+    assert torch.equal(out, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_storage_dtypes_give_the_same_product(device):
+    N, K = 16, 64
+    w = randn((N, K), torch.float32, device, seed=8)
+    x = randn((2, K), torch.float32, device, seed=9)
+    results = []
+    for storage in (torch.uint8, torch.float16, torch.bfloat16, torch.float32):
+        packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", quant_storage=storage)
+        results.append(ops.gemm_4bit(x, packed, [N, K], state.absmax, 64, "nf4"))
+    for r in results[1:]:
+        assert torch.equal(r, results[0])
+
+
+def test_opcheck_4bit_matmuls():
+    N, K = 8, 64
+    w = randn((N, K), torch.float32, seed=10)
+    x = randn((3, K), torch.float32, seed=11)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    torch.library.opcheck(ops.gemm_4bit.default, (x, packed, [N, K], state.absmax, 64, "nf4"))
+    torch.library.opcheck(ops.gemv_4bit.default, (x[:1], packed, [N, K], state.absmax, state.code, 64))
+
+
+def test_errors_name_the_argument():
+    N, K = 8, 64
+    packed, state = F.quantize_4bit(randn((N, K), torch.float32), blocksize=64, quant_type="nf4")
+    with pytest.raises((ValueError, RuntimeError), match="K"):
+        ops.gemm_4bit(torch.randn(2, K + 1), packed, [N, K], state.absmax, 64, "nf4")
+    with pytest.raises((ValueError, RuntimeError), match="bias"):
+        ops.gemm_4bit(torch.randn(2, K), packed, [N, K], state.absmax, 64, "nf4", torch.randn(N + 1))
+    with pytest.raises((TypeError, RuntimeError), match="A"):
+        ops.gemm_4bit(torch.randint(0, 3, (2, K)), packed, [N, K], state.absmax, 64, "nf4")
