@@ -99,4 +99,22 @@ struct BlockTile {
   }
 };
 
+// Calls f(std::integral_constant<int, G>{}) for the runtime group width G (a power of two in
+// [1, kTileThreads]): the tile kernels are instantiated per group width.
+template <typename F>
+void dispatch_group_width(int64_t group, const char* op, int64_t blocksize, F&& f) {
+  switch (group) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 256: return f(std::integral_constant<int, 256>{});
+    default: fail(BNB_STATUS_INTERNAL, "no ", op, " tile for blocksize ", blocksize);
+  }
+}
+
 }  // namespace bnb::cuda

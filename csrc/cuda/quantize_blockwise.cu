@@ -140,17 +140,7 @@ void launch_quantize_tiles_for(const QuantizeBlockwiseParams& p, int64_t num_til
       fail(BNB_STATUS_INTERNAL, "no quantize_blockwise tile for blocksize ", p.blocksize);
     }
   };
-  switch (group) {
-    case 2: return run(std::integral_constant<int, 2>{});
-    case 4: return run(std::integral_constant<int, 4>{});
-    case 8: return run(std::integral_constant<int, 8>{});
-    case 16: return run(std::integral_constant<int, 16>{});
-    case 32: return run(std::integral_constant<int, 32>{});
-    case 64: return run(std::integral_constant<int, 64>{});
-    case 128: return run(std::integral_constant<int, 128>{});
-    case 256: return run(std::integral_constant<int, 256>{});
-    default: fail(BNB_STATUS_INTERNAL, "no quantize_blockwise tile for blocksize ", p.blocksize);
-  }
+  dispatch_group_width(group, "quantize_blockwise", p.blocksize, run);
 }
 
 template <typename T>
