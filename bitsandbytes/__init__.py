@@ -17,3 +17,5 @@ features = {"multi_backend"}
 supported_torch_devices = {"cpu", "cuda"}
 
 __pdoc__ = {"libbitsandbytes": False, "optim.optimizer.Optimizer8bit": False, "optim.optimizer.MockArgs": False}
+
+from .autograd._functions import MatmulLtState, matmul, matmul_4bit  # noqa: E402  (§1.1 top-level exports)
