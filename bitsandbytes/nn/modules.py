@@ -112,7 +112,7 @@ class Embedding(torch.nn.Embedding):
 _PARAMS4BIT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_state", "quant_storage",
                      "bnb_quantized", "module")
 
-# Storing 4-bit codes in 64-element blocks with one absmax each: the upstream default, which the
+# Storing 4-bit codes in 64-element blocks with one absmax each: the established default, which the
 # state-dict format records per tensor anyway.
 DEFAULT_4BIT_BLOCKSIZE = 64
 
