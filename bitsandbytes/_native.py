@@ -101,6 +101,7 @@ SIGNATURES = {
     "bnb_int8_vectorwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, _p, *_stream)),
     "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
     "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
+    "bnb_gemm_4bit": (_i32, (_p, _i32, _i64, _i64, _p, _p, _i32, _i64, _i64, _p, _p, *_stream)),
     "bnb_optimizer_update_32bit": (
         _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _i64, *_stream)),
     "bnb_optimizer_update_8bit_blockwise": (
@@ -134,7 +135,11 @@ class NativeLibrary:
         self.path = path
         self._dll = ct.CDLL(str(path), mode=ct.RTLD_LOCAL)
         for name, (restype, argtypes) in SIGNATURES.items():
-            fn = getattr(self._dll, name)
+            try:
+                fn = getattr(self._dll, name)
+            except AttributeError:
+                raise OSError(f"{path} lacks the entry point {name}: it was built from another version of "
+                              "bitsandbytes; rebuild it") from None
             fn.restype = restype
             fn.argtypes = list(argtypes)
         abi = self._dll.bnb_abi_version()

@@ -25,6 +25,7 @@ void dequantize_4bit(const Dequantize4bitParams& p, int32_t device, bnb_stream_t
 void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, bnb_stream_t stream);
 void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t device, bnb_stream_t stream);
 void estimate_quantiles(const EstimateQuantilesParams& p, int32_t device, bnb_stream_t stream);
+void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream);
 void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Optimizer32bitParams& p, int32_t device,
                             bnb_stream_t stream);
 void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, const Optimizer8bitParams& p,

@@ -124,4 +124,17 @@ struct OptimizerMultiParams {
   bnb_dtype_t g_dtype;
 };
 
+// A [M, K] times the transposed 4-bit weight W [N, K] (+ bias), accumulated in float32.
+struct Gemm4bitParams {
+  const void* A;          // [M, K], dtype = a_dtype
+  const uint8_t* packed;  // [ceil(N K / 2)] codes of W, row-major flat, element 2j in the high nibble
+  const float* absmax;    // [ceil(N K / blocksize)]
+  const void* bias;       // [N], dtype = a_dtype, or null
+  void* out;              // [M, N], dtype = a_dtype
+  int64_t M, K, N;
+  int64_t blocksize;
+  bnb_dtype_t a_dtype;
+  QuantType qtype;
+};
+
 }  // namespace bnb

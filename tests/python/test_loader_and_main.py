@@ -76,3 +76,20 @@ def test_main_job_succeeds_and_demos():
     assert out.strip().splitlines()[-1].startswith("SUCCESS!")
     if torch.cuda.is_available():
         assert "[ OK ] cuda:0" in out
+
+
+def test_library_from_another_version_is_reported_not_fatal():
+    # A shared library that loads but lacks the entry points (torch's own libc10) stands for a stale build.
+    candidates = sorted((Path(torch.__file__).parent / "lib").glob("libc10.*"))
+    if not candidates:
+        pytest.skip("no torch shared library to stand in for a stale build")
+    code = (
+        "import torch, bitsandbytes.functional as F\n"
+        "from bitsandbytes import _native\n"
+        "F.quantize_4bit(torch.randn(64), quant_type='nf4')\n"
+        "assert _native.cuda_library_or_none() is None\n"
+        "print('ERROR:', _native._errors['cuda'])\n"
+    )
+    result = _run_python(code, {"BNB_CUDA_LIBRARY": str(candidates[0])})
+    assert result.returncode == 0, result.stderr
+    assert "lacks the entry point" in result.stdout and "rebuild" in result.stdout

@@ -1,0 +1,31 @@
+// extern "C" entry points of the quantized matrix products.
+#include "bnb/gemm.h"
+#include "core/backend.h"
+#include "core/dispatch.h"
+#include "core/error.h"
+#include "core/formats.h"
+
+using namespace bnb;
+
+extern "C" {
+
+BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M, int64_t K, const uint8_t* packed,
+                                   const float* absmax, bnb_quant_t qtype, int64_t N, int64_t blocksize,
+                                   const void* bias, void* out, int32_t device, bnb_stream_t stream) {
+  return capi_guard(__func__, [&] {
+    BNB_CHECK_ARG(M >= 0 && K >= 0 && N >= 0, "M, K and N must be >= 0, got ", M, ", ", K, ", ", N);
+    BNB_CHECK_ARG(is_float_dtype(a_dtype), "A must be float32, float16 or bfloat16, got ", dtype_name(a_dtype));
+    BNB_CHECK_ARG(qtype == BNB_QUANT_FP4 || qtype == BNB_QUANT_NF4, "quant_type must be fp4 or nf4, got ", int(qtype));
+    BNB_CHECK_SUPPORTED(is_valid_blocksize_4bit(blocksize), "4-bit blocksize must be a power of two in [",
+                        kMinBlocksize4bit, ", ", kMaxBlocksize, "], got ", blocksize);
+    BNB_CHECK_ARG(M * K == 0 || A != nullptr, "A is a null pointer");
+    BNB_CHECK_ARG(N * K == 0 || (packed != nullptr && absmax != nullptr), "packed / absmax is a null pointer");
+    BNB_CHECK_ARG(M * N == 0 || out != nullptr, "out is a null pointer");
+    if (M == 0 || N == 0) return;
+    backend::check_device(device);
+    backend::gemm_4bit({A, packed, absmax, bias, out, M, K, N, blocksize, a_dtype, static_cast<QuantType>(qtype)},
+                       device, stream);
+  });
+}
+
+}  // extern "C"
