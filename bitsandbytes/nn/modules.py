@@ -45,7 +45,20 @@ def _force_32bit_optimizer_state(module: torch.nn.Module) -> None:
     GlobalOptimManager.get_instance().register_module_override(module, "weight", {"optim_bits": 32})
 
 
-class StableEmbedding(torch.nn.Embedding):
+class _XavierEmbeddingInit:
+    """Xavier-uniform initial weights (padding row zeroed) for the embeddings that train with 32-bit state."""
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.weight)
+        self._fill_padding_idx_with_zero()
+
+    def _fill_padding_idx_with_zero(self) -> None:
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
+
+
+class StableEmbedding(_XavierEmbeddingInit, torch.nn.Embedding):
     """Embedding followed by LayerNorm, with Xavier-uniform initialisation and 32-bit optimizer state.
 
     The layer norm runs in the default float dtype (fp16/bf16 embeddings gain its stability); the
@@ -62,15 +75,6 @@ class StableEmbedding(torch.nn.Embedding):
         self.norm = torch.nn.LayerNorm(embedding_dim, device=device)
         _force_32bit_optimizer_state(self)
 
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.weight)
-        self._fill_padding_idx_with_zero()
-
-    def _fill_padding_idx_with_zero(self) -> None:
-        if self.padding_idx is not None:
-            with torch.no_grad():
-                self.weight[self.padding_idx].fill_(0)
-
     def forward(self, input: Tensor) -> Tensor:
         emb = torchF.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
                                self.scale_grad_by_freq, self.sparse)
@@ -78,7 +82,7 @@ class StableEmbedding(torch.nn.Embedding):
         return self.norm(emb).to(self.weight.dtype)
 
 
-class Embedding(torch.nn.Embedding):
+class Embedding(_XavierEmbeddingInit, torch.nn.Embedding):
     """torch.nn.Embedding with Xavier-uniform initialisation and 32-bit optimizer state."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None,
@@ -89,15 +93,6 @@ class Embedding(torch.nn.Embedding):
                          norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=_weight,
                          device=device)
         _force_32bit_optimizer_state(self)
-
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.weight)
-        self._fill_padding_idx_with_zero()
-
-    def _fill_padding_idx_with_zero(self) -> None:
-        if self.padding_idx is not None:
-            with torch.no_grad():
-                self.weight[self.padding_idx].fill_(0)
 
     def forward(self, input: Tensor) -> Tensor:
         return torchF.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
