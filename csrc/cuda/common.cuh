@@ -183,6 +183,14 @@ __device__ __forceinline__ float group_max(float v) {
   return v;
 }
 
+// max |A[i]| over [begin, end) for one warp (lane = its lane index); every lane gets the result.
+template <typename T>
+__device__ __forceinline__ float warp_absmax(const T* __restrict__ A, int64_t begin, int64_t end, int lane) {
+  float m = 0.0f;
+  for (int64_t i = begin + lane; i < end; i += kWarpSize) m = fmaxf(m, fabsf(to_f32(A[i])));
+  return group_max<kWarpSize>(m);
+}
+
 // ---- launch geometry ---------------------------------------------------------------------------------
 constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit
 

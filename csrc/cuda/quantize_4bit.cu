@@ -142,9 +142,7 @@ __global__ void __launch_bounds__(kGenericThreads)
        b += stride) {
     const int64_t begin = b * p.blocksize;
     const int64_t end = begin + p.blocksize < p.n ? begin + p.blocksize : p.n;
-    float m = 0.0f;
-    for (int64_t i = begin + lane; i < end; i += kWarpSize) m = fmaxf(m, fabsf(to_f32(A[i])));
-    m = group_max<kWarpSize>(m);
+    const float m = warp_absmax(A, begin, end, lane);
     if (lane == 0) p.absmax[b] = m;
     const float scale = inverse_absmax(m);
     for (int64_t i = begin + 2 * lane; i < end; i += 2 * kWarpSize) {
