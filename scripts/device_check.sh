@@ -5,6 +5,7 @@
 #   BNB_CUDA_ARCHS  default 90-real (the H100/H200 of the device machine)
 #   BENCH_ARGS      extra arguments for the benchmark scripts
 #   PYTEST_ARGS     extra pytest arguments (e.g. "-k 4bit")
+#   BENCHES         benchmark scripts to run (default: every benchmarks/bench_*.py except the CPU ones)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device_out}"
@@ -33,18 +34,22 @@ tail -25 "$OUT/main.log"
 
 step "GPU tests"
 # shellcheck disable=SC2086
-PYTHONPATH=$PWD timeout 330 python3 -m pytest tests/python -q -rs --maxfail=40 -p no:cacheprovider --junitxml="$OUT/pytest.xml" ${PYTEST_ARGS:-} \
+PYTHONPATH=$PWD timeout 330 python3 -m pytest tests/python -q -rfs --maxfail=40 -p no:cacheprovider ${PYTEST_ARGS:-} \
   > "$OUT/pytest.log" 2>&1 || status=1
-tail -15 "$OUT/pytest.log"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
+tail -3 "$OUT/pytest.log"
 
 step "benchmarks"
-for bench in benchmarks/bench_*.py; do
+# One log for all benchmarks plus one JSON each: the device tool returns at most 8 files.
+for bench in ${BENCHES:-benchmarks/bench_*.py}; do
   case "$bench" in *bench_cpu_*) continue ;; esac  # CPU figures are taken on the development machine
   name=$(basename "$bench" .py)
   # shellcheck disable=SC2086
-  PYTHONPATH=$PWD timeout 200 python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/$name.log" 2>&1 || status=1
-  tail -40 "$OUT/$name.log"
+  PYTHONPATH=$PWD timeout 200 python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/bench_one.log" 2>&1 || status=1
+  tail -40 "$OUT/bench_one.log"
+  cat "$OUT/bench_one.log" >> "$OUT/benchmarks.log"
 done
 
+rm -f "$OUT/bench_one.log"
 step "done: status $status"
 exit $status
