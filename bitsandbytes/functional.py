@@ -43,6 +43,8 @@ __all__ = [
     "int8_vectorwise_quant",
     "int8_vectorwise_dequant",
     "int8_double_quant",
+    "int8_linear_matmul",
+    "int8_mm_dequant",
     "get_ptr",
     "is_on_gpu",
 ]
@@ -285,6 +287,38 @@ def int8_double_quant(
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0; got {threshold}")
     return torch.ops.bitsandbytes.int8_double_quant(A, float(threshold))
+
+
+def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Tensor] = None,
+                       dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Exact int32 ``A @ B.T`` of int8 ``A [..., K]`` and int8 ``B [N, K]`` (into ``out`` when given)."""
+    if dtype != torch.int32:
+        raise NotImplementedError(f"int8_linear_matmul accumulates in int32 only; got dtype={dtype}")
+    check.tensor("A", A)
+    check.tensor("B", B)
+    check.dtype_in("A", A, (torch.int8,))
+    check.dtype_in("B", B, (torch.int8,))
+    check.same_device("A", A, B=B)
+    if out is not None:
+        check.out_tensor("out", out, (*A.shape[:-1], B.shape[0]), torch.int32, A.device)
+        torch.ops.bitsandbytes.int8_linear_matmul.out(A, B, out)
+        return out
+    return torch.ops.bitsandbytes.int8_linear_matmul(A, B)
+
+
+def int8_mm_dequant(A: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor,
+                    out: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float16 ``A * row_stats[i] * col_stats[j] / 127^2 (+ bias)`` of an int32 matmul result A
+    (copied into ``out`` when given)."""
+    check.tensor("A", A)
+    check.dtype_in("A", A, (torch.int32,))
+    check.dtype_in("row_stats", row_stats, (torch.float32,))
+    check.dtype_in("col_stats", col_stats, (torch.float32,))
+    check.same_device("A", A, row_stats=row_stats, col_stats=col_stats)
+    result = torch.ops.bitsandbytes.int8_mm_dequant(A, row_stats, col_stats, torch.float16, bias)
+    if out is not None:
+        return out.copy_(result)
+    return result
 
 
 # ---- misc helpers used by downstream code -----------------------------------------------------------------

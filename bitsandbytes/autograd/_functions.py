@@ -5,6 +5,10 @@ QuantState. Inference runs one fused op (``torch.ops.bitsandbytes.gemm_4bit``); 
 needed the same op runs inside ``MatMul4Bit``, whose backward dequantizes the weight once to form
 ``grad_A``. The weight itself never receives a gradient: 4-bit weights are frozen (LoRA adapters
 train beside them).
+
+The LLM.int8() matmul (``matmul``, ``MatMul8bitLt``, ``MatMul8bitFp``) lives in ``_int8_matmul`` and
+is re-exported here, the module downstream code imports it from; its per-layer state
+``MatmulLtState`` is defined here.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as torchF
 from .. import functional as F
 from .._quant_state import QuantState
 
-__all__ = ["MatmulLtState", "MatMul4Bit", "matmul", "matmul_4bit"]
+__all__ = ["MatmulLtState", "MatMul4Bit", "MatMul8bitLt", "MatMul8bitFp", "matmul", "matmul_4bit"]
 
 # gemm_4bit reconstructs a nested block scale as code[q[i]] * absmax2[i // 256] + offset: the
 # second-level blocksize is fixed by the op's contract, not a tunable.
@@ -58,15 +62,6 @@ class MatmulLtState:
         self.SCB = None
         self.SBt = None
         self.CBt = None
-
-
-def matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Tensor] = None, state: Optional[MatmulLtState] = None,
-           threshold: float = 0.0, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """LLM.int8() matmul ``A @ B.T``. Not available yet in this version."""
-    raise NotImplementedError(
-        "bitsandbytes.matmul (LLM.int8() 8-bit matmul) is not implemented in this version of bitsandbytes yet; "
-        "use bitsandbytes.matmul_4bit or torch.nn.functional.linear"
-    )
 
 
 def _check_4bit_state(quant_state: Optional[QuantState]) -> None:
@@ -164,3 +159,7 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
     if out is not None:
         return out.copy_(result)
     return result
+
+
+# Imported last: _int8_matmul refers back to MatmulLtState defined above.
+from ._int8_matmul import MatMul8bitFp, MatMul8bitLt, matmul  # noqa: E402

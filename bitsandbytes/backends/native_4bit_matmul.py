@@ -1,9 +1,11 @@
 """gemm_4bit / gemv_4bit for CPU and CUDA tensors: native 4-bit dequantization, then the device's GEMM.
 
-Two paths, chosen by shape: for few activation rows on CPU the native kernel streams the 4-bit
-weight and never materialises it; otherwise the weight is expanded once by the native dequantize_4bit
-kernel into the activation dtype and multiplied by the platform BLAS (cuBLAS on CUDA, oneDNN/MKL on
-CPU), the large-M path. A weight-streaming CUDA kernel for small M is still to come.
+Two paths, chosen by shape: for few activation rows the native kernel streams the 4-bit weight and
+never materialises it (CPU: up to 16 rows, any shape; CUDA: up to 16 rows of fp16/bf16 with K a
+multiple of 64 and of the blocksize, on tensor cores); otherwise the weight is expanded once by the
+native dequantize_4bit kernel into the activation dtype and multiplied by the platform BLAS (cuBLAS
+on CUDA, oneDNN/MKL on CPU), the large-M path. Double-quantized block scales are decoded inside the
+streaming kernels.
 """
 
 from __future__ import annotations
@@ -18,34 +20,64 @@ from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr
 ops = torch.ops.bitsandbytes
 
 
+# Up to this many activation rows the CUDA kernel streams the 4-bit weight (one m16 tensor-core tile).
+CUDA_STREAMING_MAX_ROWS = 16
+CUDA_STREAMING_GROUP = 64  # K columns per step of the CUDA kernel
+
+# Devices whose GPU lacks the kernel's tensor-core instructions (compute capability < 8.0).
+_no_cuda_streaming: set = set()
+
 # Up to this many activation rows the CPU streams the 4-bit weight. Measured on the 2-core AVX-512
 # development machine, K = N = 4096, bf16: streaming 11 / 16 / 29 ms at M = 1 / 4 / 16 against
 # 45-47 ms for dequantize + BLAS at every M; BLAS wins once M grows well past 16.
 CPU_STREAMING_MAX_ROWS = 16
 
 
-def _streaming_cpu(A, B, shapeB, absmax, blocksize: int, quant_type: str, bias):
-    """out = A @ W.T (+ bias) by the native CPU kernel, reading W as packed codes."""
+def _streaming(A, B, shapeB, absmax, blocksize: int, quant_type: str, bias, nested=None):
+    """out = A @ W.T (+ bias) by the native kernel, reading W as packed codes. nested =
+    (absmax_8bit, absmax_code, absmax_offset) for double-quantized scales (absmax = second level)."""
     N, K = shapeB
     A2 = A.reshape(-1, K).contiguous()
     packed = B.contiguous().view(torch.uint8).reshape(-1)
     if packed.numel() < (N * K + 1) // 2:
         raise ValueError(f"B holds {packed.numel()} packed bytes but shapeB {list(shapeB)} needs {(N * K + 1) // 2}")
-    check.numel("absmax", absmax, -(N * K // -blocksize))
+    if nested is None:
+        check.numel("absmax", absmax, -(N * K // -blocksize))
+        q, code, offset = None, None, None
+    else:
+        q, code, offset = (t.contiguous() for t in nested)
+        check.numel("absmax_8bit", q, -(N * K // -blocksize))
+        check.numel("absmax", absmax, -(q.numel() // -256))
     if bias is not None:
         check.dtype_in("bias", bias, (A.dtype,))
         bias = bias.contiguous()
     out = torch.empty(A2.shape[0], N, device=A.device, dtype=A.dtype)
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_gemm_4bit", _ptr(A2), _DTYPE_CODES[A.dtype], A2.shape[0], K, _ptr(packed),
-             _ptr(absmax.contiguous()), _native.QUANT_TYPES[quant_type], N, blocksize, _ptr(bias), _ptr(out), dev,
-             stream)
+             _ptr(absmax.contiguous()), _ptr(q), _ptr(code), _ptr(offset), _native.QUANT_TYPES[quant_type], N,
+             blocksize, _ptr(bias), _ptr(out), dev, stream)
     return out.reshape(*A.shape[:-1], N)
 
 
-def _use_streaming(A: torch.Tensor) -> bool:
-    rows = A.numel() // A.shape[-1] if A.shape[-1] else 0
-    return A.device.type == "cpu" and 0 < rows <= CPU_STREAMING_MAX_ROWS
+def _use_streaming(A: torch.Tensor, blocksize: int) -> bool:
+    K = A.shape[-1]
+    rows = A.numel() // K if K else 0
+    if A.device.type == "cpu":
+        return 0 < rows <= CPU_STREAMING_MAX_ROWS
+    return (A.device.type == "cuda" and 0 < rows <= CUDA_STREAMING_MAX_ROWS and A.device not in _no_cuda_streaming
+            and A.dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_STREAMING_GROUP
+            and K % CUDA_STREAMING_GROUP == 0 and K % blocksize == 0)
+
+
+def _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested=None):
+    """The streaming kernel's result, or None where the device cannot run it (older GPUs, unaligned
+    views): the caller then takes the dequantize + GEMM path."""
+    try:
+        return _streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
+    except NotImplementedError:
+        if A.device.type == "cuda" and A.is_contiguous() and A.data_ptr() % 16 == 0 and B.data_ptr() % 8 == 0:
+            _no_cuda_streaming.add(A.device)  # not the data's layout: the GPU itself lacks the kernel
+        return None
 
 
 def _weight(B, absmax, blocksize: int, quant_type: str, shapeB: Sequence[int], dtype: torch.dtype):
@@ -69,18 +101,22 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     _check_activations(A, shapeB, bias)
     check.same_device("A", A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, absmax_code=absmax_code,
                       absmax_offset=absmax_offset)
+    check.blocksize_4bit(blocksize)
+    check.quant_type_4bit(quant_type)
+    nested = None
     if absmax_8bit is not None:
         # Double-quantized statistics: block scale = code[q] * absmax2[i // 256] + offset.
         if absmax_code is None or absmax_offset is None:
             raise ValueError("absmax_8bit needs absmax_code and absmax_offset (double-quantized statistics)")
+        nested = (absmax_8bit, absmax_code, absmax_offset.to(torch.float32).reshape(1))
+    if _use_streaming(A, blocksize):
+        out = _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
+        if out is not None:
+            return out
+    scales = absmax
+    if nested is not None:
         scales = ops.dequantize_blockwise(absmax_8bit, absmax, absmax_code, 256, torch.float32)
         scales += absmax_offset
-    else:
-        scales = absmax
-    if _use_streaming(A):
-        check.blocksize_4bit(blocksize)
-        check.quant_type_4bit(quant_type)
-        return _streaming_cpu(A, B, shapeB, scales, blocksize, quant_type, bias)
     weight = _weight(B, scales, blocksize, quant_type, shapeB, A.dtype)
     return torch.nn.functional.linear(A, weight, bias)
 
@@ -97,9 +133,11 @@ def _gemv(A, B, shapeB, absmax, code, blocksize):
     _check_activations(A, shapeB, None)
     check.same_device("A", A, B=B, absmax=absmax, code=code)
     quant_type = _quant_type_of(code)
-    if _use_streaming(A):
-        check.blocksize_4bit(blocksize)
-        return _streaming_cpu(A, B, shapeB, absmax, blocksize, quant_type, None)
+    check.blocksize_4bit(blocksize)
+    if _use_streaming(A, blocksize):
+        out = _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, None)
+        if out is not None:
+            return out
     weight = _weight(B, absmax, blocksize, quant_type, shapeB, A.dtype)
     return torch.nn.functional.linear(A, weight)
 

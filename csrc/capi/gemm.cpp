@@ -10,7 +10,8 @@ using namespace bnb;
 extern "C" {
 
 BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M, int64_t K, const uint8_t* packed,
-                                   const float* absmax, bnb_quant_t qtype, int64_t N, int64_t blocksize,
+                                   const float* absmax, const uint8_t* absmax_q, const float* absmax_code,
+                                   const float* absmax_offset, bnb_quant_t qtype, int64_t N, int64_t blocksize,
                                    const void* bias, void* out, int32_t device, bnb_stream_t stream) {
   return capi_guard(__func__, [&] {
     BNB_CHECK_ARG(M >= 0 && K >= 0 && N >= 0, "M, K and N must be >= 0, got ", M, ", ", K, ", ", N);
@@ -21,9 +22,12 @@ BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M
     BNB_CHECK_ARG(M * K == 0 || A != nullptr, "A is a null pointer");
     BNB_CHECK_ARG(N * K == 0 || (packed != nullptr && absmax != nullptr), "packed / absmax is a null pointer");
     BNB_CHECK_ARG(M * N == 0 || out != nullptr, "out is a null pointer");
+    BNB_CHECK_ARG(absmax_q == nullptr || (absmax_code != nullptr && absmax_offset != nullptr),
+                  "double-quantized scales need absmax_code and absmax_offset");
     if (M == 0 || N == 0) return;
     backend::check_device(device);
-    backend::gemm_4bit({A, packed, absmax, bias, out, M, K, N, blocksize, a_dtype, static_cast<QuantType>(qtype)},
+    backend::gemm_4bit({A, packed, absmax, absmax_q, absmax_code, absmax_offset, bias, out, M, K, N, blocksize, a_dtype,
+                        static_cast<QuantType>(qtype)},
                        device, stream);
   });
 }

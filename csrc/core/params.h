@@ -128,13 +128,21 @@ struct OptimizerMultiParams {
 struct Gemm4bitParams {
   const void* A;          // [M, K], dtype = a_dtype
   const uint8_t* packed;  // [ceil(N K / 2)] codes of W, row-major flat, element 2j in the high nibble
-  const float* absmax;    // [ceil(N K / blocksize)]
+  const float* absmax;    // [ceil(N K / blocksize)], or the second-level scales when absmax_q is set
+  const uint8_t* absmax_q;      // double quantization: [ceil(N K / blocksize)] codes, or null
+  const float* absmax_code;     // [256] (with absmax_q)
+  const float* absmax_offset;   // one value (with absmax_q)
   const void* bias;       // [N], dtype = a_dtype, or null
   void* out;              // [M, N], dtype = a_dtype
   int64_t M, K, N;
   int64_t blocksize;
   bnb_dtype_t a_dtype;
   QuantType qtype;
+
+  bool nested() const { return absmax_q != nullptr; }
 };
+
+// Second-level block of the double-quantized scales of gemm_4bit (fixed by the op's contract).
+constexpr int64_t kNestedBlocksize = 256;
 
 }  // namespace bnb

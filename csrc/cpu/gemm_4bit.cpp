@@ -27,6 +27,11 @@ float dot(const float* a, const float* w, int64_t k) {
   return s;
 }
 
+float block_scale(const Gemm4bitParams& p, int64_t block) {
+  if (!p.nested()) return p.absmax[block];
+  return p.absmax_code[p.absmax_q[block]] * p.absmax[block / kNestedBlocksize] + *p.absmax_offset;
+}
+
 // Row n of W in float: codes of elements n*K .. n*K + K - 1 times their block scales.
 void decode_row(const Gemm4bitParams& p, const float* table, int64_t n, float* w) {
   const int64_t first = n * p.K;
@@ -35,7 +40,7 @@ void decode_row(const Gemm4bitParams& p, const float* table, int64_t n, float* w
     const int64_t idx = first + k;
     const int64_t block = idx / p.blocksize;
     const int64_t end = std::min(p.K, (block + 1) * p.blocksize - first);
-    const float scale = p.absmax[block];
+    const float scale = block_scale(p, block);
     for (; k < end; ++k) {
       const int64_t e = first + k;
       const uint8_t byte = p.packed[e >> 1];

@@ -12,9 +12,17 @@ extern "C" {
  * quantize_4bit stores it (row-major flat codes, element 2j in the high nibble of byte j, one
  * float32 absmax per `blocksize` consecutive elements). Accumulates in float32; A, bias and out
  * share the dtype a_dtype (float32/float16/bfloat16).
- *   A [M, K], packed [ceil(N K / 2)] uint8, absmax [ceil(N K / blocksize)], bias [N] or NULL, out [M, N] */
+ *   A [M, K], packed [ceil(N K / 2)] uint8, bias [N] or NULL, out [M, N]
+ * Block scales, plain: absmax [ceil(N K / blocksize)] float32 and absmax_q = absmax_code = absmax_offset = NULL.
+ * Double-quantized: absmax_q [ceil(N K / blocksize)] uint8 codes, absmax_code [256] float32, absmax_offset one
+ * float32 and absmax the second-level scales [ceil(blocks / 256)]; the scale of block b is
+ * absmax_code[absmax_q[b]] * absmax[b / 256] + *absmax_offset (all pointers on the op's device).
+ * The CUDA backend serves 1..16 rows of float16/bfloat16 activations with K a multiple of 64 and of the
+ * blocksize (blocksize >= 64) on compute capability >= 8.0, and answers BNB_STATUS_NOT_IMPLEMENTED
+ * otherwise (callers then dequantize and use a dense GEMM). */
 BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M, int64_t K, const uint8_t* packed,
-                                   const float* absmax, bnb_quant_t qtype, int64_t N, int64_t blocksize,
+                                   const float* absmax, const uint8_t* absmax_q, const float* absmax_code,
+                                   const float* absmax_offset, bnb_quant_t qtype, int64_t N, int64_t blocksize,
                                    const void* bias, void* out, int32_t device, bnb_stream_t stream);
 
 #ifdef __cplusplus

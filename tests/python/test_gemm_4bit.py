@@ -107,3 +107,46 @@ def test_errors_name_the_argument():
         ops.gemm_4bit(torch.randn(2, K), packed, [N, K], state.absmax, 64, "nf4", torch.randn(N + 1))
     with pytest.raises((TypeError, RuntimeError), match="A"):
         ops.gemm_4bit(torch.randint(0, 3, (2, K)), packed, [N, K], state.absmax, 64, "nf4")
+
+
+# Shapes the streaming kernels serve (CUDA: up to 16 rows, K a multiple of 64 and of the blocksize),
+# with N not a multiple of the kernel's 32-row tiles, plain and double-quantized scales.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [1, 7, 16])
+@pytest.mark.parametrize("K,blocksize", [(64, 64), (1280, 64), (1024, 256), (2048, 1024)])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_streaming_shapes_match_float64(device, dtype, m, K, blocksize, nested):
+    N = 72
+    w = randn((N, K), torch.float32, device, seed=12)
+    x = randn((m, K), dtype, device, seed=13)
+    bias = randn((N,), dtype, device, seed=14)
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=nested)
+    if nested:
+        y = ops.gemm_4bit(x, packed, [N, K], state.state2.absmax, blocksize, "nf4", bias, state.absmax,
+                          state.state2.code, state.offset)
+        q = state.absmax.cpu().long()
+        scales = (state.state2.code.cpu()[q] * state.state2.absmax.cpu()[torch.arange(q.numel()) // 256]
+                  + state.offset.cpu())
+    else:
+        y = ops.gemm_4bit(x, packed, [N, K], state.absmax, blocksize, "nf4", bias)
+        scales = state.absmax
+    ref = _oracle(x, packed.view(-1), scales, blocksize, "nf4", (N, K), bias)
+    assert y.shape == (m, N) and y.dtype == dtype
+    assert _rel_err(y, ref) < RTOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unaligned_activation_view_is_still_correct(device):
+    # A view starting one element into its storage cannot take 16-byte vector loads: the op must
+    # still answer correctly (by the general path).
+    N, K = 40, 128
+    w = randn((N, K), torch.float32, device, seed=15)
+    flat = randn((2 * K + 1,), torch.float16, device, seed=16)
+    x = flat[1:].view(2, K)  # contiguous, 2 bytes past an aligned address
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    y = ops.gemm_4bit(x, packed, [N, K], state.absmax, 64, "fp4")
+    ref = _oracle(x, packed.view(-1), state.absmax, 64, "fp4", (N, K))
+    assert _rel_err(y, ref) < RTOL[torch.float16]
+    aligned = ops.gemm_4bit(x.contiguous(), packed, [N, K], state.absmax, 64, "fp4")
+    assert _rel_err(aligned, ref) < RTOL[torch.float16]
