@@ -31,3 +31,19 @@ def copy_bandwidth(repeats: int, n: int = 1 << 28) -> float:
     del src, dst
     torch.cuda.empty_cache()
     return 2 * n * 4 / ms / 1e6
+
+
+def graph_time_ms(fn, repeats: int, calls: int = 20) -> float:
+    """Median GPU time of one call with the host out of the way: `calls` calls are captured into a
+    CUDA graph and replayed, so Python and launch overhead cannot leave the GPU idle between them."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()  # warm up on the capture stream (lazy initialisation must not be captured)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return time_ms(graph.replay, repeats) / calls

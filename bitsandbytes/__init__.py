@@ -10,6 +10,7 @@ from ._version import __version__
 from . import _ops  # noqa: F401  (op schemas and fake kernels)
 from .backends import native as _native_backend, native_4bit_matmul as _native_4bit_matmul  # noqa: F401
 from .backends import native_optim as _native_optim  # noqa: F401  (CPU and CUDA kernels)
+from .backends import native_int8_matmul as _native_int8_matmul  # noqa: F401
 from . import functional, utils  # noqa: F401
 from . import nn, optim, autograd  # noqa: F401
 

@@ -102,6 +102,10 @@ SIGNATURES = {
     "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
     "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
     "bnb_gemm_4bit": (_i32, (_p, _i32, _i64, _i64, _p, _p, _p, _p, _p, _i32, _i64, _i64, _p, _p, *_stream)),
+    "bnb_int8_linear_matmul": (_i32, (_p, _p, _p, _i64, _i64, _i64, *_stream)),
+    "bnb_int8_mm_dequant": (_i32, (_p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, *_stream)),
+    "bnb_int8_scaled_mm": (_i32, (_p, _p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, _i64, *_stream)),
+    "bnb_set_blas_library": (_i32, (ct.c_char_p,)),
     "bnb_optimizer_update_32bit": (
         _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _i64, *_stream)),
     "bnb_optimizer_update_8bit_blockwise": (
@@ -195,10 +199,33 @@ def _load(backend: str) -> Optional[NativeLibrary]:
             if not path.exists():
                 raise OSError("no such file (the library was not built or not installed)")
             lib = NativeLibrary(path)
+            if backend == "cuda":
+                blas = _torch_cublaslt()
+                if blas:
+                    lib.call("bnb_set_blas_library", str(blas).encode())
         except OSError as e:
             _errors[backend] = f"could not load {path}: {e}"
         _libs[backend] = lib
         return lib
+
+
+def _torch_cublaslt() -> Optional[Path]:
+    """The cuBLASLt that torch's CUDA build uses: in its pip dependency (nvidia/cu*/lib or
+    nvidia/cublas/lib) or beside torch's own libraries. None if not found (the CUDA library then
+    looks it up by name, which finds a copy already loaded in the process)."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.origin:
+            return None
+        torch_dir = Path(spec.origin).parent
+    except (ImportError, ValueError):
+        return None
+    patterns = ["nvidia/cu*/lib/libcublasLt.so*", "nvidia/cublas/lib/libcublasLt.so*"]
+    found = [p for pattern in patterns for p in sorted(torch_dir.parent.glob(pattern), reverse=True)]
+    found += sorted((torch_dir / "lib").glob("libcublasLt.so*"), reverse=True)
+    return found[0] if found else None
 
 
 def cpu_library() -> NativeLibrary:

@@ -314,27 +314,3 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
       absmax2, weight_decay, gnorm_scale, skip_zeros=False):
     torch._check(g.numel() == p.numel(), lambda: f"g and p differ in size: {g.numel()} vs {p.numel()}")
     torch._check(state1.dtype == torch.uint8, lambda: f"state1 must be uint8, got {state1.dtype}")
-
-
-# Ops whose kernels arrive with later capabilities (the LLM.int8 matmul).
-# Until then every device gets an explicit NotImplementedError instead of a wrong answer.
-PENDING_OPS: Sequence[str] = (
-    "int8_linear_matmul",
-    "int8_linear_matmul.out",
-    "int8_mm_dequant",
-    "int8_scaled_mm",
-    "int8_mixed_scaled_mm",
-)
-
-
-def _pending(name: str):
-    def kernel(*args, **kwargs):
-        raise NotImplementedError(
-            f"torch.ops.bitsandbytes.{name} is defined but has no kernel in this version of bitsandbytes yet"
-        )
-
-    return kernel
-
-
-for _name in PENDING_OPS:
-    torch.library.register_kernel(f"{_NS}::{_name}", "default", _pending(_name))

@@ -34,7 +34,8 @@ tail -25 "$OUT/main.log"
 
 step "GPU tests"
 # shellcheck disable=SC2086
-PYTHONPATH=$PWD timeout 330 python3 -m pytest tests/python -q -rfs --maxfail=40 -p no:cacheprovider ${PYTEST_ARGS:-} \
+eval "extra=(${PYTEST_ARGS:-})"  # keeps quoted arguments such as -k "a or b" whole
+PYTHONPATH=$PWD timeout 330 python3 -m pytest tests/python -q -rfs --maxfail=40 -p no:cacheprovider "${extra[@]}" \
   > "$OUT/pytest.log" 2>&1 || status=1
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
 tail -3 "$OUT/pytest.log"

@@ -22,6 +22,7 @@ import torch.nn.functional as torchF
 
 from .. import functional as F
 from .._quant_state import QuantState
+from ..backends.native_4bit_matmul import gemm_4bit_direct
 
 __all__ = ["MatmulLtState", "MatMul4Bit", "MatMul8bitLt", "MatMul8bitFp", "matmul", "matmul_4bit"]
 
@@ -76,6 +77,9 @@ def _gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: 
     """``A @ dequantize_4bit(B).T + bias`` through the fused op, in A's dtype."""
     if bias is not None and bias.dtype != A.dtype:
         bias = bias.to(A.dtype)  # the op contract: bias in A's dtype
+    direct = gemm_4bit_direct(A, B, quant_state, bias)  # eager calls skip the dispatcher (same kernel)
+    if direct is not None:
+        return direct
     shape = list(quant_state.shape)
     if quant_state.nested:
         state2 = quant_state.state2
@@ -139,8 +143,14 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
     ``[-1, 1]`` first. A weight quantized as ``[K, N]`` still works but is slow and deprecated.
     """
     _check_4bit_state(quant_state)
-    B = B.view(-1, 1)
     n, k = quant_state.shape
+    needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
+    if not needs_grad and out is None and A.shape[-1] == k:
+        # Eager inference: the streaming kernel straight away (B's bytes are the same in any view).
+        direct = gemm_4bit_direct(A, B, quant_state, bias if bias is None or bias.dtype == A.dtype else bias.to(A.dtype))
+        if direct is not None:
+            return direct
+    B = B.view(-1, 1)
     if A.shape[-1] == n and n != k:
         warnings.warn(
             f"matmul_4bit got a weight quantized as [K, N] = {list(quant_state.shape)}; this layout takes a slow path "
@@ -150,7 +160,7 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
         )
         weight = F.dequantize_4bit(B, quant_state).to(A.dtype)
         result = torchF.linear(A, weight.t(), None if bias is None else bias.to(A.dtype))
-    elif torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad)):
+    elif needs_grad:
         result = MatMul4Bit.apply(A, B, None, bias, quant_state)
     elif A.numel() == 0:
         result = _empty_output(A, n)

@@ -152,3 +152,75 @@ def _(A, B, shapeB, absmax, code, blocksize, out):
     result = _gemv(A, B, shapeB, absmax, code, blocksize)
     check.out_tensor("out", out, result.shape, A.dtype, A.device)
     out.copy_(result)
+
+
+# ---- eager fast path ------------------------------------------------------------------------------------
+# At a few activation rows the 4-bit product of a large layer takes ~10-20 us on a GPU, about what
+# one trip through the op dispatcher and the generic argument checks above costs on the host. When
+# the host is slower than the GPU the GPU idles between layers, so eager inference calls the
+# streaming kernel directly with the weight's arguments prepared once per QuantState. Traced or
+# compiled code, tensor subclasses and dispatch modes keep using the op.
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
+    """(packed, scales, q, code, offset) pointers of a 4-bit weight, or None if the kernel cannot read it."""
+    N, K = quant_state.shape
+    packed = B.view(torch.uint8) if B.dtype != torch.uint8 else B
+    if not packed.is_contiguous() or packed.numel() < (N * K + 1) // 2:
+        return None
+    if quant_state.nested:
+        state2 = quant_state.state2
+        if state2.blocksize != 256 or quant_state.offset is None:
+            return None
+        tensors = (state2.absmax, quant_state.absmax, state2.code, quant_state.offset)
+    else:
+        tensors = (quant_state.absmax,)
+    if any(t.device != B.device or not t.is_contiguous() or t.dtype not in (torch.float32, torch.uint8)
+           for t in tensors):
+        return None
+    ptrs = tuple(t.data_ptr() for t in tensors)
+    return (packed.data_ptr(), *ptrs) if len(ptrs) == 4 else (packed.data_ptr(), ptrs[0], None, None, None)
+
+
+def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Optional[torch.Tensor]):
+    """``A @ dequant(B).T + bias`` by the streaming kernel, or None when the op must handle the call."""
+    device = A.device
+    K = A.shape[-1] if A.dim() else 0
+    rows = A.numel() // K if K else 0
+    if (type(A) is not torch.Tensor or device != B.device or not A.is_contiguous() or rows == 0
+            or torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
+        return None
+    blocksize = quant_state.blocksize
+    if not _use_streaming(A, blocksize) or list(quant_state.shape)[1:] != [K]:
+        return None
+    if device.type == "cuda" and A.data_ptr() % 16:
+        return None
+    if bias is not None and (bias.dtype != A.dtype or bias.device != device or not bias.is_contiguous()):
+        return None
+    key = (B.data_ptr(), quant_state.absmax.data_ptr(), device)
+    cached = getattr(quant_state, "_streaming_args", None)
+    if cached is None or cached[0] != key:
+        args = _weight_args(B, quant_state)
+        if args is None:
+            return None
+        cached = (key, args)
+        quant_state._streaming_args = cached
+    packed, scales, q, code, offset = cached[1]
+    N = quant_state.shape[0]
+    out = torch.empty((*A.shape[:-1], N), device=device, dtype=A.dtype)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        stream = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
+    else:
+        index, stream = -1, None
+    try:
+        _native.library_for(device).call(
+            "bnb_gemm_4bit", A.data_ptr(), _DTYPE_CODES[A.dtype], rows, K, packed, scales, q, code, offset,
+            _native.QUANT_TYPES[quant_state.quant_type], N, blocksize, _ptr(bias), out.data_ptr(), index, stream)
+    except NotImplementedError:
+        if device.type == "cuda":
+            _no_cuda_streaming.add(device)
+        return None
+    return out

@@ -142,6 +142,27 @@ struct Gemm4bitParams {
   bool nested() const { return absmax_q != nullptr; }
 };
 
+// LLM.int8() products. acc/out are row-major [M, N]; A [M, K] and B [N, K] row-major int8.
+struct Int8MatmulParams {
+  const int8_t* A;
+  const int8_t* B;
+  int32_t* out;
+  int64_t M, N, K;
+};
+
+struct Int8DequantParams {
+  const float* row_stats;  // [M]
+  const float* col_stats;  // [N]
+  const void* bias;        // [N] or null
+  bnb_dtype_t bias_dtype;
+  void* out;               // [M, N]
+  bnb_dtype_t out_dtype;
+  int64_t M, N;
+};
+
+// 1 / 127^2: both operands were scaled by 127 / absmax of their row.
+constexpr float kInt8DequantScale = 1.0f / (127.0f * 127.0f);
+
 // Second-level block of the double-quantized scales of gemm_4bit (fixed by the op's contract).
 constexpr int64_t kNestedBlocksize = 256;
 

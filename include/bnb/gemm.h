@@ -25,6 +25,31 @@ BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M
                                    const float* absmax_offset, bnb_quant_t qtype, int64_t N, int64_t blocksize,
                                    const void* bias, void* out, int32_t device, bnb_stream_t stream);
 
+/* ---- LLM.int8() ----------------------------------------------------------------------------------
+ * A [M, K] and B [N, K] are row-major int8 (B is the weight, one row per output feature). */
+
+/* out[m, n] = sum_k A[m, k] * B[n, k], exactly, as int32 [M, N]. */
+BNB_API bnb_status_t bnb_int8_linear_matmul(const int8_t* A, const int8_t* B, int32_t* out, int64_t M, int64_t N,
+                                            int64_t K, int32_t device, bnb_stream_t stream);
+
+/* out[m, n] = acc[m, n] * row_stats[m] * col_stats[n] / 127^2 (+ bias[n]), computed in float32 and
+ * rounded once to out_dtype (float32/float16/bfloat16). bias has dtype bias_dtype (a float dtype) or is NULL. */
+BNB_API bnb_status_t bnb_int8_mm_dequant(const int32_t* acc, const float* row_stats, const float* col_stats,
+                                         const void* bias, bnb_dtype_t bias_dtype, void* out, bnb_dtype_t out_dtype,
+                                         int64_t M, int64_t N, int32_t device, bnb_stream_t stream);
+
+/* The two above in one call: int8 product, scales, bias and the output dtype applied to the float32
+ * accumulator before anything is written (no int32 matrix in memory where the backend can avoid it). */
+BNB_API bnb_status_t bnb_int8_scaled_mm(const int8_t* A, const int8_t* B, const float* row_stats,
+                                        const float* col_stats, const void* bias, bnb_dtype_t bias_dtype, void* out,
+                                        bnb_dtype_t out_dtype, int64_t M, int64_t N, int64_t K, int32_t device,
+                                        bnb_stream_t stream);
+
+/* Where the CUDA backend finds cuBLASLt (used for int8 products of many rows): a full path to the
+ * shared library, tried before the default search (which finds a copy already loaded in the process,
+ * e.g. by torch). NULL or "" clears it. The CPU backend records and ignores it. */
+BNB_API bnb_status_t bnb_set_blas_library(const char* path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -75,57 +75,6 @@ def test_schema_normaliser_is_not_vacuous():
     assert _normalise("bitsandbytes::foo.out(Tensor A, Tensor($0! -> ) result) -> ()") == "(Tensor A, Tensor! result) -> ()"
 
 
-# ---- not-yet-implemented ops ------------------------------------------------------------------------------
-
-
-def _pending_calls():
-    A8 = torch.randint(-127, 127, (4, 8), dtype=torch.int8)
-    B8 = torch.randint(-127, 127, (3, 8), dtype=torch.int8)
-    i32 = torch.randint(-1000, 1000, (4, 3), dtype=torch.int32)
-    row, col = torch.rand(4) + 0.5, torch.rand(3) + 0.5
-    A16 = torch.randn(4, 8, dtype=torch.float32)
-    packed = torch.zeros(12, 1, dtype=torch.uint8)  # 3 x 8 values
-    absmax = torch.ones(1)
-    code16 = torch.linspace(-1, 1, 16)
-    g, p = torch.randn(64), torch.randn(64)
-    s1, s2 = torch.zeros(64), torch.zeros(64)
-    q1, q2 = torch.zeros(64, dtype=torch.uint8), torch.zeros(64, dtype=torch.uint8)
-    qmap = torch.linspace(-1, 1, 256)
-    return {
-        "int8_linear_matmul": lambda: ops.int8_linear_matmul(A8, B8),
-        "int8_linear_matmul.out": lambda: ops.int8_linear_matmul.out(A8, B8, out=torch.empty(4, 3, dtype=torch.int32)),
-        "int8_mm_dequant": lambda: ops.int8_mm_dequant(i32, row, col),
-        "int8_scaled_mm": lambda: ops.int8_scaled_mm(A8, B8, row, col),
-        "int8_mixed_scaled_mm": lambda: ops.int8_mixed_scaled_mm(A16, A8, B8, row, col),
-        "gemv_4bit": lambda: ops.gemv_4bit(A16[:1], packed, [3, 8], absmax, code16, 64),
-        "gemv_4bit.out": lambda: ops.gemv_4bit.out(A16[:1], packed, [3, 8], absmax, code16, 64,
-                                                   out=torch.empty(1, 3)),
-        "gemm_4bit": lambda: ops.gemm_4bit(A16, packed, [3, 8], absmax, 64, "nf4"),
-        "optimizer_update_32bit": lambda: ops.optimizer_update_32bit(
-            "adam", g, p, s1, s2, None, 0.0, 0.0, 0.9, 0.999, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0),
-        "optimizer_update_8bit_blockwise": lambda: ops.optimizer_update_8bit_blockwise(
-            "adam", g, p, q1, q2, 0.9, 0.999, 0.0, 0.0, 1e-8, 1, 1e-3, qmap, qmap, torch.ones(1), torch.ones(1),
-            0.0, 1.0),
-    }
-
-
-def test_pending_ops_are_spec_ops():
-    from bitsandbytes._ops import PENDING_OPS
-
-    assert set(PENDING_OPS) <= set(SPEC_SCHEMAS)
-
-
-@pytest.mark.parametrize("key", sorted(_pending_calls()))
-def test_pending_ops_raise_not_implemented(key):
-    from bitsandbytes._ops import PENDING_OPS
-
-    if key not in PENDING_OPS:
-        pytest.skip(f"{key} has kernels now (covered by its own tests)")
-    call = _pending_calls()[key]
-    with pytest.raises(NotImplementedError, match=key.split(".")[0]):
-        call()
-
-
 # ---- opcheck ----------------------------------------------------------------------------------------------
 
 # opcheck runs the op under the schema, fake-tensor, autograd-registration and aot-dispatch checks.

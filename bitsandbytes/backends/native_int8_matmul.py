@@ -1,0 +1,136 @@
+"""LLM.int8() matmul ops for CPU and CUDA tensors: exact int8 products and their dequantization.
+
+``int8_scaled_mm`` is one native call: the dequantization (row and column scales, bias, output dtype)
+is applied to the int32 accumulators inside the product wherever the backend can (CPU always; CUDA
+for up to 16 rows), so no int32 matrix is written. Outputs in bf16/fp32 are rounded once from the
+float32 result, never through fp16.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _validate as check
+from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr
+
+ops = torch.ops.bitsandbytes
+
+
+def _register(name: str):
+    return torch.library.register_kernel(f"bitsandbytes::{name}", _DEVICES)
+
+
+def _int8_operands(A: torch.Tensor, B: torch.Tensor) -> tuple:
+    """(A as [M, K] contiguous, B contiguous, M, N, K) after the checks every int8 product shares."""
+    check.dtype_in("A", A, (torch.int8,))
+    check.dtype_in("B", B, (torch.int8,))
+    if B.dim() != 2:
+        raise ValueError(f"B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    if A.dim() < 1 or A.shape[-1] != B.shape[1]:
+        raise ValueError(f"A [..., K] and B [N, K] disagree on K: {tuple(A.shape)} and {tuple(B.shape)}")
+    check.same_device("A", A, B=B)
+    K = B.shape[1]
+    A2 = A.reshape(-1, K).contiguous()
+    return A2, B.contiguous(), A2.shape[0], B.shape[0], K
+
+
+def _stats(name: str, t: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    check.dtype_in(name, t, check.FLOAT_DTYPES)
+    check.numel(name, t, n)
+    check.same_device("A", torch.empty(0, device=device), **{name: t})
+    return t.reshape(-1).to(torch.float32).contiguous()
+
+
+def _bias(bias: Optional[torch.Tensor], n: int, device: torch.device) -> Optional[torch.Tensor]:
+    if bias is None:
+        return None
+    check.dtype_in("bias", bias, check.FLOAT_DTYPES)
+    if bias.numel() != n:
+        raise ValueError(f"bias must have N = {n} elements, got shape {tuple(bias.shape)}")
+    check.same_device("A", torch.empty(0, device=device), bias=bias)
+    return bias.reshape(-1).contiguous()
+
+
+def _out_dtype(dtype: Optional[torch.dtype]) -> torch.dtype:
+    dtype = dtype or torch.float16
+    check.float_dtype("dtype", dtype)
+    return dtype
+
+
+def _linear_matmul_into(A, B, out) -> None:
+    A2, B2, M, N, K = _int8_operands(A, B)
+    lib, dev, stream = _exec(A.device)
+    lib.call("bnb_int8_linear_matmul", _ptr(A2), _ptr(B2), _ptr(out), M, N, K, dev, stream)
+
+
+@_register("int8_linear_matmul")
+def _(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((*A.shape[:-1], B.shape[0] if B.dim() == 2 else 0), device=A.device, dtype=torch.int32)
+    _linear_matmul_into(A, B, out)
+    return out
+
+
+@_register("int8_linear_matmul.out")
+def _(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
+    shape = (*A.shape[:-1], B.shape[0] if B.dim() == 2 else 0)
+    check.out_tensor("out", out, shape, torch.int32, A.device)
+    _linear_matmul_into(A, B, out)
+
+
+@_register("int8_mm_dequant")
+def _(A, row_stats, col_stats, dtype=None, bias=None):
+    check.dtype_in("A", A, (torch.int32,))
+    if A.dim() < 1:
+        raise ValueError("A must be at least 1-D [..., N]")
+    N = A.shape[-1]
+    M = A.numel() // N if N else 0
+    dtype = _out_dtype(dtype)
+    rows, cols = _stats("row_stats", row_stats, M, A.device), _stats("col_stats", col_stats, N, A.device)
+    bias = _bias(bias, N, A.device)
+    acc = A.contiguous()
+    out = torch.empty(A.shape, device=A.device, dtype=dtype)
+    lib, dev, stream = _exec(A.device)
+    lib.call("bnb_int8_mm_dequant", _ptr(acc), _ptr(rows), _ptr(cols), _ptr(bias),
+             _DTYPE_CODES[bias.dtype] if bias is not None else 0, _ptr(out), _DTYPE_CODES[dtype], M, N, dev, stream)
+    return out
+
+
+def scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None) -> torch.Tensor:
+    A2, B2, M, N, K = _int8_operands(A, B)
+    dtype = _out_dtype(dtype)
+    rows, cols = _stats("row_stats", row_stats, M, A.device), _stats("col_stats", col_stats, N, A.device)
+    bias = _bias(bias, N, A.device)
+    out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=dtype)
+    lib, dev, stream = _exec(A.device)
+    lib.call("bnb_int8_scaled_mm", _ptr(A2), _ptr(B2), _ptr(rows), _ptr(cols), _ptr(bias),
+             _DTYPE_CODES[bias.dtype] if bias is not None else 0, _ptr(out), _DTYPE_CODES[dtype], M, N, K, dev,
+             stream)
+    return out
+
+
+@_register("int8_scaled_mm")
+def _(A, B, row_stats, col_stats, bias=None, dtype=None):
+    return scaled_mm(A, B, row_stats, col_stats, bias, dtype)
+
+
+@_register("int8_mixed_scaled_mm")
+def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+    """LLM.int8() with outliers: the int8 product of the quantized parts plus, in A's dtype, the
+    product of the outlier columns of A (zeroed in CA) with the same columns of the dequantized weight."""
+    check.dtype_in("A", A, check.FLOAT_DTYPES)
+    if A.shape != CA.shape:
+        raise ValueError(f"A and CA must have the same shape, got {tuple(A.shape)} and {tuple(CA.shape)}")
+    out = scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
+    if outlier_cols is None:
+        return out, None
+    check.dtype_in("outlier_cols", outlier_cols, (torch.int64, torch.int32))
+    check.same_device("A", A, outlier_cols=outlier_cols, CB=CB, SCB=SCB)
+    cols = outlier_cols.reshape(-1)
+    subA = A.reshape(-1, A.shape[-1])[:, cols]
+    if cols.numel():
+        # Only the few outlier columns of the weight are dequantized (CB * SCB / 127, in float32).
+        subB = (CB[:, cols].to(torch.float32) * (SCB.reshape(-1, 1).to(torch.float32) / 127.0)).to(A.dtype)
+        out.reshape(-1, out.shape[-1]).addmm_(subA, subB.t())
+    return out, subA

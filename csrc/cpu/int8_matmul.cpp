@@ -1,0 +1,95 @@
+// CPU LLM.int8() products: exact int32 dot products of int8 rows, optionally finished in place by the
+// dequantization (row and column scales, bias, output dtype) so no int32 matrix is written.
+//
+// Threads split the output columns (rows of B) into blocks that stay in cache while every row of A
+// passes over them. The dot product is compiled for AVX-512BW, AVX2 and baseline x86-64 and the
+// loader picks the widest the processor has (GCC function multi-versioning).
+#include <algorithm>
+
+#include "core/backend.h"
+#include "core/dispatch.h"
+#include "cpu/threading.h"
+#include "cpu/types.h"
+
+namespace bnb::backend {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BNB_ISA_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#else
+#define BNB_ISA_CLONES
+#endif
+
+// Summed modulo 2^32 (defined wrap-around, as the int32 GEMMs of GPUs): exact whenever the true
+// result fits an int32, which holds for K < 2^17 whatever the values.
+BNB_ISA_CLONES int32_t dot_i8(const int8_t* __restrict a, const int8_t* __restrict b, int64_t K) {
+  uint32_t s = 0;
+  for (int64_t k = 0; k < K; ++k) s += static_cast<uint32_t>(int32_t{a[k]} * int32_t{b[k]});
+  return static_cast<int32_t>(s);
+}
+
+constexpr int64_t kBlockBytes = 256 * 1024;  // B rows per task: about an L2's share
+
+// Calls emit(m, n, acc) for every output, block by block of B rows.
+template <typename Emit>
+void for_each_product(const Int8MatmulParams& p, Emit emit) {
+  const int64_t rows_per_block = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(p.K, 1));
+  cpu::parallel_for(p.N, rows_per_block, [&](int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < p.M; ++m) {
+      const int8_t* a = p.A + m * p.K;
+      for (int64_t n = n0; n < n1; ++n) emit(m, n, dot_i8(a, p.B + n * p.K, p.K));
+    }
+  });
+}
+
+template <typename Out>
+struct Dequant {
+  const Int8DequantParams& p;
+  template <typename Bias>
+  void store(int64_t m, int64_t n, int32_t acc, const Bias* bias) const {
+    float v = static_cast<float>(acc) * p.row_stats[m] * p.col_stats[n] * kInt8DequantScale;
+    if (bias) v += cpu::to_float(bias[n]);
+    static_cast<Out*>(p.out)[m * p.N + n] = cpu::from_float<Out>(v);
+  }
+};
+
+// Runs body(dequant, bias) with the output and bias element types resolved.
+template <typename Body>
+void with_dequant_types(const Int8DequantParams& p, Body body) {
+  dispatch_float<cpu::CpuType>(p.out_dtype, "out", [&](auto out_tag) {
+    using Out = typename decltype(out_tag)::type;
+    const Dequant<Out> dq{p};
+    if (p.bias == nullptr) {
+      body(dq, static_cast<const float*>(nullptr));
+      return;
+    }
+    dispatch_float<cpu::CpuType>(p.bias_dtype, "bias", [&](auto bias_tag) {
+      body(dq, static_cast<const typename decltype(bias_tag)::type*>(p.bias));
+    });
+  });
+}
+
+}  // namespace
+
+void int8_linear_matmul(const Int8MatmulParams& p, int32_t, bnb_stream_t) {
+  for_each_product(p, [&](int64_t m, int64_t n, int32_t acc) { p.out[m * p.N + n] = acc; });
+}
+
+void int8_mm_dequant(const int32_t* acc, const Int8DequantParams& p, int32_t, bnb_stream_t) {
+  with_dequant_types(p, [&](const auto& dq, const auto* bias) {
+    cpu::parallel_for(p.M, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(p.N, 1)), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t n = 0; n < p.N; ++n) dq.store(m, n, acc[m * p.N + n], bias);
+    });
+  });
+}
+
+void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq_params, int32_t, bnb_stream_t) {
+  with_dequant_types(dq_params, [&](const auto& dq, const auto* bias) {
+    for_each_product(mm, [&](int64_t m, int64_t n, int32_t acc) { dq.store(m, n, acc, bias); });
+  });
+}
+
+void set_blas_library(const char*) {}  // the CPU backend multiplies without a BLAS library
+
+}  // namespace bnb::backend

@@ -1,0 +1,334 @@
+// CUDA LLM.int8() products: int8 A [M, K] times int8 B [N, K] transposed, as exact int32 or
+// finished by the dequantization (row and column scales, bias, output dtype).
+//
+// Three paths, chosen by shape:
+//  - up to 16 rows (token-by-token generation): a weight-streaming tensor-core kernel that reads B
+//    once and applies the dequantization to its int32 accumulators before anything is written;
+//  - many rows: cuBLASLt's int8 GEMM (int32 out), then the dequantization kernel;
+//  - shapes neither takes (K not a multiple of 4, unaligned rows, no cuBLASLt): a tiled kernel that
+//    accepts any shape.
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "cuda/common.cuh"
+#include "cuda/cublaslt.cuh"
+
+namespace bnb::backend {
+namespace {
+
+using cuda::kWarpSize;
+namespace lt = cuda::lt;
+
+// ---- epilogues: what happens to the exact int32 sum of output (m, n) ---------------------------------
+struct StoreInt32 {
+  int32_t* out;
+  int64_t ld;
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { out[m * ld + n] = acc; }
+};
+
+template <typename Out, typename Bias>
+struct StoreDequant {
+  const float* row_stats;
+  const float* col_stats;
+  const Bias* bias;
+  Out* out;
+  int64_t ld;
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
+    float v = static_cast<float>(acc) * row_stats[m] * col_stats[n] * kInt8DequantScale;
+    if (bias) v += cuda::to_f32(bias[n]);
+    out[m * ld + n] = cuda::from_f32<Out>(v);
+  }
+};
+
+// ---- few rows: stream B through the tensor cores -----------------------------------------------------
+// Same layout as the 4-bit GEMV (gemm_4bit.cu): each CTA owns 8 * kTiles rows of B, its 8 warps split
+// K in groups of 64 columns, lane (g, t) loads 16 consecutive bytes [16t, 16t + 16) of B row g and of
+// A rows g and g + 8, and the mma's k index is permuted to match: step s (0, 1) of m16n8k32 takes
+// columns 16t + 8s + {0..3} for fragment k 4t..4t+3 and 16t + 8s + {4..7} for 16 + 4t..16 + 4t+3.
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kTiles = 4;
+constexpr int kRowsPerCta = 8 * kTiles;
+constexpr int kGroup = 64;
+constexpr int kUnroll = 2;
+constexpr int kMaxSmallRows = 16;
+
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+template <typename Epilogue>
+__global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __restrict__ A,
+                                                              const int8_t* __restrict__ B, int64_t M, int64_t N,
+                                                              int64_t K, Epilogue epilogue) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  __shared__ int32_t partial[kWarps * kTiles * 4 * kWarpSize];
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
+  const int8_t* b_row[kTiles];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) b_row[j] = B + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
+  const bool has_lo = g < M;
+  const bool has_hi = g + 8 < M;
+  const int8_t* a_lo = A + int64_t{g} * K + 16 * t;
+  const int8_t* a_hi = A + int64_t{g + 8} * K + 16 * t;
+
+  int32_t acc[kTiles][4] = {};
+  const int64_t groups = K / kGroup;
+  for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
+    uint4 w[kUnroll][kTiles];
+    uint4 lo[kUnroll], hi[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t grp = base + int64_t{u} * kWarps;
+      if (grp >= groups) break;
+      const int64_t col = grp * kGroup;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) w[u][j] = __ldg(reinterpret_cast<const uint4*>(b_row[j] + col));
+      const uint4 zero = make_uint4(0, 0, 0, 0);
+      lo[u] = has_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col)) : zero;
+      hi[u] = has_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col)) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + int64_t{u} * kWarps >= groups) break;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        mma_s8(acc[j], lo[u].x, hi[u].x, lo[u].y, hi[u].y, w[u][j].x, w[u][j].y);
+        mma_s8(acc[j], lo[u].z, hi[u].z, lo[u].w, hi[u].w, w[u][j].z, w[u][j].w);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) partial[((warp * kTiles + j) * 4 + c) * kWarpSize + lane] = acc[j][c];
+  __syncthreads();
+  if (warp >= kTiles) return;
+  const int j = warp;
+  uint32_t sum[4] = {0, 0, 0, 0};  // modulo 2^32, as the int32 GEMMs wrap
+  for (int w = 0; w < kWarps; ++w)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) sum[c] += static_cast<uint32_t>(partial[((w * kTiles + j) * 4 + c) * kWarpSize + lane]);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const int64_t n = row0 + 8 * j + 2 * t + (c % 2);
+    const int64_t m = g + 8 * (c / 2);
+    if (n < N && m < M) epilogue(m, n, static_cast<int32_t>(sum[c]));
+  }
+#endif
+}
+
+bool small_m_eligible(const Int8MatmulParams& p, int32_t device) {
+  if (p.M > kMaxSmallRows || p.K % kGroup != 0 || !cuda::is_aligned(p.A, 16) || !cuda::is_aligned(p.B, 16))
+    return false;
+  int major = 0;
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8;
+}
+
+template <typename Epilogue>
+void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream) {
+  const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
+  BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the int8 GEMV grid");
+  int8_gemm_small_m<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(p.A, p.B, p.M, p.N, p.K, epilogue);
+  BNB_CUDA_CHECK_LAUNCH("int8_gemm_small_m");
+}
+
+// ---- any shape: shared-memory tiles ------------------------------------------------------------------
+constexpr int kTile = 16;   // outputs per CTA side
+constexpr int kTileK = 64;  // K columns staged per step
+
+template <typename Epilogue>
+__global__ void int8_gemm_tiled(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int64_t M, int64_t N,
+                                int64_t K, Epilogue epilogue) {
+  __shared__ int8_t a_tile[kTile][kTileK + 4];
+  __shared__ int8_t b_tile[kTile][kTileK + 4];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t m = int64_t{blockIdx.y} * kTile + ty;
+  const int64_t n = int64_t{blockIdx.x} * kTile + tx;
+  uint32_t acc = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
+    // Each of the 256 threads stages 4 bytes of each tile.
+    for (int i = ty * kTile + tx; i < kTile * kTileK; i += kTile * kTile) {
+      const int r = i / kTileK, c = i % kTileK;
+      const int64_t am = int64_t{blockIdx.y} * kTile + r, bn = int64_t{blockIdx.x} * kTile + r;
+      a_tile[r][c] = (am < M && k0 + c < K) ? A[am * K + k0 + c] : int8_t{0};
+      b_tile[r][c] = (bn < N && k0 + c < K) ? B[bn * K + k0 + c] : int8_t{0};
+    }
+    __syncthreads();
+#pragma unroll 16
+    for (int c = 0; c < kTileK; ++c) acc += static_cast<uint32_t>(int32_t{a_tile[ty][c]} * int32_t{b_tile[tx][c]});
+    __syncthreads();
+  }
+  if (m < M && n < N) epilogue(m, n, static_cast<int32_t>(acc));
+}
+
+template <typename Epilogue>
+void launch_tiled(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream) {
+  const int64_t gx = (p.N + kTile - 1) / kTile, gy = (p.M + kTile - 1) / kTile;
+  BNB_CHECK_SUPPORTED(gx <= cuda::kMaxGridX && gy <= 65535, "int8 product of ", p.M, " x ", p.N,
+                      " is too large for the general kernel");
+  int8_gemm_tiled<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(kTile, kTile), 0, stream>>>(
+      p.A, p.B, p.M, p.N, p.K, epilogue);
+  BNB_CUDA_CHECK_LAUNCH("int8_gemm_tiled");
+}
+
+// ---- many rows: cuBLASLt ---------------------------------------------------------------------------------
+// In cuBLASLt's column-major terms the weight B [N, K] row-major is a K x N matrix used transposed and
+// A [M, K] a K x M matrix: D = B^T-op x A is N x M column-major, i.e. out [M, N] row-major. This "TN"
+// form is the one int8 tensor-core GEMMs support for plain layouts.
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+struct LtPlan {
+  lt::MatmulDesc desc = nullptr;
+  lt::Layout a = nullptr, b = nullptr, d = nullptr;
+  lt::Algo algo{};
+  size_t workspace = 0;
+  bool usable = false;
+};
+
+std::mutex g_lt_mutex;
+std::map<int32_t, lt::Handle> g_handles;
+std::map<std::tuple<int32_t, int64_t, int64_t, int64_t>, LtPlan> g_plans;
+std::map<std::pair<int32_t, cudaStream_t>, void*> g_workspaces;
+
+const LtPlan& plan_for(const lt::Api& api, const Int8MatmulParams& p, int32_t device, lt::Handle handle) {
+  LtPlan& plan = g_plans[{device, p.M, p.N, p.K}];
+  if (plan.desc) return plan;
+  bool ok = api.matmul_desc_create(&plan.desc, lt::kComputeInt32, CUDA_R_32I) == lt::kSuccess;
+  const int32_t op_t = lt::kOpT, op_n = lt::kOpN;
+  ok = ok && api.matmul_desc_set_attribute(plan.desc, lt::kDescTransA, &op_t, sizeof(op_t)) == lt::kSuccess;
+  ok = ok && api.matmul_desc_set_attribute(plan.desc, lt::kDescTransB, &op_n, sizeof(op_n)) == lt::kSuccess;
+  ok = ok && api.layout_create(&plan.a, CUDA_R_8I, p.K, p.N, p.K) == lt::kSuccess;
+  ok = ok && api.layout_create(&plan.b, CUDA_R_8I, p.K, p.M, p.K) == lt::kSuccess;
+  ok = ok && api.layout_create(&plan.d, CUDA_R_32I, p.N, p.M, p.N) == lt::kSuccess;
+  lt::Preference pref = nullptr;
+  ok = ok && api.preference_create(&pref) == lt::kSuccess;
+  const uint64_t max_ws = kWorkspaceBytes;
+  ok = ok && api.preference_set_attribute(pref, lt::kPrefMaxWorkspace, &max_ws, sizeof(max_ws)) == lt::kSuccess;
+  lt::HeuristicResult result{};
+  int returned = 0;
+  ok = ok && api.algo_get_heuristic(handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1, &result, &returned) ==
+                 lt::kSuccess;
+  if (pref) api.preference_destroy(pref);
+  plan.usable = ok && returned > 0 && result.state == lt::kSuccess;
+  plan.algo = result.algo;
+  plan.workspace = result.workspace_size;
+  return plan;
+}
+
+// True when cuBLASLt computed the product; false when it is unavailable or declines the shape.
+bool cublaslt_matmul(const Int8MatmulParams& p, int32_t device, cudaStream_t stream) {
+  if (p.K % 4 != 0 || p.N % 4 != 0 || !cuda::is_aligned(p.A, 16) || !cuda::is_aligned(p.B, 16) ||
+      !cuda::is_aligned(p.out, 16))
+    return false;
+  const lt::Api* api = lt::api();
+  if (!api) return false;
+  std::lock_guard<std::mutex> lock(g_lt_mutex);
+  lt::Handle& handle = g_handles[device];
+  if (!handle && api->create(&handle) != lt::kSuccess) {
+    handle = nullptr;
+    return false;
+  }
+  const LtPlan& plan = plan_for(*api, p, device, handle);
+  if (!plan.usable) return false;
+  void*& workspace = g_workspaces[{device, stream}];
+  if (!workspace && plan.workspace > 0) BNB_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+  const int32_t alpha = 1, beta = 0;
+  return api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out, plan.d,
+                     &plan.algo, workspace, plan.workspace, stream) == lt::kSuccess;
+}
+
+// ---- dequantization of an int32 matrix ----------------------------------------------------------------
+template <typename Epilogue>
+__global__ void int8_dequant_kernel(const int32_t* __restrict__ acc, int64_t M, int64_t N, Epilogue epilogue) {
+  const int64_t total = M * N;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x)
+    epilogue(i / N, i % N, acc[i]);
+}
+
+// Runs body(epilogue) with the dequantizing epilogue for p's output and bias dtypes.
+template <typename Body>
+void with_dequant_epilogue(const Int8DequantParams& p, Body body) {
+  dispatch_float<cuda::CudaType>(p.out_dtype, "out", [&](auto out_tag) {
+    using Out = typename decltype(out_tag)::type;
+    if (p.bias == nullptr) {
+      body(StoreDequant<Out, float>{p.row_stats, p.col_stats, nullptr, static_cast<Out*>(p.out), p.N});
+      return;
+    }
+    dispatch_float<cuda::CudaType>(p.bias_dtype, "bias", [&](auto bias_tag) {
+      using Bias = typename decltype(bias_tag)::type;
+      body(StoreDequant<Out, Bias>{p.row_stats, p.col_stats, static_cast<const Bias*>(p.bias),
+                                   static_cast<Out*>(p.out), p.N});
+    });
+  });
+}
+
+constexpr int kElementwiseThreads = 256;
+
+template <typename Epilogue>
+void launch_dequant(const int32_t* acc, int64_t M, int64_t N, Epilogue epilogue, int32_t device, cudaStream_t stream) {
+  const int64_t blocks = (M * N + kElementwiseThreads - 1) / kElementwiseThreads;
+  const unsigned grid = cuda::grid_for(blocks, int64_t{cuda::sm_count(device)} * 8);
+  int8_dequant_kernel<<<grid, kElementwiseThreads, 0, stream>>>(acc, M, N, epilogue);
+  BNB_CUDA_CHECK_LAUNCH("int8_dequant_kernel");
+}
+
+// int32 product into p.out by the best path for its shape.
+void int32_product(const Int8MatmulParams& p, int32_t device, cudaStream_t stream) {
+  if (small_m_eligible(p, device)) return launch_small_m(p, StoreInt32{p.out, p.N}, stream);
+  if (cublaslt_matmul(p, device, stream)) return;
+  launch_tiled(p, StoreInt32{p.out, p.N}, stream);
+}
+
+}  // namespace
+
+void int8_linear_matmul(const Int8MatmulParams& p, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  int32_product(p, device, cuda::as_cuda(stream));
+}
+
+void int8_mm_dequant(const int32_t* acc, const Int8DequantParams& p, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  with_dequant_epilogue(p, [&](auto epilogue) {
+    launch_dequant(acc, p.M, p.N, epilogue, device, cuda::as_cuda(stream));
+  });
+}
+
+void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t s = cuda::as_cuda(stream);
+  if (small_m_eligible(mm, device)) {
+    with_dequant_epilogue(dq, [&](auto epilogue) { launch_small_m(mm, epilogue, s); });
+    return;
+  }
+  // Many rows: the int32 product in a stream-ordered scratch buffer, then the dequantization.
+  int32_t* acc = nullptr;
+  BNB_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&acc), sizeof(int32_t) * mm.M * mm.N, s));
+  Int8MatmulParams p = mm;
+  p.out = acc;
+  try {
+    int32_product(p, device, s);
+    with_dequant_epilogue(dq, [&](auto epilogue) { launch_dequant(acc, mm.M, mm.N, epilogue, device, s); });
+  } catch (...) {
+    cudaFreeAsync(acc, s);
+    throw;
+  }
+  BNB_CUDA_CHECK(cudaFreeAsync(acc, s));
+}
+
+}  // namespace bnb::backend

@@ -1,0 +1,180 @@
+"""LLM.int8() product ops against exact integer and float64 oracles (compat.md §1.2, §1.4.4, §6.9).
+
+The shapes cover every path of the CUDA backend: up to 16 rows with K a multiple of 64 (the
+weight-streaming kernel), more rows (cuBLASLt), and K not a multiple of 4 or unaligned data (the
+general kernel); CPU runs the same cases.
+"""
+
+import pytest
+import torch
+
+import bitsandbytes  # noqa: F401
+
+from helpers import DEVICES, FLOAT_DTYPES, dtype_id, randn
+
+ops = torch.ops.bitsandbytes
+
+SHAPES = [  # (M, K, N)
+    (1, 64, 40), (3, 128, 72), (16, 256, 33), (17, 64, 40), (64, 512, 96), (5, 70, 12), (2, 127, 9), (33, 4, 8),
+]
+
+
+def _int8(shape, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-127, 128, shape, generator=g, dtype=torch.int8).to(device)
+
+
+def _exact(A, B):
+    return A.cpu().long() @ B.cpu().long().T
+
+
+def _dequant_ref(acc, row, col, bias=None):
+    y = acc.double() * row.cpu().double()[:, None] * col.cpu().double()[None, :] / 127**2
+    return y + bias.cpu().double() if bias is not None else y
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_int8_linear_matmul_is_exact(device, M, K, N):
+    A, B = _int8((M, K), device, 1), _int8((N, K), device, 2)
+    out = ops.int8_linear_matmul(A, B)
+    assert out.dtype == torch.int32 and out.shape == (M, N) and out.device.type == device
+    assert torch.equal(out.cpu().long(), _exact(A, B))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_linear_matmul_extreme_values_and_leading_dims(device):
+    # All -128 * -128 products: the largest magnitudes int8 allows, still exact in int32.
+    A = torch.full((2, 3, 4096), -128, dtype=torch.int8, device=device)
+    B = torch.full((24, 4096), -128, dtype=torch.int8, device=device)
+    out = ops.int8_linear_matmul(A, B)
+    assert out.shape == (2, 3, 24)
+    assert torch.all(out == 128 * 128 * 4096)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_linear_matmul_out_variants(device):
+    A, B = _int8((6, 64), device, 3), _int8((10, 64), device, 4)
+    out = torch.full((6, 10), -1, dtype=torch.int32, device=device)
+    assert ops.int8_linear_matmul.out(A, B, out=out) is None
+    assert torch.equal(out.cpu().long(), _exact(A, B))
+    strided = torch.zeros((10, 6), dtype=torch.int32, device=device).t()
+    with pytest.raises(ValueError, match="contiguous"):  # written in place: a strided view is refused
+        ops.int8_linear_matmul.out(A, B, out=strided)
+    assert torch.all(strided == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unaligned_operands_are_still_exact(device):
+    flat = _int8((1 + 4 * 64,), device, 5)
+    A = flat[1:].view(4, 64)  # one byte past an aligned address
+    B = _int8((24, 64), device, 6)
+    assert torch.equal(ops.int8_linear_matmul(A, B).cpu().long(), _exact(A, B))
+    row, col = torch.rand(4, device=device) + 0.5, torch.rand(24, device=device) + 0.5
+    y = ops.int8_scaled_mm(A, B, row, col, dtype=torch.float32)
+    torch.testing.assert_close(y.cpu().double(), _dequant_ref(_exact(A, B), row, col), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("bias_dtype", [None, torch.float16, torch.float32], ids=["nobias", "b16", "b32"])
+def test_int8_mm_dequant(device, dtype, bias_dtype):
+    acc = torch.randint(-(2**20), 2**20, (7, 33), dtype=torch.int32, device=device)
+    row, col = torch.rand(7, device=device) * 3, torch.rand(33, device=device) * 3
+    bias = None if bias_dtype is None else randn((33,), bias_dtype, device, seed=7)
+    y = ops.int8_mm_dequant(acc, row, col, dtype, bias)
+    assert y.dtype == dtype and y.shape == acc.shape
+    ref = _dequant_ref(acc.cpu().long(), row, col, bias)
+    # Computed in float32 and rounded once to the output dtype.
+    eps = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + 1e-3).all()
+
+
+def test_int8_mm_dequant_defaults_to_float16():
+    acc = torch.randint(-100, 100, (3, 4), dtype=torch.int32)
+    assert ops.int8_mm_dequant(acc, torch.ones(3), torch.ones(4)).dtype == torch.float16
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_int8_scaled_mm_matches_float64(device, M, K, N, dtype):
+    A, B = _int8((M, K), device, 8), _int8((N, K), device, 9)
+    row, col = torch.rand(M, device=device) + 0.1, torch.rand(N, device=device) + 0.1
+    bias = randn((N,), dtype, device, seed=10)
+    y = ops.int8_scaled_mm(A, B, row, col, bias, dtype)
+    assert y.dtype == dtype and y.shape == (M, N)
+    ref = _dequant_ref(_exact(A, B), row, col, bias)
+    eps = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + 1e-4).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("rows", [1, 9, 40])
+def test_int8_mixed_scaled_mm_adds_the_outlier_columns(device, dtype, rows):
+    K, N = 128, 48
+    X = randn((rows, K), torch.float32, device, seed=11)
+    X[:, [5, 77]] = 25.0  # two outlier features
+    W = randn((N, K), torch.float32, device, seed=12)
+    X = X.to(dtype)
+    CA, SCA, cols = ops.int8_vectorwise_quant(X, 6.0)
+    CB, SCB, _ = ops.int8_vectorwise_quant(W.to(dtype))
+    bias = randn((N,), dtype, device, seed=13)
+    out, subA = ops.int8_mixed_scaled_mm(X, CA, CB, SCA, SCB, cols, bias)
+    assert out.dtype == dtype and out.shape == (rows, N)
+    assert torch.equal(cols.cpu(), torch.tensor([5, 77]))
+    assert torch.equal(subA.cpu(), X[:, cols].cpu())
+    # Oracle: float64 of the spec's decomposition.
+    Wd = CB.cpu().double() * SCB.cpu().double()[:, None] / 127
+    main = _dequant_ref(_exact(CA, CB), SCA, SCB, bias)
+    ref = main + X.cpu().double()[:, cols.cpu()] @ Wd[:, cols.cpu()].T
+    err = ((out.cpu().double() - ref).norm() / ref.norm()).item()
+    assert err < {torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_mixed_scaled_mm_without_outliers(device):
+    X = randn((4, 64), torch.float16, device, seed=14)
+    CA, SCA, cols = ops.int8_vectorwise_quant(X, 0.0)
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((8, 64), torch.float16, device, seed=15))
+    out, subA = ops.int8_mixed_scaled_mm(X, CA, CB, SCA, SCB, None)
+    assert subA is None
+    torch.testing.assert_close(out, ops.int8_scaled_mm(CA, CB, SCA, SCB, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_errors_name_the_argument(device):
+    A, B = _int8((4, 64), device, 16), _int8((8, 64), device, 17)
+    with pytest.raises((TypeError, RuntimeError), match="A"):
+        ops.int8_linear_matmul(A.float(), B)
+    with pytest.raises((ValueError, RuntimeError), match="K"):
+        ops.int8_linear_matmul(A, _int8((8, 32), device, 18))
+    with pytest.raises(ValueError, match="row_stats"):
+        ops.int8_scaled_mm(A, B, torch.ones(3, device=device), torch.ones(8, device=device))
+    with pytest.raises(ValueError, match="bias"):
+        ops.int8_scaled_mm(A, B, torch.ones(4, device=device), torch.ones(8, device=device),
+                           torch.ones(7, device=device))
+    with pytest.raises((ValueError, TypeError), match="A"):
+        ops.int8_mm_dequant(torch.ones(2, 3, device=device), torch.ones(2, device=device),
+                            torch.ones(3, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_devices_are_refused(device):
+    if device == "cpu":
+        pytest.skip("needs a second device type")
+    A, B = _int8((4, 64), "cuda", 19), _int8((8, 64), "cpu", 20)
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        ops.int8_linear_matmul(A, B)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_int8_ops(device):
+    A, B = _int8((5, 64), device, 21), _int8((8, 64), device, 22)
+    row, col = torch.rand(5, device=device) + 0.5, torch.rand(8, device=device) + 0.5
+    acc = ops.int8_linear_matmul(A, B)
+    torch.library.opcheck(ops.int8_linear_matmul.default, (A, B))
+    torch.library.opcheck(ops.int8_linear_matmul.out, (A, B, torch.empty(5, 8, dtype=torch.int32, device=device)))
+    torch.library.opcheck(ops.int8_mm_dequant.default, (acc, row, col, torch.bfloat16, None))
+    torch.library.opcheck(ops.int8_scaled_mm.default, (A, B, row, col, None, torch.float32))
