@@ -38,9 +38,9 @@ _DEQUANT_CHUNK_ELEMENTS = 1 << 26
 
 
 def quantize_weight(weight: torch.Tensor):
-    """(CB int8 [N, K], SCB float32 [N]): the row-wise int8 form of a float weight."""
-    if weight.dim() != 2:
-        raise ValueError(f"an 8-bit weight must be 2-D [out_features, in_features]; got shape {tuple(weight.shape)}")
+    """(CB int8 [N, K], SCB float32 [N]): the row-wise int8 form of a float weight (rows = all leading dims)."""
+    if weight.dim() == 0:
+        raise ValueError("an 8-bit weight needs at least one dimension (rows x features)")
     if weight.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"only a float16/bfloat16/float32 weight can be quantized to int8; got {weight.dtype}")
     CB, SCB, _ = F.int8_vectorwise_quant(weight.detach().contiguous().to(_WEIGHT_QUANT_DTYPE))

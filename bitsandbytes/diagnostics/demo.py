@@ -59,6 +59,49 @@ def run_demo(device: str) -> None:
         print(f"  {name:28s} {q_bytes / 2**20:11.2f} MiB {1 - q_bytes / fp_bytes:6.1%} {weight_err:12.2%} "
               f"{out_err:12.2%}")
     print("  (errors are relative L2 norms; output = the MLP run with the dequantized weights)")
+    for int8_device in dict.fromkeys(["cpu", device]):
+        run_int8_demo(int8_device)
+
+
+def run_int8_demo(device: str) -> None:
+    """LLM.int8() inference of a small MLP against the same MLP in 16 bits: weight memory and output error."""
+    from ..nn import Linear8bitLt
+
+    torch.manual_seed(0)
+    dtype = torch.float16 if device != "cpu" else torch.bfloat16
+    dims = [1024, 4096, 1024]
+    reference = torch.nn.Sequential(torch.nn.Linear(dims[0], dims[1]), torch.nn.GELU(),
+                                    torch.nn.Linear(dims[1], dims[2])).to(device=device, dtype=dtype).eval()
+    x = torch.randn(8, dims[0])
+    x[:, [17, 300, 901]] *= 25.0  # a few outlier features, as large language models have
+    x = x.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        expected = reference(x).float()
+    fp_bytes = sum(_bytes(m.weight) for m in reference if isinstance(m, torch.nn.Linear))
+    print(f"\nDemo on {device}: LLM.int8() inference of the {dims[0]}-{dims[1]}-{dims[2]} MLP "
+          f"(3 outlier input features), {str(dtype).replace('torch.', '')} activations")
+    print(f"  {'layer':30s} {'weight memory':>14s} {'saved':>7s} {'output error':>13s}")
+    print(f"  {'nn.Linear (16-bit)':30s} {fp_bytes / 2**20:11.2f} MiB {'':>7s} {'-':>13s}")
+    for threshold in (0.0, 6.0):
+        int8_layers = []
+        for m in reference:
+            if isinstance(m, torch.nn.Linear):
+                layer = Linear8bitLt(m.in_features, m.out_features, has_fp16_weights=False, threshold=threshold)
+                layer.load_state_dict(m.state_dict())
+                m = layer
+            int8_layers.append(m)
+        try:
+            model = torch.nn.Sequential(*int8_layers).to(device).eval()  # quantizes the weights
+            with torch.no_grad():
+                out = model(x).float()
+        except NotImplementedError as err:  # a device without the int8 matmul kernels
+            print(f"  LLM.int8() is not available on {device}: {err}")
+            return
+        q_bytes = sum(_bytes(m.weight, m.state.SCB) for m in model if isinstance(m, Linear8bitLt))
+        err = ((out - expected).norm() / expected.norm()).item()
+        name = f"Linear8bitLt, threshold {threshold:g}"
+        print(f"  {name:30s} {q_bytes / 2**20:11.2f} MiB {1 - q_bytes / fp_bytes:6.1%} {err:12.2%}")
+    print("  (output error: relative L2 norm against the 16-bit MLP; threshold 6 runs the outlier features in 16 bits)")
 
 
 def _optimizer_state_bytes(opt) -> int:

@@ -11,13 +11,17 @@ from .modules import (
     Params4bit,
     StableEmbedding,
 )
+from .linear8bit import Embedding8bit, Int8Params, Linear8bitLt
 
 __all__ = [
     "Embedding",
     "Embedding4bit",
+    "Embedding8bit",
     "EmbeddingFP4",
     "EmbeddingNF4",
+    "Int8Params",
     "Linear4bit",
+    "Linear8bitLt",
     "LinearFP4",
     "LinearNF4",
     "Params4bit",

@@ -515,3 +515,5 @@ class EmbeddingNF4(Embedding4bit):
                  quant_storage: torch.dtype = torch.uint8, device=None) -> None:
         super().__init__(num_embeddings, embedding_dim, dtype=dtype, quant_type="nf4", quant_storage=quant_storage,
                          device=device)
+
+from .linear8bit import Embedding8bit, Int8Params, Linear8bitLt, maybe_rearrange_weight  # noqa: E402,F401  (LLM.int8)

@@ -2,19 +2,22 @@
 // packed codes: at these M the product is bound by the weight's bytes, and 4-bit codes are a quarter
 // of a 16-bit weight's.
 //
-// Tensor cores do the arithmetic (mma.sync m16n8k16, float32 accumulation), so the 16 activation
-// rows cost no more than one; the CUDA cores only expand codes. Each CTA owns 8 * kTiles rows of W
-// and its 8 warps split K between them in groups of 64 columns (interleaved, so the CTA reads each
-// row as one contiguous stream), then add their partial sums through shared memory.
+// Tensor cores do the arithmetic (mma.sync m16n8k16, float32 accumulation) with the weight as the
+// 16-row operand and up to 8 activation rows per 8-column operand, so one activation row costs no
+// more than eight; the CUDA cores only expand codes. Each CTA owns 16 * kTiles rows of W and its 8
+// warps split K between them in groups of 64 columns (interleaved, so the CTA reads each row as one
+// contiguous stream), then add their partial sums through shared memory. Each warp requests the
+// codes and scales of kUnroll groups before it uses any, so that many bytes are in flight per SM.
 //
 // Within a 64-column group, lane (g, t) = (lane / 4, lane % 4) loads 16 consecutive codes
-// [16t, 16t + 16) of weight row g of a tile (8 bytes) and the same 16 columns of activation rows g
-// and g + 8. A dot product does not care in which order k is visited, so the mma's k index is
-// permuted to fit these loads: in step s (0..3) the fragment pair (2t, 2t+1) takes columns
-// 16t + 4s + {0, 1} and (2t+8, 2t+9) takes 16t + 4s + {2, 3}, for both A and B. All columns of an
+// [16t, 16t + 16) of weight rows g and g + 8 of a tile (8 bytes each) and the same 16 columns of
+// activation row g. A dot product does not care in which order k is visited, so the mma's k index
+// is permuted to fit these loads: in step s (0..3) the fragment pair (2t, 2t+1) takes columns
+// 16t + 4s + {0, 1} and (2t+8, 2t+9) takes 16t + 4s + {2, 3}, for both operands. All columns of an
 // mma step then lie in one 64-column group, so inside one quantization block (blocksize >= 64,
 // K a multiple of it): each step's product is scaled by its rows' block scales once, in float32,
-// instead of scaling every code.
+// instead of scaling every code, and lane (g, t) accumulates exactly the rows g and g + 8 whose
+// scales it loaded.
 //
 // Codes are expanded two at a time by a 256-entry table (a byte -> the pair of 16-bit code values),
 // stored once per lane in shared memory so that 32 lanes reading random bytes hit 32 different banks.
@@ -32,11 +35,11 @@ using cuda::kWarpSize;
 
 constexpr int kWarps = 8;              // warps per CTA, splitting K
 constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kTiles = 4;              // 8-row tiles of W per CTA
-constexpr int kRowsPerCta = 8 * kTiles;
-constexpr int kGroup = 64;             // columns per group (one mma k16 step per lane quarter x 4)
-constexpr int kUnroll = 2;             // groups whose loads a warp issues before using them
-constexpr int kMaxRows = 16;           // activation rows: one m16 tile
+constexpr int kTiles = 2;              // 16-row tiles of W per CTA
+constexpr int kRowsPerCta = 16 * kTiles;
+constexpr int kGroup = 64;             // columns per group (4 mma k16 steps)
+constexpr int kUnroll = 4;             // groups whose loads a warp issues before using them
+constexpr int kMaxRows = 16;           // activation rows: two n8 operands
 constexpr int kPairTableWords = 256 * kWarpSize;
 
 template <typename T>
@@ -90,15 +93,68 @@ struct GemvArgs {
   float code[16];  // the 16 values of the 4-bit type, read once per CTA to build the pair table
 };
 
-template <typename T, bool Nested>
+// Block scale b of the weight (plain or double-quantized), from values prefetched by load_scale.
+struct ScaleParts {
+  float absmax;  // plain: the scale; nested: the second-level scale
+  uint32_t q;    // nested: the 8-bit code of the first-level scale
+};
+
+template <bool Nested>
+__device__ __forceinline__ ScaleParts load_scale(const GemvArgs& args, int64_t block) {
+  if constexpr (Nested) {
+    return {__ldg(args.absmax + block / kNestedBlocksize), __ldg(args.absmax_q + block)};
+  } else {
+    return {__ldg(args.absmax + block), 0u};
+  }
+}
+
+template <typename T, bool Nested, int NTiles>
 __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
-  __shared__ float nested_code[256];
+  __shared__ float nested_code[Nested ? 256 : 1];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
   const int t = lane % 4;
+
+  const T* A = static_cast<const T*>(args.A);
+  const int64_t K = args.K;
+  const int64_t groups = K / kGroup;
+  const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
+  // Rows past N load row N - 1 (in bounds) and are never stored. Row r of the CTA: tile r / 16, half (r / 8) % 2.
+  int64_t wrow[kTiles][2];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) wrow[j][h] = min(row0 + 16 * j + 8 * h + g, args.N - 1) * K;
+  const T* act[NTiles];
+  bool has_act[NTiles];
+#pragma unroll
+  for (int i = 0; i < NTiles; ++i) {
+    act[i] = A + int64_t{g + 8 * i} * K + 16 * t;
+    has_act[i] = g + 8 * i < args.M;
+  }
+
+  uint2 codes[kUnroll][kTiles][2];
+  ScaleParts scale[kUnroll][kTiles][2];
+  auto load_batch = [&](int64_t base) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t grp = base + int64_t{u} * kWarps;
+      if (grp >= groups) break;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t elem = wrow[j][h] + grp * kGroup;
+          codes[u][j][h] = __ldg(reinterpret_cast<const uint2*>(args.packed + (elem + 16 * t) / 2));
+          scale[u][j][h] = load_scale<Nested>(args, elem >> args.log2_blocksize);
+        }
+    }
+  };
+  // The first codes are requested before the table is built, so their latency overlaps it.
+  load_batch(warp);
 
   for (int i = threadIdx.x; i < kPairTableWords; i += kThreads) {
     const int byte = i / kWarpSize;
@@ -112,102 +168,82 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
   }
   __syncthreads();
 
-  const T* A = static_cast<const T*>(args.A);
-  const int64_t K = args.K;
-  const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
-  // Rows past N load row N - 1 (in bounds) and are never stored.
-  int64_t wrow[kTiles];
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) wrow[j] = min(row0 + 8 * j + g, args.N - 1);
-  const bool has_row_lo = g < args.M;
-  const bool has_row_hi = g + 8 < args.M;
-  const T* a_lo = A + int64_t{g} * K + 16 * t;
-  const T* a_hi = A + int64_t{g + 8} * K + 16 * t;
-
-  float acc[kTiles][4] = {};
-  const int64_t groups = K / kGroup;
+  float acc[kTiles][NTiles][4] = {};
   for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
-    uint2 codes[kUnroll][kTiles];
-    uint4 act[kUnroll][4];
-    float scale[kUnroll][kTiles];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t grp = base + int64_t{u} * kWarps;
       if (grp >= groups) break;
       const int64_t col = grp * kGroup;
+      // Activation words: row g + 8i, columns 16t + 2w, 2w + 1 in word w (zero rows past M).
+      uint32_t x[NTiles][8];
+#pragma unroll
+      for (int i = 0; i < NTiles; ++i) {
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        const uint4 v0 = has_act[i] ? __ldg(reinterpret_cast<const uint4*>(act[i] + col)) : zero;
+        const uint4 v1 = has_act[i] ? __ldg(reinterpret_cast<const uint4*>(act[i] + col + 8)) : zero;
+        x[i][0] = v0.x, x[i][1] = v0.y, x[i][2] = v0.z, x[i][3] = v0.w;
+        x[i][4] = v1.x, x[i][5] = v1.y, x[i][6] = v1.z, x[i][7] = v1.w;
+      }
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
-        const int64_t elem = wrow[j] * K + col;
-        codes[u][j] = __ldg(reinterpret_cast<const uint2*>(args.packed + (elem + 16 * t) / 2));
-        const int64_t block = elem >> args.log2_blocksize;
-        if constexpr (Nested) {
-          scale[u][j] = nested_code[__ldg(args.absmax_q + block)] * __ldg(args.absmax + block / kNestedBlocksize) +
-                        offset;
-        } else {
-          scale[u][j] = __ldg(args.absmax + block);
+        float s[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          s[h] = scale[u][j][h].absmax;
+          if constexpr (Nested) s[h] = nested_code[scale[u][j][h].q] * s[h] + offset;
+        }
+        float part[NTiles][4] = {};
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+          // Codes of columns 16t + 4 step + {0..3}: bytes 2 step and 2 step + 1 of the lane's 8.
+          const int shift = 16 * (step % 2);
+          const uint32_t lo_word = step < 2 ? codes[u][j][0].x : codes[u][j][0].y;
+          const uint32_t hi_word = step < 2 ? codes[u][j][1].x : codes[u][j][1].y;
+          const uint32_t a[4] = {smem[((lo_word >> shift) & 0xff) * kWarpSize + lane],
+                                 smem[((hi_word >> shift) & 0xff) * kWarpSize + lane],
+                                 smem[((lo_word >> (shift + 8)) & 0xff) * kWarpSize + lane],
+                                 smem[((hi_word >> (shift + 8)) & 0xff) * kWarpSize + lane]};
+#pragma unroll
+          for (int i = 0; i < NTiles; ++i) mma_16816<T>(part[i], a, x[i][2 * step], x[i][2 * step + 1]);
+        }
+#pragma unroll
+        for (int i = 0; i < NTiles; ++i) {
+          acc[j][i][0] += part[i][0] * s[0];
+          acc[j][i][1] += part[i][1] * s[0];
+          acc[j][i][2] += part[i][2] * s[1];
+          acc[j][i][3] += part[i][3] * s[1];
         }
       }
-      const uint4 zero = make_uint4(0, 0, 0, 0);
-      act[u][0] = has_row_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col)) : zero;
-      act[u][1] = has_row_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col + 8)) : zero;
-      act[u][2] = has_row_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col)) : zero;
-      act[u][3] = has_row_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col + 8)) : zero;
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (base + int64_t{u} * kWarps >= groups) break;
-      // Activation words: lo row columns 16t + 2w, 2w+1 in word w of act[u][0..1], hi row in act[u][2..3].
-      const uint32_t lo[8] = {act[u][0].x, act[u][0].y, act[u][0].z, act[u][0].w,
-                              act[u][1].x, act[u][1].y, act[u][1].z, act[u][1].w};
-      const uint32_t hi[8] = {act[u][2].x, act[u][2].y, act[u][2].z, act[u][2].w,
-                              act[u][3].x, act[u][3].y, act[u][3].z, act[u][3].w};
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        // Block scales of the two W rows (2t, 2t + 1) whose outputs this lane accumulates.
-        const float s0 = __shfl_sync(cuda::kFullWarpMask, scale[u][j], 8 * t);
-        const float s1 = __shfl_sync(cuda::kFullWarpMask, scale[u][j], 8 * t + 4);
-        const uint32_t bytes[2] = {codes[u][j].x, codes[u][j].y};
-        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const uint32_t word = bytes[s / 2];
-          const int shift = 16 * (s % 2);
-          const uint32_t b0 = smem[((word >> shift) & 0xff) * kWarpSize + lane];
-          const uint32_t b1 = smem[((word >> (shift + 8)) & 0xff) * kWarpSize + lane];
-          const uint32_t a[4] = {lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1]};
-          mma_16816<T>(part, a, b0, b1);
-        }
-        acc[j][0] += part[0] * s0;
-        acc[j][1] += part[1] * s1;
-        acc[j][2] += part[2] * s0;
-        acc[j][3] += part[3] * s1;
-      }
-    }
+    load_batch(base + int64_t{kWarps} * kUnroll);
   }
 
-  // Sum the warps' partial products: warp w's accumulators go to smem, warp j adds up tile j.
+  // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
+  // the kWarps partials of a few outputs.
+  constexpr int kPerWarp = kTiles * NTiles * 4;  // accumulators per lane
   __syncthreads();  // every warp is done with the pair table
   float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int j = 0; j < kTiles; ++j)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) partial[((warp * kTiles + j) * 4 + c) * kWarpSize + lane] = acc[j][c];
-  __syncthreads();
-  if (warp >= kTiles) return;
-  const int j = warp;
-  float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int w = 0; w < kWarps; ++w)
+    for (int i = 0; i < NTiles; ++i)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) sum[c] += partial[((w * kTiles + j) * 4 + c) * kWarpSize + lane];
+      for (int c = 0; c < 4; ++c) partial[((warp * kTiles + j) * NTiles * 4 + i * 4 + c) * kWarpSize + lane] = acc[j][i][c];
+  __syncthreads();
   const T* bias = static_cast<const T*>(args.bias);
   T* out = static_cast<T*>(args.out);
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    const int64_t n = row0 + 8 * j + 2 * t + (c % 2);
-    const int64_t m = g + 8 * (c / 2);
+  for (int idx = threadIdx.x; idx < kPerWarp * kWarpSize; idx += kThreads) {
+    const int l = idx % kWarpSize, slot = idx / kWarpSize;
+    const int c = slot % 4, i = (slot / 4) % NTiles, j = slot / (4 * NTiles);
+    const int lg = l / 4, lt = l % 4;
+    const int64_t n = row0 + 16 * j + lg + 8 * (c / 2);  // the weight row: output feature
+    const int64_t m = 8 * i + 2 * lt + (c % 2);          // the activation row
     if (n >= args.N || m >= args.M) continue;
+    float sum = 0.0f;
+    for (int w = 0; w < kWarps; ++w) sum += partial[(w * kPerWarp + slot) * kWarpSize + l];
     const float b = bias ? cuda::to_f32(bias[n]) : 0.0f;
-    out[m * args.N + n] = cuda::from_f32<T>(sum[c] + b);
+    out[m * args.N + n] = cuda::from_f32<T>(sum + b);
   }
 #endif
 }
@@ -226,7 +262,11 @@ void launch(const Gemm4bitParams& p, cudaStream_t stream) {
   for (int i = 0; i < 16; ++i) args.code[i] = values[i];
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the 4-bit GEMV grid");
-  gemm_4bit_small_m<T, Nested><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+  if (p.M <= 8) {
+    gemm_4bit_small_m<T, Nested, 1><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+  } else {
+    gemm_4bit_small_m<T, Nested, 2><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+  }
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_small_m");
 }
 

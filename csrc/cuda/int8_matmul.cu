@@ -246,11 +246,26 @@ bool cublaslt_matmul(const Int8MatmulParams& p, int32_t device, cudaStream_t str
   }
   const LtPlan& plan = plan_for(*api, p, device, handle);
   if (!plan.usable) return false;
+  // One workspace per (device, stream), kept: calls on one stream are ordered, so they can share it.
+  // While a stream is being captured into a CUDA graph no memory may be allocated that way: the
+  // first call then takes a stream-ordered buffer (a graph allocation) for itself.
   void*& workspace = g_workspaces[{device, stream}];
-  if (!workspace && plan.workspace > 0) BNB_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+  void* scratch = nullptr;
+  if (!workspace && plan.workspace > 0) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    BNB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture == cudaStreamCaptureStatusNone) {
+      BNB_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+    } else {
+      BNB_CUDA_CHECK(cudaMallocAsync(&scratch, plan.workspace, stream));
+    }
+  }
   const int32_t alpha = 1, beta = 0;
-  return api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out, plan.d,
-                     &plan.algo, workspace, plan.workspace, stream) == lt::kSuccess;
+  const bool done = api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out,
+                                plan.d, &plan.algo, scratch ? scratch : workspace, plan.workspace,
+                                stream) == lt::kSuccess;
+  if (scratch) BNB_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+  return done;
 }
 
 // ---- dequantization of an int32 matrix ----------------------------------------------------------------

@@ -164,13 +164,31 @@ def test_no_grad_path_uses_gemm_4bit_op(monkeypatch):
 
     packed, state = F.quantize_4bit(randn((16, 64), torch.float16), compress_statistics=True)
     monkeypatch.setattr(torch.ops.bitsandbytes, "gemm_4bit", Spy())
-    x = randn((3, 64), torch.float16)
+    x = randn((20, 64), torch.float16)  # more rows than the eager streaming path serves: the op is used
     bnb.matmul_4bit(x, packed, state)
     (A, B, shape, absmax, blocksize, qt, bias, absmax_8bit, absmax_code, absmax_offset) = calls[0]
     # Nested mapping (§1.5): float scales from state2, the uint8 first-level absmax as indices.
     assert absmax is state.state2.absmax and absmax_8bit is state.absmax
     assert absmax_code is state.state2.code and absmax_offset is state.offset
     assert list(shape) == [16, 64] and blocksize == 64 and qt == "fp4" and B.shape == (512, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_eager_streaming_path_equals_the_op(device, nested):
+    # Eager inference with few rows calls the streaming kernel directly; the op must give the same bytes.
+    packed, state = F.quantize_4bit(randn((96, 128), torch.float16, device), compress_statistics=nested,
+                                    quant_type="nf4")
+    x = randn((4, 128), torch.float16, device, seed=3)
+    bias = randn((96,), torch.float16, device, seed=4)
+    with torch.no_grad():
+        eager = bnb.matmul_4bit(x, packed, state, bias=bias)
+    if nested:
+        ref = torch.ops.bitsandbytes.gemm_4bit(x, packed.view(-1, 1), [96, 128], state.state2.absmax, 64, "nf4", bias,
+                                               state.absmax, state.state2.code, state.offset)
+    else:
+        ref = torch.ops.bitsandbytes.gemm_4bit(x, packed.view(-1, 1), [96, 128], state.absmax, 64, "nf4", bias)
+    assert torch.equal(eager, ref)
 
 
 # ---- Linear4bit --------------------------------------------------------------------------------
