@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as torchF
 
 from .. import functional as F
+from ..backends.native_int8_matmul import int8_linear_direct
 
 __all__ = ["MatMul8bitLt", "MatMul8bitFp", "matmul"]
 
@@ -222,7 +223,18 @@ def matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Tensor] = None,
     if threshold > 0.0:
         state.threshold = threshold
     _check_inputs(A, B, bias)
-    if state.is_training and A.device.type in ("cpu", "xpu"):
+    fp_path = state.is_training and A.device.type in ("cpu", "xpu")
+    needs_grad = torch.is_grad_enabled() and (A.requires_grad or B.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    if not fp_path and not needs_grad and not state.has_fp16_weights:
+        # Inference with int8 weights: one native call (quantize, multiply, outliers, dequantize).
+        CB = B.data if B.dtype == torch.int8 else state.CB
+        if CB is not None and state.SCB is not None and tuple(CB.shape) == tuple(B.shape):
+            result = int8_linear_direct(A, CB, state.SCB, state.threshold, bias)
+            if result is not None:
+                state.CB = CB
+                return out.copy_(result) if out is not None else result
+    if fp_path:
         result = MatMul8bitFp.apply(A, B, None, bias, state)
     else:
         result = MatMul8bitLt.apply(A, B, None, bias, state)

@@ -134,3 +134,32 @@ def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
         subB = (CB[:, cols].to(torch.float32) * (SCB.reshape(-1, 1).to(torch.float32) / 127.0)).to(A.dtype)
         out.reshape(-1, out.shape[-1]).addmm_(subA, subB.t())
     return out, subA
+
+
+# ---- eager inference fast path -----------------------------------------------------------------------------
+# One native call quantizes the activations, multiplies, dequantizes and handles outlier columns on
+# the device (no host synchronisation, no int32 matrix for few rows): what MatMul8bitLt does in
+# several ops, at a fraction of the host time. Traced or compiled code and tensor subclasses keep
+# using the ops.
+
+
+def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float,
+                       bias: Optional[torch.Tensor]):
+    """``A @ (CB * SCB / 127).T + bias`` by LLM.int8() in A's dtype, or None if the ops must handle it."""
+    if (type(A) is not torch.Tensor or A.dtype not in _DTYPE_CODES or CB.dtype != torch.int8 or CB.dim() != 2
+            or A.dim() == 0 or A.shape[-1] != CB.shape[1] or A.numel() == 0 or SCB.dtype != torch.float32
+            or A.device != CB.device or A.device != SCB.device or A.device.type not in _DEVICES
+            or torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
+        return None
+    if bias is not None and (bias.device != A.device or bias.numel() != CB.shape[0]):
+        return None
+    K, N = CB.shape[1], CB.shape[0]
+    A2 = A if A.is_contiguous() else A.contiguous()
+    M = A2.numel() // K
+    if bias is not None:
+        bias = bias.to(A.dtype).contiguous()
+    out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
+    lib, dev, stream = _exec(A.device)
+    lib.call("bnb_int8_linear", A2.data_ptr(), _DTYPE_CODES[A.dtype], M, K, CB.data_ptr(), SCB.data_ptr(), N,
+             float(threshold), _ptr(bias), out.data_ptr(), dev, stream)
+    return out

@@ -29,6 +29,7 @@ void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream);
 void int8_linear_matmul(const Int8MatmulParams& p, int32_t device, bnb_stream_t stream);
 void int8_mm_dequant(const int32_t* acc, const Int8DequantParams& p, int32_t device, bnb_stream_t stream);
 void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device, bnb_stream_t stream);
+void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream);
 void set_blas_library(const char* path);
 void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Optimizer32bitParams& p, int32_t device,
                             bnb_stream_t stream);

@@ -160,6 +160,18 @@ struct Int8DequantParams {
   int64_t M, N;
 };
 
+// bnb_int8_linear: X [M, K] float, CB [N, K] int8, SCB [N]; bias and out in X's dtype.
+struct Int8LinearParams {
+  const void* X;
+  bnb_dtype_t x_dtype;
+  const int8_t* CB;
+  const float* SCB;
+  const void* bias;
+  void* out;
+  int64_t M, N, K;
+  float threshold;
+};
+
 // 1 / 127^2: both operands were scaled by 127 / absmax of their row.
 constexpr float kInt8DequantScale = 1.0f / (127.0f * 127.0f);
 

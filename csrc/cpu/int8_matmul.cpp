@@ -5,6 +5,7 @@
 // passes over them. The dot product is compiled for AVX-512BW, AVX2 and baseline x86-64 and the
 // loader picks the widest the processor has (GCC function multi-versioning).
 #include <algorithm>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/dispatch.h"
@@ -87,6 +88,39 @@ void int8_mm_dequant(const int32_t* acc, const Int8DequantParams& p, int32_t, bn
 void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq_params, int32_t, bnb_stream_t) {
   with_dequant_types(dq_params, [&](const auto& dq, const auto* bias) {
     for_each_product(mm, [&](int64_t m, int64_t n, int32_t acc) { dq.store(m, n, acc, bias); });
+  });
+}
+
+void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream) {
+  const bool outliers = p.threshold > 0.0f;
+  std::vector<int8_t> CA(static_cast<size_t>(p.M * p.K));
+  std::vector<float> SCA(static_cast<size_t>(p.M));
+  std::vector<uint8_t> mask(outliers ? static_cast<size_t>(p.K) : 0);
+  int8_vectorwise_quant({p.X, CA.data(), SCA.data(), outliers ? mask.data() : nullptr, p.M, p.K, p.threshold,
+                         p.x_dtype},
+                        device, stream);
+  std::vector<int64_t> cols;
+  for (int64_t k = 0; k < static_cast<int64_t>(mask.size()); ++k)
+    if (mask[k]) cols.push_back(k);
+  dispatch_float<cpu::CpuType>(p.x_dtype, "X", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* X = static_cast<const T*>(p.X);
+    const T* bias = static_cast<const T*>(p.bias);
+    T* out = static_cast<T*>(p.out);
+    for_each_product({CA.data(), p.CB, nullptr, p.M, p.N, p.K}, [&](int64_t m, int64_t n, int32_t acc) {
+      const float col = p.SCB[n];
+      float v = static_cast<float>(acc) * SCA[m] * col * kInt8DequantScale;
+      // Outlier columns: their float product replaces the int8 one (CA zeroed only the outlier values).
+      float extra = 0.0f, int8_terms = 0.0f;
+      for (const int64_t k : cols) {
+        const float w = static_cast<float>(p.CB[n * p.K + k]);
+        extra += cpu::to_float(X[m * p.K + k]) * w;
+        int8_terms += static_cast<float>(CA[m * p.K + k]) * w;
+      }
+      v += extra * col * (1.0f / 127.0f) - int8_terms * SCA[m] * col * kInt8DequantScale;
+      if (bias) v += cpu::to_float(bias[n]);
+      out[m * p.N + n] = cpu::from_float<T>(v);
+    });
   });
 }
 

@@ -43,6 +43,40 @@ struct StoreDequant {
   }
 };
 
+// bnb_int8_linear: output dtype = bias dtype = X's, plus the outlier columns of X (if any), which
+// were zeroed in CA as values but not as whole columns: their float product replaces the int8 one,
+// so the int8 terms CA * CB of those columns are taken back out of the accumulator's value.
+template <typename T>
+struct StoreLinear {
+  const float* row_stats;  // SCA
+  const float* col_stats;  // SCB
+  const T* bias;
+  T* out;
+  int64_t N, K;
+  const T* X;              // the float activations (outlier columns are read from it)
+  const int8_t* CA;
+  const int8_t* CB;
+  const int32_t* outliers;  // ascending outlier column indices, *count of them; null when threshold == 0
+  const int32_t* count;
+  __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
+    const float col = col_stats[n];
+    float v = static_cast<float>(acc) * row_stats[m] * col * kInt8DequantScale;
+    if (outliers) {
+      const int32_t c = *count;
+      float extra = 0.0f, int8_terms = 0.0f;
+      for (int32_t i = 0; i < c; ++i) {
+        const int64_t k = outliers[i];
+        const float w = static_cast<float>(CB[n * K + k]);
+        extra += cuda::to_f32(X[m * K + k]) * w;
+        int8_terms += static_cast<float>(CA[m * K + k]) * w;
+      }
+      v += extra * col * (1.0f / 127.0f) - int8_terms * row_stats[m] * col * kInt8DequantScale;
+    }
+    if (bias) v += cuda::to_f32(bias[n]);
+    out[m * N + n] = cuda::from_f32<T>(v);
+  }
+};
+
 // ---- few rows: stream B through the tensor cores -----------------------------------------------------
 // Same layout as the 4-bit GEMV (gemm_4bit.cu): each CTA owns 8 * kTiles rows of B, its 8 warps split
 // K in groups of 64 columns, lane (g, t) loads 16 consecutive bytes [16t, 16t + 16) of B row g and of
@@ -310,7 +344,86 @@ void int32_product(const Int8MatmulParams& p, int32_t device, cudaStream_t strea
   launch_tiled(p, StoreInt32{p.out, p.N}, stream);
 }
 
+// Ascending indices of the set entries of mask [K] (one CTA; warps take 32-column slices in turn and
+// a shared prefix sum keeps the order, so the float sums over outliers are reproducible).
+constexpr int kCompactThreads = 1024;
+
+__global__ void __launch_bounds__(kCompactThreads) compact_mask(const uint8_t* __restrict__ mask, int64_t K,
+                                                                int32_t* __restrict__ indices, int32_t* count) {
+  __shared__ int32_t warp_counts[kCompactThreads / kWarpSize];
+  __shared__ int32_t total;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  if (threadIdx.x == 0) total = 0;
+  __syncthreads();
+  for (int64_t base = 0; base < K; base += kCompactThreads) {
+    const int64_t k = base + threadIdx.x;
+    const bool set = k < K && mask[k] != 0;
+    const unsigned ballot = __ballot_sync(cuda::kFullWarpMask, set);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int32_t before = total;
+    for (int w = 0; w < warp; ++w) before += warp_counts[w];
+    if (set) indices[before + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(k);
+    __syncthreads();
+    if (threadIdx.x == kCompactThreads - 1) total = before + __popc(ballot);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *count = total;
+}
+
+// Stream-ordered scratch memory for one call, released (stream-ordered) when the call ends.
+class Scratch {
+ public:
+  Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
+    BNB_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  }
+  ~Scratch() { cudaFreeAsync(ptr_, stream_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  char* get() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+constexpr size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
 }  // namespace
+
+void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t s = cuda::as_cuda(stream);
+  const bool outliers = p.threshold > 0.0f;
+  // One scratch block: CA [M, K], SCA [M], outlier mask [K], indices [K], count.
+  const size_t ca_bytes = align_up(static_cast<size_t>(p.M * p.K)), sca_bytes = align_up(sizeof(float) * p.M);
+  const size_t mask_bytes = outliers ? align_up(static_cast<size_t>(p.K)) : 0;
+  const size_t index_bytes = outliers ? align_up(sizeof(int32_t) * (p.K + 1)) : 0;
+  const size_t acc_bytes = align_up(sizeof(int32_t) * p.M * p.N);  // used by the many-rows path only
+  Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes, s);
+  int8_t* CA = reinterpret_cast<int8_t*>(scratch.get());
+  float* SCA = reinterpret_cast<float*>(scratch.get() + ca_bytes);
+  uint8_t* mask = outliers ? reinterpret_cast<uint8_t*>(scratch.get() + ca_bytes + sca_bytes) : nullptr;
+  int32_t* indices = outliers ? reinterpret_cast<int32_t*>(scratch.get() + ca_bytes + sca_bytes + mask_bytes) : nullptr;
+  int32_t* count = outliers ? indices + p.K : nullptr;
+
+  backend::int8_vectorwise_quant({p.X, CA, SCA, mask, p.M, p.K, p.threshold, p.x_dtype}, device, stream);
+  if (outliers) {
+    compact_mask<<<1, kCompactThreads, 0, s>>>(mask, p.K, indices, count);
+    BNB_CUDA_CHECK_LAUNCH("compact_mask");
+  }
+  Int8MatmulParams mm{CA, p.CB, nullptr, p.M, p.N, p.K};
+  dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const StoreLinear<T> epilogue{SCA, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
+                                  static_cast<const T*>(p.X), CA, p.CB, indices, count};
+    if (small_m_eligible(mm, device)) return launch_small_m(mm, epilogue, s);
+    Scratch acc(acc_bytes, s);
+    mm.out = reinterpret_cast<int32_t*>(acc.get());
+    int32_product(mm, device, s);
+    launch_dequant(mm.out, p.M, p.N, epilogue, device, s);
+  });
+}
 
 void int8_linear_matmul(const Int8MatmulParams& p, int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);

@@ -178,3 +178,36 @@ def test_opcheck_int8_ops(device):
     torch.library.opcheck(ops.int8_linear_matmul.out, (A, B, torch.empty(5, 8, dtype=torch.int32, device=device)))
     torch.library.opcheck(ops.int8_mm_dequant.default, (acc, row, col, torch.bfloat16, None))
     torch.library.opcheck(ops.int8_scaled_mm.default, (A, B, row, col, None, torch.float32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_fused_int8_linear_matches_the_decomposition(device, dtype, rows, threshold):
+    # The one-call inference path (quantize, multiply, outliers, dequantize on the device) against the
+    # float64 oracle of the spec's LLM.int8() decomposition.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    K, N = 192, 40
+    X = randn((rows, K), torch.float32, device, seed=23)
+    if threshold:
+        X[:, [3, 100]] = 20.0
+        X[0, 50] = -9.0  # an outlier in one row only: its whole column leaves the int8 product
+    X = X.to(dtype)
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=24))
+    bias = randn((N,), dtype, device, seed=25)
+    y = int8_linear_direct(X, CB, SCB, threshold, bias)
+    assert y is not None and y.dtype == dtype and y.shape == (rows, N)
+    CA, SCA, cols = ops.int8_vectorwise_quant(X, threshold)
+    cols = cols.cpu() if cols is not None else torch.empty(0, dtype=torch.long)
+    if threshold:
+        assert set(cols.tolist()) == {3, 50, 100}
+    Wd = CB.cpu().double() * SCB.cpu().double()[:, None] / 127
+    keep = torch.ones(K, dtype=torch.bool)
+    keep[cols] = False
+    int8_part = (CA.cpu().double()[:, keep] @ CB.cpu().double()[:, keep].T) * SCA.cpu().double()[:, None] \
+        * SCB.cpu().double()[None, :] / 127**2
+    ref = int8_part + X.cpu().double()[:, ~keep] @ Wd[:, ~keep].T + bias.cpu().double()
+    err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
+    assert err < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]

@@ -258,6 +258,7 @@ def test_int8_state_dict_is_less_than_half_of_fp32():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("after_forward", [False, True], ids=["fresh", "after-forward"])
+@torch.no_grad()  # inference on both sides: the same kernels, so equal bytes
 def test_load_prequantized_checkpoint(device, after_forward):
     src = _int8_from(_fp_linear(seed=1), THRESHOLD).to(device).eval()
     x = _inputs((4, 96), torch.float16, device)
@@ -278,6 +279,7 @@ def test_load_prequantized_checkpoint(device, after_forward):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@torch.no_grad()  # inference on both sides: the same kernels, so equal bytes
 def test_parameters_rebuilt_like_transformers(device):
     # transformers builds the layer on "meta", then replaces its weight by
     # Int8Params(tensor, requires_grad=False, **old.__dict__).to(device) and, for a pre-quantized
