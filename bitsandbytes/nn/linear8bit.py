@@ -325,7 +325,8 @@ class Linear8bitLt(torch.nn.Linear):
         if self.bias is not None and self.bias.dtype != x.dtype:
             self.bias.data = self.bias.data.to(x.dtype)
         out = matmul(x, weight, bias=self.bias, state=self.state)
-        if not self.state.has_fp16_weights and self.state.CB is not None:
+        # A float weight quantized during the call now holds its int8 rows (an int8 weight already is them).
+        if weight.dtype != torch.int8 and not self.state.has_fp16_weights and self.state.CB is not None:
             self.weight.data = self.state.CB
         return out
 

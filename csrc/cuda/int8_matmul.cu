@@ -46,6 +46,19 @@ struct StoreDequant {
 // bnb_int8_linear: output dtype = bias dtype = X's, plus the outlier columns of X (if any), which
 // were zeroed in CA as values but not as whole columns: their float product replaces the int8 one,
 // so the int8 terms CA * CB of those columns are taken back out of the accumulator's value.
+//
+// The outlier columns are gathered first into small dense arrays (up to kPackedOutliers of them):
+// each output then reads a few contiguous bytes instead of one cache line per column of CB.
+constexpr int kPackedOutliers = 64;
+
+struct Outliers {
+  const int32_t* count;  // number of outlier columns (on the device)
+  const int32_t* cols;   // their ascending indices [K]
+  const float* x;        // [M, kPackedOutliers] X at those columns, as float
+  const float* ca;       // [M, kPackedOutliers] CA at those columns
+  const int8_t* cb;      // [N, kPackedOutliers] CB at those columns
+};
+
 template <typename T>
 struct StoreLinear {
   const float* row_stats;  // SCA
@@ -53,22 +66,29 @@ struct StoreLinear {
   const T* bias;
   T* out;
   int64_t N, K;
-  const T* X;              // the float activations (outlier columns are read from it)
+  const T* X;              // unpacked fallback for more than kPackedOutliers outlier columns
   const int8_t* CA;
   const int8_t* CB;
-  const int32_t* outliers;  // ascending outlier column indices, *count of them; null when threshold == 0
-  const int32_t* count;
+  Outliers outliers;       // count == null when threshold == 0
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const {
     const float col = col_stats[n];
     float v = static_cast<float>(acc) * row_stats[m] * col * kInt8DequantScale;
-    if (outliers) {
-      const int32_t c = *count;
+    if (outliers.count) {
+      const int32_t c = *outliers.count;
       float extra = 0.0f, int8_terms = 0.0f;
-      for (int32_t i = 0; i < c; ++i) {
-        const int64_t k = outliers[i];
-        const float w = static_cast<float>(CB[n * K + k]);
-        extra += cuda::to_f32(X[m * K + k]) * w;
-        int8_terms += static_cast<float>(CA[m * K + k]) * w;
+      if (c <= kPackedOutliers) {
+        for (int32_t i = 0; i < c; ++i) {
+          const float w = static_cast<float>(outliers.cb[n * kPackedOutliers + i]);
+          extra += outliers.x[m * kPackedOutliers + i] * w;
+          int8_terms += outliers.ca[m * kPackedOutliers + i] * w;
+        }
+      } else {
+        for (int32_t i = 0; i < c; ++i) {
+          const int64_t k = outliers.cols[i];
+          const float w = static_cast<float>(CB[n * K + k]);
+          extra += cuda::to_f32(X[m * K + k]) * w;
+          int8_terms += static_cast<float>(CA[m * K + k]) * w;
+        }
       }
       v += extra * col * (1.0f / 127.0f) - int8_terms * row_stats[m] * col * kInt8DequantScale;
     }
@@ -76,6 +96,25 @@ struct StoreLinear {
     out[m * N + n] = cuda::from_f32<T>(v);
   }
 };
+
+// Fills the packed outlier arrays of Outliers (rows [0, M) of x/ca, [0, N) of cb).
+template <typename T>
+__global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict__ CA, const int8_t* __restrict__ CB,
+                              int64_t M, int64_t N, int64_t K, const int32_t* count, const int32_t* cols, float* x,
+                              float* ca, int8_t* cb) {
+  const int32_t c = *count;
+  if (c > kPackedOutliers) return;
+  const int64_t total = (M + N) * c;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t row = i / c, j = i % c, k = cols[j];
+    if (row < M) {
+      x[row * kPackedOutliers + j] = cuda::to_f32(X[row * K + k]);
+      ca[row * kPackedOutliers + j] = static_cast<float>(CA[row * K + k]);
+    } else {
+      cb[(row - M) * kPackedOutliers + j] = CB[(row - M) * K + k];
+    }
+  }
+}
 
 // ---- few rows: stream B through the tensor cores -----------------------------------------------------
 // Same layout as the 4-bit GEMV (gemm_4bit.cu): each CTA owns 8 * kTiles rows of B, its 8 warps split
@@ -395,30 +434,48 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool outliers = p.threshold > 0.0f;
-  // One scratch block: CA [M, K], SCA [M], outlier mask [K], indices [K], count.
+  // One scratch block: CA [M, K], SCA [M], and with outliers: mask [K], indices [K] + count, the packed
+  // outlier arrays x, ca [M, kPackedOutliers] (float) and cb [N, kPackedOutliers].
   const size_t ca_bytes = align_up(static_cast<size_t>(p.M * p.K)), sca_bytes = align_up(sizeof(float) * p.M);
   const size_t mask_bytes = outliers ? align_up(static_cast<size_t>(p.K)) : 0;
   const size_t index_bytes = outliers ? align_up(sizeof(int32_t) * (p.K + 1)) : 0;
-  const size_t acc_bytes = align_up(sizeof(int32_t) * p.M * p.N);  // used by the many-rows path only
-  Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes, s);
-  int8_t* CA = reinterpret_cast<int8_t*>(scratch.get());
-  float* SCA = reinterpret_cast<float*>(scratch.get() + ca_bytes);
-  uint8_t* mask = outliers ? reinterpret_cast<uint8_t*>(scratch.get() + ca_bytes + sca_bytes) : nullptr;
-  int32_t* indices = outliers ? reinterpret_cast<int32_t*>(scratch.get() + ca_bytes + sca_bytes + mask_bytes) : nullptr;
-  int32_t* count = outliers ? indices + p.K : nullptr;
+  const size_t packed_row_bytes = outliers ? align_up(sizeof(float) * p.M * kPackedOutliers) : 0;
+  const size_t packed_cb_bytes = outliers ? align_up(static_cast<size_t>(p.N) * kPackedOutliers) : 0;
+  Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes + 2 * packed_row_bytes + packed_cb_bytes, s);
+  char* next = scratch.get();
+  auto take = [&](size_t bytes) {
+    char* at = next;
+    next += bytes;
+    return at;
+  };
+  int8_t* CA = reinterpret_cast<int8_t*>(take(ca_bytes));
+  float* SCA = reinterpret_cast<float*>(take(sca_bytes));
+  uint8_t* mask = outliers ? reinterpret_cast<uint8_t*>(take(mask_bytes)) : nullptr;
+  int32_t* indices = outliers ? reinterpret_cast<int32_t*>(take(index_bytes)) : nullptr;
+  Outliers packed{};
+  if (outliers) {
+    packed = {indices + p.K, indices, reinterpret_cast<float*>(take(packed_row_bytes)),
+              reinterpret_cast<float*>(take(packed_row_bytes)), reinterpret_cast<int8_t*>(take(packed_cb_bytes))};
+  }
 
   backend::int8_vectorwise_quant({p.X, CA, SCA, mask, p.M, p.K, p.threshold, p.x_dtype}, device, stream);
-  if (outliers) {
-    compact_mask<<<1, kCompactThreads, 0, s>>>(mask, p.K, indices, count);
-    BNB_CUDA_CHECK_LAUNCH("compact_mask");
-  }
   Int8MatmulParams mm{CA, p.CB, nullptr, p.M, p.N, p.K};
   dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
     using T = typename decltype(tag)::type;
+    const T* X = static_cast<const T*>(p.X);
+    if (outliers) {
+      compact_mask<<<1, kCompactThreads, 0, s>>>(mask, p.K, indices, indices + p.K);
+      BNB_CUDA_CHECK_LAUNCH("compact_mask");
+      const int64_t work = (p.M + p.N) * kPackedOutliers;
+      pack_outliers<<<cuda::grid_for((work + 255) / 256, int64_t{cuda::sm_count(device)} * 4), 256, 0, s>>>(
+          X, CA, p.CB, p.M, p.N, p.K, packed.count, packed.cols, const_cast<float*>(packed.x),
+          const_cast<float*>(packed.ca), const_cast<int8_t*>(packed.cb));
+      BNB_CUDA_CHECK_LAUNCH("pack_outliers");
+    }
     const StoreLinear<T> epilogue{SCA, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
-                                  static_cast<const T*>(p.X), CA, p.CB, indices, count};
+                                  X, CA, p.CB, packed};
     if (small_m_eligible(mm, device)) return launch_small_m(mm, epilogue, s);
-    Scratch acc(acc_bytes, s);
+    Scratch acc(align_up(sizeof(int32_t) * p.M * p.N), s);
     mm.out = reinterpret_cast<int32_t*>(acc.get());
     int32_product(mm, device, s);
     launch_dequant(mm.out, p.M, p.N, epilogue, device, s);

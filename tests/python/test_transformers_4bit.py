@@ -1,22 +1,32 @@
-"""4-bit (NF4 / FP4) models through transformers / accelerate / peft (compat.md §1.5, §1.6, §2.1, §7), offline, on a GPU.
+"""4-bit (NF4 / FP4) models through transformers / accelerate / peft (compat.md §1.5, §1.6, §2.1, §7),
+offline, on a GPU.
 
 Tiny Llama and GPT-2 models are built from configs (random weights, no downloads), saved in fp16 or
 bf16, and reloaded with ``BitsAndBytesConfig(load_in_4bit=True, ...)`` over quant type (nf4 / fp4),
 double quantization and compute dtype. GPT-2 also covers the Conv1D layers that transformers
 transposes before quantizing.
 
-Oracle: the checkpoint's own weights run in float32 (fp16/bf16 -> fp32 is exact). Bounds on the
-logits cosine: NF4 with 64-element blocks has a relative L2 weight error of about 9-10% on normally
-distributed weights (FP4 about 11-12%; see ``python -m bitsandbytes``). Each quantized layer's
-output then carries an error of that size, mostly independent between layers, so the logits' relative
-error stays around 10% and their cosine around 1 - 0.1**2 / 2 = 0.995. The bound 0.99 (nf4) allows a
-relative logits error of 14%; 0.98 (fp4) allows 20%. A mistake in the kernels (a wrong nibble
-order, a block's absmax applied to the wrong block, a wrong code book) gives a cosine far below these.
-A saved and reloaded 4-bit model must give bit-identical logits.
+Oracles:
+- The kernels: the checkpoint's float32 model with each quantized layer's weight replaced by
+  ``dequantize_4bit`` of its codes ("fake-quantized"), run in float32. The 4-bit model must match it
+  up to the rounding of its activation dtype: relative L2 error of the logits <= 2% (bf16 rounding is
+  2^-8 = 0.4% per operation; measured <= 0.7% over the two layers), cosine >= 0.9995.
+- Quantization itself: the checkpoint's own weights in float32 (fp16/bf16 -> fp32 is exact). NF4
+  with 64-element blocks has a relative L2 weight error of 9.2% on these normally distributed
+  weights, FP4 12.2% (``python -m bitsandbytes`` shows similar numbers for its MLP).
+  The logits' relative error is about twice the weight error, because SwiGLU (gate * up) and the
+  attention scores (q . k) multiply two quantized factors and the two layers add up: for nf4
+  ~18% -> cosine ~ 1 - 0.18**2 / 2 = 0.984, for fp4 ~24% -> ~0.97. In exact float32 arithmetic the
+  fake-quantized models reach 0.987 (Llama) / 0.993 (GPT-2) for nf4 and 0.968 / 0.986 for fp4, so
+  a bound of 0.99 would fail any correct implementation on the Llama model; the bounds are 0.98
+  (nf4) and 0.95 (fp4). (Trained models have far less error amplification than random ones.)
+- A saved and reloaded 4-bit model must give bit-identical logits.
 """
 
+import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -35,10 +45,14 @@ DEVICE_MAP = {"": 0}
 VOCAB = 256
 BLOCKSIZE = 64
 NESTED_BLOCKSIZE = 256
-MIN_COSINE = {"nf4": 0.99, "fp4": 0.98}
+# Logits cosine against the 16-bit model (see the module docstring).
+MIN_COSINE = {"nf4": 0.98, "fp4": 0.95}
+# Against the fake-quantized float32 model: only the activation dtype's rounding separates them.
+MAX_KERNEL_ERROR = 0.02
+MIN_KERNEL_COSINE = 0.9995
 # Relative L2 error of a dequantized weight against the original (normally distributed weights,
-# blocks of 64): nf4 ~ 0.095, fp4 ~ 0.115; the bound leaves a margin for small, uneven blocks.
-MAX_WEIGHT_ERROR = {"nf4": 0.13, "fp4": 0.16}
+# blocks of 64): nf4 0.092, fp4 0.122 on every layer here.
+MAX_WEIGHT_ERROR = {"nf4": 0.10, "fp4": 0.13}
 # transformers >= 4.56 names the load dtype 'dtype' (earlier: 'torch_dtype').
 _DTYPE_KW = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
 DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -130,15 +144,26 @@ def _rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def _fake_quantized(ckpt, model):
+    """The float32 checkpoint model with each quantized layer's weight = dequantize_4bit of its codes."""
+    fake = copy.deepcopy(ckpt.reference)
+    modules = dict(fake.named_modules())
+    for name, layer in _4bit_layers(model).items():
+        w = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+        target = modules[name]
+        if type(target).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+            w = w.t()
+        target.weight.data = w.contiguous().to(target.weight.device)
+    return fake
+
+
 def _4bit_layers(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
 
 
 def _short(name):
-    # peft wraps layers as '...base_model.model.<name>.base_layer': compare on the original name.
-    for prefix in ("base_model.model.",):
-        name = name.split(prefix, 1)[-1]
-    return name.replace(".base_layer", "")
+    # peft wraps layers as 'base_model.model.<name>.base_layer': compare on the original name.
+    return name.split("base_model.model.", 1)[-1].replace(".base_layer", "")
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -185,6 +210,9 @@ def test_load_in_4bit_matches_16bit(checkpoints, family, case):
     ids = _tokens()
     logits = _logits(model, ids)
     assert logits.shape == (2, 16, VOCAB) and torch.isfinite(logits).all()
+    fake = _logits(_fake_quantized(ckpt, model), ids)
+    err, cos = _rel_err(logits, fake), _cosine(logits, fake)
+    assert err <= MAX_KERNEL_ERROR and cos >= MIN_KERNEL_COSINE, f"vs fake-quantized model: {err:.5f} {cos:.6f}"
     cos = _cosine(logits, _logits(ckpt.reference, ids))
     assert cos >= MIN_COSINE[quant_type], f"logits cosine {cos:.5f} against the 16-bit model"
     fp_bytes = sum(p.numel() * p.element_size() for p in ckpt.reference.parameters()) // 2
@@ -353,7 +381,7 @@ def test_qlora_training_with_paged_8bit_optimizer_then_merge(checkpoints, family
     peft = pytest.importorskip("peft", reason="peft is not installed")
     ckpt = checkpoints(family)
     model = _load_4bit(ckpt, quant_type="nf4", double_quant=True, compute_dtype=torch.bfloat16)
-    model = peft.prepare_model_for_kbit_training(model)
+    model = peft.prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS[family],
                              task_type="CAUSAL_LM")
     model = peft.get_peft_model(model, config)
@@ -364,7 +392,7 @@ def test_qlora_training_with_paged_8bit_optimizer_then_merge(checkpoints, family
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     # Small LoRA matrices: min_8bit_size lowered so that their states really are 8-bit.
-    opt = bnb.optim.PagedAdamW8bit(trainable, lr=5e-3, min_8bit_size=256)
+    opt = bnb.optim.PagedAdamW8bit(trainable, lr=1e-2, min_8bit_size=256)
     assert opt.is_paged
     ids = _tokens(batch=4, length=32, seed=3)
     model.train()
@@ -376,7 +404,9 @@ def test_qlora_training_with_paged_8bit_optimizer_then_merge(checkpoints, family
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses), losses
-    assert losses[-1] < 0.9 * losses[0], f"loss did not decrease enough: {losses}"
+    # Memorizing one batch of random tokens: from ln(256) = 5.55 the loss falls by ~0.6 in 20 steps
+    # for either family (measured with the CPU kernels); half of that is required.
+    assert losses[-1] < losses[0] - 0.3, f"loss did not decrease enough: {losses}"
     states = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
     assert any(v.dtype == torch.uint8 for v in states), "some optimizer states are 8-bit"
     # The frozen 4-bit weights did not move.
@@ -387,7 +417,8 @@ def test_qlora_training_with_paged_8bit_optimizer_then_merge(checkpoints, family
     lora_logits = _logits(model, ids)
     with torch.no_grad():
         lora_loss = model(input_ids=ids, labels=ids).loss.item()
-    with pytest.warns(UserWarning, match="rounding"):  # peft re-quantizes W + BA for 4-bit base layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns that re-quantizing W + BA to 4 bits rounds
         merged = model.merge_and_unload()
     assert not [n for n, _ in merged.named_parameters() if "lora_" in n]
     layers = _4bit_layers(merged)
