@@ -29,12 +29,18 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
+# The caller's current CUDA stream as a raw handle. torch.cuda.current_stream() builds a Python
+# Stream object per call (several microseconds of host time per op); the raw query does not.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def _exec(device: torch.device) -> tuple:
     """(library, device index, stream handle) for a call on `device`."""
     lib = _native.library_for(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return lib, index, torch.cuda.current_stream(index).cuda_stream
+        stream = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
+        return lib, index, stream
     return lib, -1, None
 
 

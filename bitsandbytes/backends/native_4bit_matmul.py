@@ -2,7 +2,7 @@
 
 Two paths, chosen by shape: for few activation rows the native kernel streams the 4-bit weight and
 never materialises it (CPU: up to 16 rows, any shape; CUDA: up to 16 rows of fp16/bf16 with K a
-multiple of 64 and of the blocksize, on tensor cores); otherwise the weight is expanded once by the
+multiple of 256 and of the blocksize, on tensor cores); otherwise the weight is expanded once by the
 native dequantize_4bit kernel into the activation dtype and multiplied by the platform BLAS (cuBLAS
 on CUDA, oneDNN/MKL on CPU), the large-M path. Double-quantized block scales are decoded inside the
 streaming kernels.
@@ -22,7 +22,7 @@ ops = torch.ops.bitsandbytes
 
 # Up to this many activation rows the CUDA kernel streams the 4-bit weight (one m16 tensor-core tile).
 CUDA_STREAMING_MAX_ROWS = 16
-CUDA_STREAMING_GROUP = 64  # K columns per step of the CUDA kernel
+CUDA_STREAMING_GROUP = 256  # K columns per work unit of the CUDA kernel
 
 # Devices whose GPU lacks the kernel's tensor-core instructions (compute capability < 8.0).
 _no_cuda_streaming: set = set()
@@ -161,9 +161,6 @@ def _(A, B, shapeB, absmax, code, blocksize, out):
 # streaming kernel directly with the weight's arguments prepared once per QuantState. Traced or
 # compiled code, tensor subclasses and dispatch modes keep using the op.
 
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
 def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
     """(packed, scales, q, code, offset) pointers of a 4-bit weight, or None if the kernel cannot read it."""
     N, K = quant_state.shape
@@ -189,17 +186,21 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
     device = A.device
     K = A.shape[-1] if A.dim() else 0
     rows = A.numel() // K if K else 0
-    if (type(A) is not torch.Tensor or device != B.device or not A.is_contiguous() or rows == 0
-            or torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
+    if (type(A) is not torch.Tensor or not A.is_contiguous() or rows == 0 or torch.compiler.is_compiling()
+            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return None
+    with torch._C.DisableTorchFunctionSubclass():  # B may be a Params4bit: skip its torch-function hook
+        if B.device != device:
+            return None
+        b_ptr = B.data_ptr()
     blocksize = quant_state.blocksize
     if not _use_streaming(A, blocksize) or list(quant_state.shape)[1:] != [K]:
         return None
-    if device.type == "cuda" and A.data_ptr() % 16:
+    if device.type == "cuda" and (A.data_ptr() % 16 or quant_state.absmax.data_ptr() % 16):
         return None
     if bias is not None and (bias.dtype != A.dtype or bias.device != device or not bias.is_contiguous()):
         return None
-    key = (B.data_ptr(), quant_state.absmax.data_ptr(), device)
+    key = (b_ptr, quant_state.absmax.data_ptr(), device)
     cached = getattr(quant_state, "_streaming_args", None)
     if cached is None or cached[0] != key:
         args = _weight_args(B, quant_state)
@@ -210,15 +211,10 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
     packed, scales, q, code, offset = cached[1]
     N = quant_state.shape[0]
     out = torch.empty((*A.shape[:-1], N), device=device, dtype=A.dtype)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        stream = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
-    else:
-        index, stream = -1, None
+    lib, index, stream = _exec(device)
     try:
-        _native.library_for(device).call(
-            "bnb_gemm_4bit", A.data_ptr(), _DTYPE_CODES[A.dtype], rows, K, packed, scales, q, code, offset,
-            _native.QUANT_TYPES[quant_state.quant_type], N, blocksize, _ptr(bias), out.data_ptr(), index, stream)
+        lib.call("bnb_gemm_4bit", A.data_ptr(), _DTYPE_CODES[A.dtype], rows, K, packed, scales, q, code, offset,
+                 _native.QUANT_TYPES[quant_state.quant_type], N, blocksize, _ptr(bias), out.data_ptr(), index, stream)
     except NotImplementedError:
         if device.type == "cuda":
             _no_cuda_streaming.add(device)

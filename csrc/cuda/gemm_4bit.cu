@@ -93,23 +93,47 @@ struct GemvArgs {
   float code[16];  // the 16 values of the 4-bit type, read once per CTA to build the pair table
 };
 
-// Block scale b of the weight (plain or double-quantized), from values prefetched by load_scale.
-struct ScaleParts {
-  float absmax;  // plain: the scale; nested: the second-level scale
-  uint32_t q;    // nested: the 8-bit code of the first-level scale
+// The block scales of one CTA row for the kUnroll consecutive groups of a batch: ScalesPerBatch
+// consecutive blocks (4 at blocksize 64, 2 at 128, 1 from 256 on), read with one vector load.
+// Double-quantized: their 8-bit codes and the one second-level scale they share (a batch's blocks
+// never straddle a 256-block boundary: the first is a multiple of ScalesPerBatch).
+template <int ScalesPerBatch, bool Nested>
+struct BatchScales {
+  float v[ScalesPerBatch];  // plain: the scales; nested: the second-level scale in v[0]
+  uint32_t q;               // nested: the codes, one byte each
+
+  __device__ __forceinline__ void load(const GemvArgs& args, int64_t block) {
+    if constexpr (Nested) {
+      v[0] = __ldg(args.absmax + block / kNestedBlocksize);
+      if constexpr (ScalesPerBatch == 4) {
+        q = __ldg(reinterpret_cast<const uint32_t*>(args.absmax_q + block));
+      } else if constexpr (ScalesPerBatch == 2) {
+        q = __ldg(reinterpret_cast<const uint16_t*>(args.absmax_q + block));
+      } else {
+        q = __ldg(args.absmax_q + block);
+      }
+    } else if constexpr (ScalesPerBatch == 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(args.absmax + block));
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    } else if constexpr (ScalesPerBatch == 2) {
+      const float2 f = __ldg(reinterpret_cast<const float2*>(args.absmax + block));
+      v[0] = f.x, v[1] = f.y;
+    } else {
+      v[0] = __ldg(args.absmax + block);
+    }
+  }
+
+  // Scale of group u (0 .. kUnroll - 1) of the batch.
+  __device__ __forceinline__ float of_group(int u, const float* nested_code, float offset) const {
+    constexpr int kGroupsPerScale = 4 / ScalesPerBatch;
+    const int i = u / kGroupsPerScale;
+    if constexpr (Nested) return nested_code[(q >> (8 * i)) & 0xff] * v[0] + offset;
+    return v[i];
+  }
 };
 
-template <bool Nested>
-__device__ __forceinline__ ScaleParts load_scale(const GemvArgs& args, int64_t block) {
-  if constexpr (Nested) {
-    return {__ldg(args.absmax + block / kNestedBlocksize), __ldg(args.absmax_q + block)};
-  } else {
-    return {__ldg(args.absmax + block), 0u};
-  }
-}
-
-template <typename T, bool Nested, int NTiles>
-__global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
+template <typename T, bool Nested, int NTiles, int ScalesPerBatch>
+__global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
   __shared__ float nested_code[Nested ? 256 : 1];
@@ -120,7 +144,8 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
 
   const T* A = static_cast<const T*>(args.A);
   const int64_t K = args.K;
-  const int64_t groups = K / kGroup;
+  // Work unit: a batch of kUnroll consecutive 64-column groups; warps take batches in turn.
+  const int64_t batches = K / (kGroup * kUnroll);
   const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
   // Rows past N load row N - 1 (in bounds) and are never stored. Row r of the CTA: tile r / 16, half (r / 8) % 2.
   int64_t wrow[kTiles][2];
@@ -128,6 +153,8 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
   for (int j = 0; j < kTiles; ++j)
 #pragma unroll
     for (int h = 0; h < 2; ++h) wrow[j][h] = min(row0 + 16 * j + 8 * h + g, args.N - 1) * K;
+  // Lane r loads the scales of CTA row r (every lane owns one of the 32 rows).
+  const int64_t scale_row = min(row0 + lane, args.N - 1) * K;
   const T* act[NTiles];
   bool has_act[NTiles];
 #pragma unroll
@@ -137,21 +164,19 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
   }
 
   uint2 codes[kUnroll][kTiles][2];
-  ScaleParts scale[kUnroll][kTiles][2];
-  auto load_batch = [&](int64_t base) {
+  BatchScales<ScalesPerBatch, Nested> scales;
+  auto load_batch = [&](int64_t batch) {
+    if (batch >= batches) return;
+    const int64_t col0 = batch * (kGroup * kUnroll);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t grp = base + int64_t{u} * kWarps;
-      if (grp >= groups) break;
+    for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
       for (int j = 0; j < kTiles; ++j)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t elem = wrow[j][h] + grp * kGroup;
-          codes[u][j][h] = __ldg(reinterpret_cast<const uint2*>(args.packed + (elem + 16 * t) / 2));
-          scale[u][j][h] = load_scale<Nested>(args, elem >> args.log2_blocksize);
-        }
-    }
+        for (int h = 0; h < 2; ++h)
+          codes[u][j][h] = __ldg(
+              reinterpret_cast<const uint2*>(args.packed + (wrow[j][h] + col0 + u * kGroup + 16 * t) / 2));
+    scales.load(args, (scale_row + col0) >> args.log2_blocksize);
   };
   // The first codes are requested before the table is built, so their latency overlaps it.
   load_batch(warp);
@@ -169,12 +194,11 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
   __syncthreads();
 
   float acc[kTiles][NTiles][4] = {};
-  for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
+  for (int64_t batch = warp; batch < batches; batch += kWarps) {
+    const int64_t col0 = batch * (kGroup * kUnroll);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t grp = base + int64_t{u} * kWarps;
-      if (grp >= groups) break;
-      const int64_t col = grp * kGroup;
+      const int64_t col = col0 + u * kGroup;
       // Activation words: row g + 8i, columns 16t + 2w, 2w + 1 in word w (zero rows past M).
       uint32_t x[NTiles][8];
 #pragma unroll
@@ -185,14 +209,12 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
         x[i][0] = v0.x, x[i][1] = v0.y, x[i][2] = v0.z, x[i][3] = v0.w;
         x[i][4] = v1.x, x[i][5] = v1.y, x[i][6] = v1.z, x[i][7] = v1.w;
       }
+      const float own = scales.of_group(u, nested_code, offset);  // this lane's row (lane = CTA row)
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
-        float s[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          s[h] = scale[u][j][h].absmax;
-          if constexpr (Nested) s[h] = nested_code[scale[u][j][h].q] * s[h] + offset;
-        }
+        // Block scales of rows g and g + 8 of tile j, held by lanes 16j + g and 16j + 8 + g.
+        const float s[2] = {__shfl_sync(cuda::kFullWarpMask, own, 16 * j + g),
+                            __shfl_sync(cuda::kFullWarpMask, own, 16 * j + 8 + g)};
         float part[NTiles][4] = {};
 #pragma unroll
         for (int step = 0; step < 4; ++step) {
@@ -216,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) gemm_4bit_small_m(const __grid_const
         }
       }
     }
-    load_batch(base + int64_t{kWarps} * kUnroll);
+    load_batch(batch + kWarps);
   }
 
   // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
@@ -262,10 +284,20 @@ void launch(const Gemm4bitParams& p, cudaStream_t stream) {
   for (int i = 0; i < 16; ++i) args.code[i] = values[i];
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the 4-bit GEMV grid");
-  if (p.M <= 8) {
-    gemm_4bit_small_m<T, Nested, 1><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+  auto run = [&](auto scales_per_batch) {
+    constexpr int S = decltype(scales_per_batch)::value;
+    if (p.M <= 8) {
+      gemm_4bit_small_m<T, Nested, 1, S><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+    } else {
+      gemm_4bit_small_m<T, Nested, 2, S><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+    }
+  };
+  if (p.blocksize == 64) {
+    run(std::integral_constant<int, 4>{});
+  } else if (p.blocksize == 128) {
+    run(std::integral_constant<int, 2>{});
   } else {
-    gemm_4bit_small_m<T, Nested, 2><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
+    run(std::integral_constant<int, 1>{});
   }
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_small_m");
 }
@@ -274,13 +306,15 @@ void launch(const Gemm4bitParams& p, cudaStream_t stream) {
 
 void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);
-  const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 8);
+  // Scales are read as vectors of up to 4 (codes: 4 bytes) per row and batch.
+  const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 8) && cuda::is_aligned(p.absmax, 16) &&
+                       (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 4));
   const bool supported = p.M <= kMaxRows && p.a_dtype != BNB_DTYPE_FLOAT32 && p.blocksize >= kGroup &&
-                         p.K % kGroup == 0 && p.K % p.blocksize == 0 && aligned && tensor_cores_available(device);
+                         p.K % (kGroup * kUnroll) == 0 && p.K % p.blocksize == 0 && aligned && tensor_cores_available(device);
   if (!supported)
     fail(BNB_STATUS_NOT_IMPLEMENTED,
          "the CUDA 4-bit GEMV serves 1..16 rows of float16/bfloat16 activations (16-byte aligned) with K a "
-         "multiple of 64 and of the blocksize (>= 64) on compute capability >= 8.0; got M = ",
+         "multiple of 256 and of the blocksize (>= 64) on compute capability >= 8.0; got M = ",
          p.M, ", K = ", p.K, ", blocksize ", p.blocksize, ", ", dtype_name(p.a_dtype));
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;

@@ -56,7 +56,8 @@ struct Outliers {
   const int32_t* cols;   // their ascending indices [K]
   const float* x;        // [M, kPackedOutliers] X at those columns, as float
   const float* ca;       // [M, kPackedOutliers] CA at those columns
-  const int8_t* cb;      // [N, kPackedOutliers] CB at those columns
+  const int8_t* cb;      // [kPackedOutliers, N] CB at those columns (column-major: adjacent outputs n are
+                         // adjacent bytes, so a warp's reads coalesce)
 };
 
 template <typename T>
@@ -78,7 +79,7 @@ struct StoreLinear {
       float extra = 0.0f, int8_terms = 0.0f;
       if (c <= kPackedOutliers) {
         for (int32_t i = 0; i < c; ++i) {
-          const float w = static_cast<float>(outliers.cb[n * kPackedOutliers + i]);
+          const float w = static_cast<float>(outliers.cb[i * N + n]);
           extra += outliers.x[m * kPackedOutliers + i] * w;
           int8_terms += outliers.ca[m * kPackedOutliers + i] * w;
         }
@@ -97,7 +98,7 @@ struct StoreLinear {
   }
 };
 
-// Fills the packed outlier arrays of Outliers (rows [0, M) of x/ca, [0, N) of cb).
+// Fills the packed outlier arrays of Outliers (rows [0, M) of x/ca, columns [0, N) of cb).
 template <typename T>
 __global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict__ CA, const int8_t* __restrict__ CB,
                               int64_t M, int64_t N, int64_t K, const int32_t* count, const int32_t* cols, float* x,
@@ -111,7 +112,7 @@ __global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict_
       x[row * kPackedOutliers + j] = cuda::to_f32(X[row * K + k]);
       ca[row * kPackedOutliers + j] = static_cast<float>(CA[row * K + k]);
     } else {
-      cb[(row - M) * kPackedOutliers + j] = CB[(row - M) * K + k];
+      cb[j * N + (row - M)] = CB[(row - M) * K + k];
     }
   }
 }
@@ -435,7 +436,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool outliers = p.threshold > 0.0f;
   // One scratch block: CA [M, K], SCA [M], and with outliers: mask [K], indices [K] + count, the packed
-  // outlier arrays x, ca [M, kPackedOutliers] (float) and cb [N, kPackedOutliers].
+  // outlier arrays x, ca [M, kPackedOutliers] (float) and cb [kPackedOutliers, N].
   const size_t ca_bytes = align_up(static_cast<size_t>(p.M * p.K)), sca_bytes = align_up(sizeof(float) * p.M);
   const size_t mask_bytes = outliers ? align_up(static_cast<size_t>(p.K)) : 0;
   const size_t index_bytes = outliers ? align_up(sizeof(int32_t) * (p.K + 1)) : 0;

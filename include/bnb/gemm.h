@@ -17,7 +17,7 @@ extern "C" {
  * Double-quantized: absmax_q [ceil(N K / blocksize)] uint8 codes, absmax_code [256] float32, absmax_offset one
  * float32 and absmax the second-level scales [ceil(blocks / 256)]; the scale of block b is
  * absmax_code[absmax_q[b]] * absmax[b / 256] + *absmax_offset (all pointers on the op's device).
- * The CUDA backend serves 1..16 rows of float16/bfloat16 activations with K a multiple of 64 and of the
+ * The CUDA backend serves 1..16 rows of float16/bfloat16 activations with K a multiple of 256 and of the
  * blocksize (blocksize >= 64) on compute capability >= 8.0, and answers BNB_STATUS_NOT_IMPLEMENTED
  * otherwise (callers then dequantize and use a dense GEMM). */
 BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M, int64_t K, const uint8_t* packed,
