@@ -22,7 +22,8 @@ ops = torch.ops.bitsandbytes
 
 # Up to this many activation rows the CUDA kernel streams the 4-bit weight (one m16 tensor-core tile).
 CUDA_STREAMING_MAX_ROWS = 16
-CUDA_STREAMING_GROUP = 256  # K columns per work unit of the CUDA kernel
+CUDA_STREAMING_K_MULTIPLE = 256  # K columns per work unit of the CUDA kernel
+CUDA_STREAMING_MIN_BLOCKSIZE = 64  # a quantization block must cover one 64-column mma group
 
 # Devices whose GPU lacks the kernel's tensor-core instructions (compute capability < 8.0).
 _no_cuda_streaming: set = set()
@@ -65,8 +66,8 @@ def _use_streaming(A: torch.Tensor, blocksize: int) -> bool:
     if A.device.type == "cpu":
         return 0 < rows <= CPU_STREAMING_MAX_ROWS
     return (A.device.type == "cuda" and 0 < rows <= CUDA_STREAMING_MAX_ROWS and A.device not in _no_cuda_streaming
-            and A.dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_STREAMING_GROUP
-            and K % CUDA_STREAMING_GROUP == 0 and K % blocksize == 0)
+            and A.dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_STREAMING_MIN_BLOCKSIZE
+            and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0)
 
 
 def _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested=None):
@@ -178,6 +179,8 @@ def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
            for t in tensors):
         return None
     ptrs = tuple(t.data_ptr() for t in tensors)
+    if B.device.type == "cuda" and (packed.data_ptr() % 8 or ptrs[0] % 16 or (len(ptrs) == 4 and ptrs[1] % 4)):
+        return None  # the CUDA kernel's vector loads need these alignments (fresh allocations have them)
     return (packed.data_ptr(), *ptrs) if len(ptrs) == 4 else (packed.data_ptr(), ptrs[0], None, None, None)
 
 

@@ -150,3 +150,18 @@ def test_unaligned_activation_view_is_still_correct(device):
     assert _rel_err(y, ref) < RTOL[torch.float16]
     aligned = ops.gemm_4bit(x.contiguous(), packed, [N, K], state.absmax, 64, "fp4")
     assert _rel_err(aligned, ref) < RTOL[torch.float16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_eligible_shapes_take_the_streaming_kernel(device, nested):
+    # Few rows, K a multiple of 256: eager inference must reach the weight-streaming kernel (not the
+    # dequantize + GEMM fallback), with plain and double-quantized scales.
+    from bitsandbytes.backends import native_4bit_matmul as m
+
+    packed, state = F.quantize_4bit(randn((64, 512), torch.float16, device, seed=26), blocksize=64,
+                                    quant_type="nf4", compress_statistics=nested)
+    x = randn((3, 512), torch.bfloat16 if device == "cuda" else torch.float32, device, seed=27)
+    y = m.gemm_4bit_direct(x, packed, state, None)
+    assert y is not None and y.shape == (3, 64)
+    assert torch.device(device) not in m._no_cuda_streaming

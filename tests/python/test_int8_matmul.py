@@ -211,3 +211,18 @@ def test_fused_int8_linear_matches_the_decomposition(device, dtype, rows, thresh
     ref = int8_part + X.cpu().double()[:, ~keep] @ Wd[:, ~keep].T + bias.cpu().double()
     err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
     assert err < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_inference_takes_the_fused_path(device, monkeypatch):
+    # Eager Linear8bitLt inference must reach the one-call native path (not the op-by-op one).
+    import bitsandbytes as bnb
+    from bitsandbytes.autograd import _int8_matmul
+
+    calls = []
+    real = _int8_matmul.int8_linear_direct
+    monkeypatch.setattr(_int8_matmul, "int8_linear_direct", lambda *a: calls.append(1) or real(*a))
+    layer = bnb.nn.Linear8bitLt(128, 32, has_fp16_weights=False, threshold=6.0).to(device).eval()
+    with torch.no_grad():
+        y = layer(randn((2, 128), torch.float16, device, seed=28))
+    assert calls and y.shape == (2, 32)
