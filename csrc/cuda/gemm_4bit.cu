@@ -133,7 +133,7 @@ struct BatchScales {
 };
 
 template <typename T, bool Nested, int NTiles, int ScalesPerBatch>
-__global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
+__global__ void __launch_bounds__(kThreads, 2) gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
   __shared__ float nested_code[Nested ? 256 : 1];
@@ -163,9 +163,13 @@ __global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small
     has_act[i] = g + 8 * i < args.M;
   }
 
-  uint2 codes[kUnroll][kTiles][2];
-  BatchScales<ScalesPerBatch, Nested> scales;
-  auto load_batch = [&](int64_t batch) {
+  // Up to two batches in registers (see the main loop).
+  struct Batch {
+    uint2 codes[kUnroll][kTiles][2];
+    BatchScales<ScalesPerBatch, Nested> scales;
+  };
+  Batch first, second;
+  auto load_batch = [&](Batch& b, int64_t batch) {
     if (batch >= batches) return;
     const int64_t col0 = batch * (kGroup * kUnroll);
 #pragma unroll
@@ -174,12 +178,12 @@ __global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small
       for (int j = 0; j < kTiles; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          codes[u][j][h] = __ldg(
+          b.codes[u][j][h] = __ldg(
               reinterpret_cast<const uint2*>(args.packed + (wrow[j][h] + col0 + u * kGroup + 16 * t) / 2));
-    scales.load(args, (scale_row + col0) >> args.log2_blocksize);
+    b.scales.load(args, (scale_row + col0) >> args.log2_blocksize);
   };
   // The first codes are requested before the table is built, so their latency overlaps it.
-  load_batch(warp);
+  load_batch(first, warp);
 
   for (int i = threadIdx.x; i < kPairTableWords; i += kThreads) {
     const int byte = i / kWarpSize;
@@ -194,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small
   __syncthreads();
 
   float acc[kTiles][NTiles][4] = {};
-  for (int64_t batch = warp; batch < batches; batch += kWarps) {
+  auto compute = [&](const Batch& b, int64_t batch) {
     const int64_t col0 = batch * (kGroup * kUnroll);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -209,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small
         x[i][0] = v0.x, x[i][1] = v0.y, x[i][2] = v0.z, x[i][3] = v0.w;
         x[i][4] = v1.x, x[i][5] = v1.y, x[i][6] = v1.z, x[i][7] = v1.w;
       }
-      const float own = scales.of_group(u, nested_code, offset);  // this lane's row (lane = CTA row)
+      const float own = b.scales.of_group(u, nested_code, offset);  // this lane's row (lane = CTA row)
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
         // Block scales of rows g and g + 8 of tile j, held by lanes 16j + g and 16j + 8 + g.
@@ -220,8 +224,8 @@ __global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small
         for (int step = 0; step < 4; ++step) {
           // Codes of columns 16t + 4 step + {0..3}: bytes 2 step and 2 step + 1 of the lane's 8.
           const int shift = 16 * (step % 2);
-          const uint32_t lo_word = step < 2 ? codes[u][j][0].x : codes[u][j][0].y;
-          const uint32_t hi_word = step < 2 ? codes[u][j][1].x : codes[u][j][1].y;
+          const uint32_t lo_word = step < 2 ? b.codes[u][j][0].x : b.codes[u][j][0].y;
+          const uint32_t hi_word = step < 2 ? b.codes[u][j][1].x : b.codes[u][j][1].y;
           const uint32_t a[4] = {smem[((lo_word >> shift) & 0xff) * kWarpSize + lane],
                                  smem[((hi_word >> shift) & 0xff) * kWarpSize + lane],
                                  smem[((lo_word >> (shift + 8)) & 0xff) * kWarpSize + lane],
@@ -238,7 +242,22 @@ __global__ void __launch_bounds__(kThreads, NTiles == 1 ? 3 : 2) gemm_4bit_small
         }
       }
     }
-    load_batch(batch + kWarps);
+  };
+  if constexpr (NTiles == 1) {
+    // Double-buffered: the next batch is requested before the current one is used.
+    for (int64_t batch = warp; batch < batches; batch += 2 * kWarps) {
+      load_batch(second, batch + kWarps);
+      compute(first, batch);
+      if (batch + kWarps >= batches) break;
+      load_batch(first, batch + 2 * kWarps);
+      compute(second, batch + kWarps);
+    }
+  } else {
+    // Two activation operands leave no registers for a second batch.
+    for (int64_t batch = warp; batch < batches; batch += kWarps) {
+      compute(first, batch);
+      load_batch(first, batch + kWarps);
+    }
   }
 
   // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
