@@ -50,6 +50,9 @@ def print_environment() -> dict:
         print(f"  CUDA: {cuda.path}")
         print(f"        compiled for {info.get('compiled_archs')}, CUDA runtime {info.get('runtime_version')}, "
               f"driver {info.get('driver_version')}")
+        blas = _native._torch_cublaslt()
+        facts["cublaslt"] = str(blas) if blas else None
+        print(f"        cuBLASLt (int8 GEMM of many rows): {blas or 'looked up by name in the process (none beside torch)'}")
 
     if torch.cuda.is_available():
         print("\nGPUs:")
