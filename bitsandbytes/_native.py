@@ -105,7 +105,7 @@ SIGNATURES = {
     "bnb_int8_linear_matmul": (_i32, (_p, _p, _p, _i64, _i64, _i64, *_stream)),
     "bnb_int8_mm_dequant": (_i32, (_p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, *_stream)),
     "bnb_int8_scaled_mm": (_i32, (_p, _p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, _i64, *_stream)),
-    "bnb_int8_linear": (_i32, (_p, _i32, _i64, _i64, _p, _p, _i64, _f, _p, _p, *_stream)),
+    "bnb_int8_linear": (_i32, (_p, _i32, _i64, _i64, _p, _p, _i64, _f, _p, _p, _p, *_stream)),
     "bnb_set_blas_library": (_i32, (ct.c_char_p,)),
     "bnb_optimizer_update_32bit": (
         _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _i64, *_stream)),

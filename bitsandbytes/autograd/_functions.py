@@ -56,6 +56,11 @@ class MatmulLtState:
     has_fp16_weights = True
     use_pool = False
 
+    def set_outlier_mask(self, mask: torch.Tensor) -> None:
+        """Record the outlier columns of the last call as a uint8 mask [K]; ``idx`` reads it lazily."""
+        self.__dict__["_idx_value"] = None
+        self.__dict__["_idx_mask"] = mask
+
     def reset_grads(self) -> None:
         # Drops every derived weight form so the next step re-quantizes from the updated fp16 weight.
         self.CB = None
@@ -63,6 +68,25 @@ class MatmulLtState:
         self.SCB = None
         self.SBt = None
         self.CBt = None
+
+
+def _get_idx(state: MatmulLtState) -> Optional[torch.Tensor]:
+    mask = state.__dict__.get("_idx_mask")
+    if mask is not None:  # the sorted int64 column indices, as int8_vectorwise_quant returns them
+        state.__dict__["_idx_value"] = torch.nonzero(mask).reshape(-1)
+        state.__dict__["_idx_mask"] = None
+    return state.__dict__.get("_idx_value")
+
+
+def _set_idx(state: MatmulLtState, value: Optional[torch.Tensor]) -> None:
+    state.__dict__["_idx_mask"] = None
+    state.__dict__["_idx_value"] = value
+
+
+# ``idx`` stays a dataclass field (constructor argument, equality, fields()) but is stored through a
+# property, so the fused inference path can leave a device-side mask that is only turned into column
+# indices (a host synchronisation) if somebody reads it.
+MatmulLtState.idx = property(_get_idx, _set_idx)
 
 
 def _check_4bit_state(quant_state: Optional[QuantState]) -> None:

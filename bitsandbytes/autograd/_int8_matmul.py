@@ -230,9 +230,14 @@ def matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Tensor] = None,
         # Inference with int8 weights: one native call (quantize, multiply, outliers, dequantize).
         CB = B.data if B.dtype == torch.int8 else state.CB
         if CB is not None and state.SCB is not None and tuple(CB.shape) == tuple(B.shape):
-            result = int8_linear_direct(A, CB, state.SCB, state.threshold, bias)
-            if result is not None:
+            fused = int8_linear_direct(A, CB, state.SCB, state.threshold, bias)
+            if fused is not None:
+                result, outlier_mask = fused
                 state.CB = CB
+                if outlier_mask is not None:
+                    # state.idx (the outlier columns) is formed from the mask only when read: forming it
+                    # here would make every call wait for the GPU.
+                    state.set_outlier_mask(outlier_mask)
                 return out.copy_(result) if out is not None else result
     if fp_path:
         result = MatMul8bitFp.apply(A, B, None, bias, state)

@@ -70,13 +70,19 @@ def _use_streaming(A: torch.Tensor, blocksize: int) -> bool:
             and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0)
 
 
+def _kernel_alignment_ok(A, B, absmax, nested) -> bool:
+    """The alignments the CUDA kernel's vector loads need (fresh allocations have them)."""
+    return (A.is_contiguous() and A.data_ptr() % 16 == 0 and B.data_ptr() % 8 == 0 and absmax.data_ptr() % 16 == 0
+            and (nested is None or nested[0].data_ptr() % 4 == 0))
+
+
 def _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested=None):
     """The streaming kernel's result, or None where the device cannot run it (older GPUs, unaligned
     views): the caller then takes the dequantize + GEMM path."""
     try:
         return _streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
     except NotImplementedError:
-        if A.device.type == "cuda" and A.is_contiguous() and A.data_ptr() % 16 == 0 and B.data_ptr() % 8 == 0:
+        if A.device.type == "cuda" and _kernel_alignment_ok(A, B, absmax, nested):
             _no_cuda_streaming.add(A.device)  # not the data's layout: the GPU itself lacks the kernel
         return None
 
@@ -162,19 +168,24 @@ def _(A, B, shapeB, absmax, code, blocksize, out):
 # streaming kernel directly with the weight's arguments prepared once per QuantState. Traced or
 # compiled code, tensor subclasses and dispatch modes keep using the op.
 
+def _scale_tensors(quant_state) -> tuple:
+    """The tensors holding a weight's block scales, in the kernel's argument order (scales, codes, code book,
+    offset for double-quantized ones)."""
+    if quant_state.nested:
+        state2 = quant_state.state2
+        return (state2.absmax, quant_state.absmax, state2.code, quant_state.offset)
+    return (quant_state.absmax,)
+
+
 def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
     """(packed, scales, q, code, offset) pointers of a 4-bit weight, or None if the kernel cannot read it."""
     N, K = quant_state.shape
     packed = B.view(torch.uint8) if B.dtype != torch.uint8 else B
     if not packed.is_contiguous() or packed.numel() < (N * K + 1) // 2:
         return None
-    if quant_state.nested:
-        state2 = quant_state.state2
-        if state2.blocksize != 256 or quant_state.offset is None:
-            return None
-        tensors = (state2.absmax, quant_state.absmax, state2.code, quant_state.offset)
-    else:
-        tensors = (quant_state.absmax,)
+    if quant_state.nested and (quant_state.state2.blocksize != 256 or quant_state.offset is None):
+        return None
+    tensors = _scale_tensors(quant_state)
     if any(t.device != B.device or not t.is_contiguous() or t.dtype not in (torch.float32, torch.uint8)
            for t in tensors):
         return None
@@ -189,8 +200,8 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
     device = A.device
     K = A.shape[-1] if A.dim() else 0
     rows = A.numel() // K if K else 0
-    if (type(A) is not torch.Tensor or not A.is_contiguous() or rows == 0 or torch.compiler.is_compiling()
-            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
+    if (type(A) is not torch.Tensor or A.dtype not in _DTYPE_CODES or not A.is_contiguous() or rows == 0
+            or torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return None
     with torch._C.DisableTorchFunctionSubclass():  # B may be a Params4bit: skip its torch-function hook
         if B.device != device:
@@ -201,9 +212,13 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
         return None
     if device.type == "cuda" and (A.data_ptr() % 16 or quant_state.absmax.data_ptr() % 16):
         return None
-    if bias is not None and (bias.dtype != A.dtype or bias.device != device or not bias.is_contiguous()):
+    N = quant_state.shape[0]
+    if bias is not None and (bias.dtype != A.dtype or bias.device != device or not bias.is_contiguous()
+                             or bias.dim() != 1 or bias.numel() != N):
         return None
-    key = (b_ptr, quant_state.absmax.data_ptr(), device)
+    # Every tensor the kernel reads is in the key: a state whose pieces were replaced (or moved and
+    # given back other addresses) is prepared again rather than read through stale pointers.
+    key = (b_ptr, device, *(t.data_ptr() for t in _scale_tensors(quant_state)))
     cached = getattr(quant_state, "_streaming_args", None)
     if cached is None or cached[0] != key:
         args = _weight_args(B, quant_state)
@@ -212,7 +227,6 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
         cached = (key, args)
         quant_state._streaming_args = cached
     packed, scales, q, code, offset = cached[1]
-    N = quant_state.shape[0]
     out = torch.empty((*A.shape[:-1], N), device=device, dtype=A.dtype)
     lib, index, stream = _exec(device)
     try:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .. import _validate as check
+from .. import _native, _validate as check
 from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr
 
 ops = torch.ops.bitsandbytes
@@ -145,13 +145,16 @@ def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
 
 def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float,
                        bias: Optional[torch.Tensor]):
-    """``A @ (CB * SCB / 127).T + bias`` by LLM.int8() in A's dtype, or None if the ops must handle it."""
+    """``(A @ (CB * SCB / 127).T + bias, outlier_mask)`` by LLM.int8() in A's dtype, or None if the ops must
+    handle the call. outlier_mask (uint8 [K], 1 = outlier column) is None when threshold == 0."""
     if (type(A) is not torch.Tensor or A.dtype not in _DTYPE_CODES or CB.dtype != torch.int8 or CB.dim() != 2
             or A.dim() == 0 or A.shape[-1] != CB.shape[1] or A.numel() == 0 or SCB.dtype != torch.float32
             or A.device != CB.device or A.device != SCB.device or A.device.type not in _DEVICES
+            or not CB.is_contiguous() or not SCB.is_contiguous() or SCB.numel() != CB.shape[0]
             or torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return None
-    if bias is not None and (bias.device != A.device or bias.numel() != CB.shape[0]):
+    if bias is not None and (bias.device != A.device or bias.dim() != 1 or bias.numel() != CB.shape[0]
+                             or bias.dtype not in _DTYPE_CODES):
         return None
     K, N = CB.shape[1], CB.shape[0]
     A2 = A if A.is_contiguous() else A.contiguous()
@@ -159,7 +162,13 @@ def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thr
     if bias is not None:
         bias = bias.to(A.dtype).contiguous()
     out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
+    mask = torch.empty(K, device=A.device, dtype=torch.uint8) if threshold > 0 else None
     lib, dev, stream = _exec(A.device)
-    lib.call("bnb_int8_linear", A2.data_ptr(), _DTYPE_CODES[A.dtype], M, K, CB.data_ptr(), SCB.data_ptr(), N,
-             float(threshold), _ptr(bias), out.data_ptr(), dev, stream)
-    return out
+    try:
+        lib.call("bnb_int8_linear", A2.data_ptr(), _DTYPE_CODES[A.dtype], M, K, CB.data_ptr(), SCB.data_ptr(), N,
+                 float(threshold), _ptr(bias), out.data_ptr(), _ptr(mask), dev, stream)
+    except _native.NativeError:
+        # e.g. no memory left for the call's scratch outside torch's caching allocator: the ops
+        # allocate through torch (which can free its cache) and report anything that persists.
+        return None
+    return out, mask

@@ -70,7 +70,7 @@ BNB_API bnb_status_t bnb_int8_scaled_mm(const int8_t* A, const int8_t* B, const 
 
 BNB_API bnb_status_t bnb_int8_linear(const void* X, bnb_dtype_t x_dtype, int64_t M, int64_t K, const int8_t* CB,
                                      const float* SCB, int64_t N, float threshold, const void* bias, void* out,
-                                     int32_t device, bnb_stream_t stream) {
+                                     uint8_t* outlier_mask, int32_t device, bnb_stream_t stream) {
   return capi_guard(__func__, [&] {
     check_shapes(M, N, K);
     BNB_CHECK_ARG(is_float_dtype(x_dtype), "X must be float32, float16 or bfloat16, got ", dtype_name(x_dtype));
@@ -80,7 +80,8 @@ BNB_API bnb_status_t bnb_int8_linear(const void* X, bnb_dtype_t x_dtype, int64_t
     BNB_CHECK_ARG(N * K == 0 || (CB != nullptr && SCB != nullptr), "CB / SCB is a null pointer");
     if (M == 0 || N == 0) return;
     backend::check_device(device);
-    backend::int8_linear({X, x_dtype, CB, SCB, bias, out, M, N, K, threshold}, device, stream);
+    backend::int8_linear({X, x_dtype, CB, SCB, bias, out, threshold > 0.0f ? outlier_mask : nullptr, M, N, K, threshold},
+                         device, stream);
   });
 }
 

@@ -168,6 +168,7 @@ struct Int8LinearParams {
   const float* SCB;
   const void* bias;
   void* out;
+  uint8_t* outlier_mask;  // [K] or null: where to leave the outlier columns (threshold > 0)
   int64_t M, N, K;
   float threshold;
 };

@@ -102,6 +102,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   std::vector<int64_t> cols;
   for (int64_t k = 0; k < static_cast<int64_t>(mask.size()); ++k)
     if (mask[k]) cols.push_back(k);
+  if (p.outlier_mask) std::copy(mask.begin(), mask.end(), p.outlier_mask);
   dispatch_float<cpu::CpuType>(p.x_dtype, "X", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* X = static_cast<const T*>(p.X);

@@ -19,6 +19,9 @@ namespace bnb::cuda {
 
 // ---- errors ------------------------------------------------------------------------------------------
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line) {
+  // A failed runtime call also leaves its (non-sticky) error as the "last error": clear it, or the next
+  // launch check would report it against an unrelated kernel.
+  (void)cudaGetLastError();
   fail(BNB_STATUS_DEVICE_ERROR, "CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") in ", call,
        " at ", file, ":", line);
 }

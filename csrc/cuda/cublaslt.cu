@@ -24,16 +24,21 @@ bool bind(void* lib, const char* name, Fn& fn) {
 }
 
 const Api* load() {
-  // An explicit path first; then the sonames, which match a copy already loaded by torch before
-  // the default search path is consulted.
-  const std::string candidates[] = {g_path, "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
+  // A copy already in the process (loaded by torch) first, whatever its version, so that no second,
+  // mismatched one is loaded; then the explicit path (torch's own copy on disk); then the search path.
+  const char* sonames[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11"};
   void* lib = nullptr;
+  for (const char* name : sonames) {
+    lib = dlopen(name, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (lib) break;
+  }
   std::string tried;
+  const std::string candidates[] = {g_path, "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
   for (const std::string& name : candidates) {
+    if (lib) break;
     if (name.empty()) continue;
     lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (lib) break;
-    tried += (tried.empty() ? "" : ", ") + name;
+    if (!lib) tried += (tried.empty() ? "" : ", ") + name;
   }
   if (!lib) {
     g_why = "cuBLASLt was not found (tried " + tried + "); install torch with CUDA or name the library with "

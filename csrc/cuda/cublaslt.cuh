@@ -23,6 +23,7 @@ constexpr int kOpT = 1;            // CUBLAS_OP_T
 constexpr int kDescTransA = 3;     // CUBLASLT_MATMUL_DESC_TRANSA
 constexpr int kDescTransB = 4;     // CUBLASLT_MATMUL_DESC_TRANSB
 constexpr int kPrefMaxWorkspace = 1;  // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+constexpr int kPrefMinAlignmentA = 5;  // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES (B, C, D follow: 6, 7, 8)
 
 using Handle = void*;
 using MatmulDesc = void*;

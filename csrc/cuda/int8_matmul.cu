@@ -266,6 +266,15 @@ void launch_tiled(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t str
 // A [M, K] a K x M matrix: D = B^T-op x A is N x M column-major, i.e. out [M, N] row-major. This "TN"
 // form is the one int8 tensor-core GEMMs support for plain layouts.
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+constexpr size_t kMaxPlans = 256;  // cached shapes per process; beyond that the cache starts over
+
+// The largest power of two (up to 256, cuBLASLt's default requirement) dividing the address: algorithms
+// are chosen for the alignment the buffers actually have (a stricter assumption would fault).
+uint32_t alignment_of(const void* p) {
+  uint32_t a = 256;
+  while (a > 1 && !cuda::is_aligned(p, a)) a /= 2;
+  return a;
+}
 
 struct LtPlan {
   lt::MatmulDesc desc = nullptr;
@@ -275,13 +284,26 @@ struct LtPlan {
   bool usable = false;
 };
 
+using PlanKey = std::tuple<int32_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
+
 std::mutex g_lt_mutex;
 std::map<int32_t, lt::Handle> g_handles;
-std::map<std::tuple<int32_t, int64_t, int64_t, int64_t>, LtPlan> g_plans;
-std::map<std::pair<int32_t, cudaStream_t>, void*> g_workspaces;
+std::map<PlanKey, LtPlan> g_plans;
+
+void destroy_plans(const lt::Api& api) {
+  for (auto& [key, plan] : g_plans) {
+    if (plan.desc) api.matmul_desc_destroy(plan.desc);
+    for (lt::Layout l : {plan.a, plan.b, plan.d})
+      if (l) api.layout_destroy(l);
+  }
+  g_plans.clear();
+}
 
 const LtPlan& plan_for(const lt::Api& api, const Int8MatmulParams& p, int32_t device, lt::Handle handle) {
-  LtPlan& plan = g_plans[{device, p.M, p.N, p.K}];
+  const uint32_t align_a = alignment_of(p.B), align_b = alignment_of(p.A), align_d = alignment_of(p.out);
+  const PlanKey key{device, p.M, p.N, p.K, align_a, align_b, align_d};
+  if (g_plans.size() >= kMaxPlans && g_plans.find(key) == g_plans.end()) destroy_plans(api);
+  LtPlan& plan = g_plans[key];
   if (plan.desc) return plan;
   bool ok = api.matmul_desc_create(&plan.desc, lt::kComputeInt32, CUDA_R_32I) == lt::kSuccess;
   const int32_t op_t = lt::kOpT, op_n = lt::kOpN;
@@ -294,6 +316,11 @@ const LtPlan& plan_for(const lt::Api& api, const Int8MatmulParams& p, int32_t de
   ok = ok && api.preference_create(&pref) == lt::kSuccess;
   const uint64_t max_ws = kWorkspaceBytes;
   ok = ok && api.preference_set_attribute(pref, lt::kPrefMaxWorkspace, &max_ws, sizeof(max_ws)) == lt::kSuccess;
+  // In cuBLASLt's terms A is our weight B, B our activations A, and C = D our output.
+  const uint32_t alignments[4] = {align_a, align_b, align_d, align_d};
+  for (int i = 0; i < 4 && ok; ++i)
+    ok = api.preference_set_attribute(pref, lt::kPrefMinAlignmentA + i, &alignments[i], sizeof(uint32_t)) ==
+         lt::kSuccess;
   lt::HeuristicResult result{};
   int returned = 0;
   ok = ok && api.algo_get_heuristic(handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1, &result, &returned) ==
@@ -307,11 +334,12 @@ const LtPlan& plan_for(const lt::Api& api, const Int8MatmulParams& p, int32_t de
 
 // True when cuBLASLt computed the product; false when it is unavailable or declines the shape.
 bool cublaslt_matmul(const Int8MatmulParams& p, int32_t device, cudaStream_t stream) {
-  if (p.K % 4 != 0 || p.N % 4 != 0 || !cuda::is_aligned(p.A, 16) || !cuda::is_aligned(p.B, 16) ||
+  if (p.K % 4 != 0 || p.N % 4 != 0 || !cuda::is_aligned(p.A, 4) || !cuda::is_aligned(p.B, 4) ||
       !cuda::is_aligned(p.out, 16))
     return false;
   const lt::Api* api = lt::api();
   if (!api) return false;
+  // Held while the product is enqueued: a plan (its descriptors) must not be destroyed in between.
   std::lock_guard<std::mutex> lock(g_lt_mutex);
   lt::Handle& handle = g_handles[device];
   if (!handle && api->create(&handle) != lt::kSuccess) {
@@ -320,25 +348,14 @@ bool cublaslt_matmul(const Int8MatmulParams& p, int32_t device, cudaStream_t str
   }
   const LtPlan& plan = plan_for(*api, p, device, handle);
   if (!plan.usable) return false;
-  // One workspace per (device, stream), kept: calls on one stream are ordered, so they can share it.
-  // While a stream is being captured into a CUDA graph no memory may be allocated that way: the
-  // first call then takes a stream-ordered buffer (a graph allocation) for itself.
-  void*& workspace = g_workspaces[{device, stream}];
-  void* scratch = nullptr;
-  if (!workspace && plan.workspace > 0) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    BNB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-    if (capture == cudaStreamCaptureStatusNone) {
-      BNB_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
-    } else {
-      BNB_CUDA_CHECK(cudaMallocAsync(&scratch, plan.workspace, stream));
-    }
-  }
+  // The workspace is stream-ordered memory of this call (capturable into CUDA graphs, private to the
+  // call, so concurrent streams and threads never share one).
+  void* workspace = nullptr;
+  if (plan.workspace > 0) BNB_CUDA_CHECK(cudaMallocAsync(&workspace, plan.workspace, stream));
   const int32_t alpha = 1, beta = 0;
   const bool done = api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out,
-                                plan.d, &plan.algo, scratch ? scratch : workspace, plan.workspace,
-                                stream) == lt::kSuccess;
-  if (scratch) BNB_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+                                plan.d, &plan.algo, workspace, plan.workspace, stream) == lt::kSuccess;
+  if (workspace) BNB_CUDA_CHECK(cudaFreeAsync(workspace, stream));
   return done;
 }
 
@@ -452,6 +469,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   int8_t* CA = reinterpret_cast<int8_t*>(take(ca_bytes));
   float* SCA = reinterpret_cast<float*>(take(sca_bytes));
   uint8_t* mask = outliers ? reinterpret_cast<uint8_t*>(take(mask_bytes)) : nullptr;
+  if (p.outlier_mask) mask = p.outlier_mask;  // the caller keeps the outlier columns
   int32_t* indices = outliers ? reinterpret_cast<int32_t*>(take(index_bytes)) : nullptr;
   Outliers packed{};
   if (outliers) {

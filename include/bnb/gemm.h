@@ -50,10 +50,11 @@ BNB_API bnb_status_t bnb_int8_scaled_mm(const int8_t* A, const int8_t* B, const 
  * X [M, K] (float32/float16/bfloat16) is quantized row-wise as bnb_int8_vectorwise_quant does; with
  * threshold > 0 the columns holding any |x| >= threshold are outlier features, taken out of the int8
  * product (whole columns) and multiplied in float32 against the dequantized weight columns instead.
- * CB [N, K] int8 and SCB [N] float32 are the weight's rows and scales; bias [N] and out [M, N] have X's dtype. */
+ * CB [N, K] int8 and SCB [N] float32 are the weight's rows and scales; bias [N] and out [M, N] have X's dtype.
+ * outlier_mask [K] (optional, with threshold > 0) receives 1 for each outlier column and 0 elsewhere. */
 BNB_API bnb_status_t bnb_int8_linear(const void* X, bnb_dtype_t x_dtype, int64_t M, int64_t K, const int8_t* CB,
                                      const float* SCB, int64_t N, float threshold, const void* bias, void* out,
-                                     int32_t device, bnb_stream_t stream);
+                                     uint8_t* outlier_mask, int32_t device, bnb_stream_t stream);
 
 /* Where the CUDA backend finds cuBLASLt (used for int8 products of many rows): a full path to the
  * shared library, tried before the default search (which finds a copy already loaded in the process,

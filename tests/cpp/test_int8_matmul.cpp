@@ -75,9 +75,11 @@ TEST(Int8Matmul, LinearWithOutliersMatchesTheDecomposition) {
   const auto CB = random_int8(N * K, 5);
   std::vector<float> SCB(N), out(M * N);
   for (int64_t n = 0; n < N; ++n) SCB[n] = 0.5f + 0.1f * n;
-  ASSERT_EQ(bnb_int8_linear(X.data(), BNB_DTYPE_FLOAT32, M, K, CB.data(), SCB.data(), N, 6.0f, nullptr, out.data(), 0,
-                            nullptr),
+  std::vector<uint8_t> mask(K, 7);
+  ASSERT_EQ(bnb_int8_linear(X.data(), BNB_DTYPE_FLOAT32, M, K, CB.data(), SCB.data(), N, 6.0f, nullptr, out.data(),
+                            mask.data(), 0, nullptr),
             BNB_STATUS_OK);
+  for (int64_t k = 0; k < K; ++k) EXPECT_EQ(mask[k], k == 2 ? 1 : 0) << "k=" << k;
   // Oracle: row-wise quantization of the non-outlier columns (absmax over them, round half to even).
   for (int64_t m = 0; m < M; ++m) {
     double absmax = 0;
@@ -104,7 +106,7 @@ TEST(Int8Matmul, ArgumentErrors) {
             BNB_STATUS_INVALID_ARGUMENT);
   EXPECT_NE(std::string(bnb_last_error()).find("output dtype"), std::string::npos);
   float x[4] = {};
-  EXPECT_EQ(bnb_int8_linear(x, BNB_DTYPE_FLOAT32, 1, 4, b, &col, 1, -1.0f, nullptr, &y, 0, nullptr),
+  EXPECT_EQ(bnb_int8_linear(x, BNB_DTYPE_FLOAT32, 1, 4, b, &col, 1, -1.0f, nullptr, &y, nullptr, 0, nullptr),
             BNB_STATUS_INVALID_ARGUMENT);
   EXPECT_NE(std::string(bnb_last_error()).find("threshold"), std::string::npos);
   // Empty products succeed without touching anything.

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import bitsandbytes  # noqa: F401
+import bitsandbytes as bnb
 import bitsandbytes.functional as F
 
 import oracles as O
@@ -165,3 +165,29 @@ def test_eligible_shapes_take_the_streaming_kernel(device, nested):
     y = m.gemm_4bit_direct(x, packed, state, None)
     assert y is not None and y.shape == (3, 64)
     assert torch.device(device) not in m._no_cuda_streaming
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_path_checks_the_bias_length(device):
+    packed, state = F.quantize_4bit(randn((64, 256), torch.float16, device, seed=31), quant_type="nf4")
+    x = randn((2, 256), torch.float16, device, seed=32)
+    with torch.no_grad(), pytest.raises(ValueError, match="bias"):
+        bnb.matmul_4bit(x, packed.t(), state, bias=torch.ones(3, dtype=torch.float16, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_path_sees_replaced_statistics(device):
+    # The eager path caches the weight's pointers; replacing a piece of a double-quantized state must
+    # change the result exactly as the op computes it.
+    packed, state = F.quantize_4bit(randn((64, 256), torch.float16, device, seed=33), quant_type="nf4",
+                                    compress_statistics=True)
+    x = randn((2, 256), torch.float16, device, seed=34)
+    with torch.no_grad():
+        before = bnb.matmul_4bit(x, packed, state)
+        old = state.state2.absmax
+        state.state2.absmax = old * 2  # the old tensor stays alive, so its address stays taken
+        after = bnb.matmul_4bit(x, packed, state)
+        ref = ops.gemm_4bit(x, packed.view(-1, 1), [64, 256], state.state2.absmax, 64, "nf4", None, state.absmax,
+                            state.state2.code, state.offset)
+    assert torch.equal(after, ref) and not torch.equal(after, before)
+    del old

@@ -197,9 +197,15 @@ def test_fused_int8_linear_matches_the_decomposition(device, dtype, rows, thresh
     X = X.to(dtype)
     CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=24))
     bias = randn((N,), dtype, device, seed=25)
-    y = int8_linear_direct(X, CB, SCB, threshold, bias)
-    assert y is not None and y.dtype == dtype and y.shape == (rows, N)
+    fused = int8_linear_direct(X, CB, SCB, threshold, bias)
+    assert fused is not None
+    y, mask = fused
+    assert y.dtype == dtype and y.shape == (rows, N)
     CA, SCA, cols = ops.int8_vectorwise_quant(X, threshold)
+    if threshold:  # the mask names exactly the op's outlier columns
+        assert torch.equal(torch.nonzero(mask.cpu()).reshape(-1), cols.cpu())
+    else:
+        assert mask is None
     cols = cols.cpu() if cols is not None else torch.empty(0, dtype=torch.long)
     if threshold:
         assert set(cols.tolist()) == {3, 50, 100}
@@ -223,6 +229,25 @@ def test_layer_inference_takes_the_fused_path(device, monkeypatch):
     real = _int8_matmul.int8_linear_direct
     monkeypatch.setattr(_int8_matmul, "int8_linear_direct", lambda *a: calls.append(1) or real(*a))
     layer = bnb.nn.Linear8bitLt(128, 32, has_fp16_weights=False, threshold=6.0).to(device).eval()
+    x = randn((2, 128), torch.float16, device, seed=28)
+    x[:, [7, 90]] = 12.0
     with torch.no_grad():
-        y = layer(randn((2, 128), torch.float16, device, seed=28))
+        y = layer(x)
     assert calls and y.shape == (2, 32)
+    # The outlier columns are still reported in state.idx (formed on first read).
+    assert torch.equal(layer.state.idx.cpu(), torch.tensor([7, 90]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_path_declines_what_it_cannot_read(device):
+    # Strided weight rows, short scale vectors and a bias of the wrong length are left to the ops
+    # (which check them) instead of being read as if they were dense.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    CB = _int8((16, 64), device, 29)
+    SCB = torch.rand(16, device=device) + 0.5
+    x = randn((2, 64), torch.float16, device, seed=30)
+    assert int8_linear_direct(x, CB.t().contiguous().t(), SCB, 0.0, None) is None
+    assert int8_linear_direct(x, CB, SCB[:8], 0.0, None) is None
+    assert int8_linear_direct(x, CB, SCB, 0.0, torch.ones(3, device=device, dtype=torch.float16)) is None
+    assert int8_linear_direct(x, CB, SCB, 0.0, None) is not None
