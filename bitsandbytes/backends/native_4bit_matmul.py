@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import _native, _validate as check
-from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr
+from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr, _raw_stream
 
 ops = torch.ops.bitsandbytes
 
@@ -195,45 +195,71 @@ def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
     return (packed.data_ptr(), *ptrs) if len(ptrs) == 4 else (packed.data_ptr(), ptrs[0], None, None, None)
 
 
+_libraries: dict = {}  # device type -> loaded native library (a dict lookup per call instead of a locked load)
+
+
+def _streaming_plan(A: torch.Tensor, B: torch.Tensor, b_device: torch.device, quant_state, key: tuple) -> tuple:
+    """What a direct call with A's device and dtype needs, checked once per weight: (key, None) when the
+    streaming kernel cannot serve it, else (key, device type, dtype code, K, N, blocksize, quant type code,
+    cuda index or -1, packed, scales, codes, code book, offset). Plain values only: the plan travels with
+    the QuantState through pickling and deepcopy (and is then re-planned, its pointers being stale)."""
+    device = A.device
+    shape = list(quant_state.shape) if quant_state.shape is not None else []
+    blocksize = quant_state.blocksize
+    if len(shape) != 2 or b_device != device or device.type not in _DEVICES or A.dtype not in _DTYPE_CODES:
+        return (key, None)
+    N, K = shape
+    if not K:
+        return (key, None)
+    if device.type == "cuda" and not (A.dtype in (torch.float16, torch.bfloat16)
+                                      and blocksize >= CUDA_STREAMING_MIN_BLOCKSIZE
+                                      and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0):
+        return (key, None)
+    args = _weight_args(B, quant_state)
+    if args is None:
+        return (key, None)
+    index = -1
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    return (key, device.type, _DTYPE_CODES[A.dtype], K, N, blocksize,
+            _native.QUANT_TYPES[quant_state.quant_type], index, *args)
+
+
 def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Optional[torch.Tensor]):
     """``A @ dequant(B).T + bias`` by the streaming kernel, or None when the op must handle the call."""
-    device = A.device
-    K = A.shape[-1] if A.dim() else 0
-    rows = A.numel() // K if K else 0
-    if (type(A) is not torch.Tensor or A.dtype not in _DTYPE_CODES or not A.is_contiguous() or rows == 0
-            or torch.compiler.is_compiling() or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
+    if (type(A) is not torch.Tensor or torch.compiler.is_compiling()
+            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return None
     with torch._C.DisableTorchFunctionSubclass():  # B may be a Params4bit: skip its torch-function hook
-        if B.device != device:
-            return None
-        b_ptr = B.data_ptr()
-    blocksize = quant_state.blocksize
-    if not _use_streaming(A, blocksize) or list(quant_state.shape)[1:] != [K]:
+        b_ptr, b_device = B.data_ptr(), B.device
+    # Every tensor the kernel reads is in the key: a state whose pieces were replaced (or moved and
+    # given back other addresses) is planned again rather than read through stale pointers.
+    key = (b_ptr, A.device, A.dtype, *[t.data_ptr() for t in _scale_tensors(quant_state)])
+    plan = quant_state.__dict__.get("_streaming_plan")
+    if plan is None or plan[0] != key:
+        plan = _streaming_plan(A, B, b_device, quant_state, key)
+        quant_state.__dict__["_streaming_plan"] = plan
+    if plan[1] is None:
         return None
-    if device.type == "cuda" and (A.data_ptr() % 16 or quant_state.absmax.data_ptr() % 16):
+    _, backend, dtype_code, K, N, blocksize, qt, index, packed, scales, q, code, offset = plan
+    max_rows = CUDA_STREAMING_MAX_ROWS if index >= 0 else CPU_STREAMING_MAX_ROWS
+    if A.dim() == 0 or A.shape[-1] != K or not A.is_contiguous():
         return None
-    N = quant_state.shape[0]
-    if bias is not None and (bias.dtype != A.dtype or bias.device != device or not bias.is_contiguous()
+    rows = A.numel() // K
+    if not 0 < rows <= max_rows or (index >= 0 and (A.data_ptr() % 16 or A.device in _no_cuda_streaming)):
+        return None
+    if bias is not None and (bias.dtype != A.dtype or bias.device != A.device or not bias.is_contiguous()
                              or bias.dim() != 1 or bias.numel() != N):
         return None
-    # Every tensor the kernel reads is in the key: a state whose pieces were replaced (or moved and
-    # given back other addresses) is prepared again rather than read through stale pointers.
-    key = (b_ptr, device, *(t.data_ptr() for t in _scale_tensors(quant_state)))
-    cached = getattr(quant_state, "_streaming_args", None)
-    if cached is None or cached[0] != key:
-        args = _weight_args(B, quant_state)
-        if args is None:
-            return None
-        cached = (key, args)
-        quant_state._streaming_args = cached
-    packed, scales, q, code, offset = cached[1]
-    out = torch.empty((*A.shape[:-1], N), device=device, dtype=A.dtype)
-    lib, index, stream = _exec(device)
+    out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
+    stream = (_raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream) \
+        if index >= 0 else None
+    lib = _libraries.get(backend) or _libraries.setdefault(backend, _native.library_for(A.device))
     try:
-        lib.call("bnb_gemm_4bit", A.data_ptr(), _DTYPE_CODES[A.dtype], rows, K, packed, scales, q, code, offset,
-                 _native.QUANT_TYPES[quant_state.quant_type], N, blocksize, _ptr(bias), out.data_ptr(), index, stream)
+        lib.call("bnb_gemm_4bit", A.data_ptr(), dtype_code, rows, K, packed, scales, q, code, offset, qt, N, blocksize,
+                 _ptr(bias), out.data_ptr(), index, stream)
     except NotImplementedError:
-        if device.type == "cuda":
-            _no_cuda_streaming.add(device)
+        if index >= 0:
+            _no_cuda_streaming.add(A.device)
         return None
     return out

@@ -27,6 +27,7 @@ from torch import Tensor
 from .. import functional as F
 from ..autograd._functions import MatmulLtState, matmul
 from ..autograd._int8_matmul import quantize_weight
+from ..backends.native_int8_matmul import int8_linear_direct
 
 # Warnings share the logger of the 4-bit layers (the name downstream code filters on).
 logger = logging.getLogger("bitsandbytes.nn.modules")
@@ -309,7 +310,35 @@ class Linear8bitLt(torch.nn.Linear):
         self.weight.CB = None
         self.weight.SCB = None
 
+    def _inference_call(self, x: Tensor) -> Optional[Tensor]:
+        """One native call when the layer is ready and nothing needs adapting (int8 rows already in the
+        state, bias in x's dtype, no gradient): the common case of generation, where the host time of
+        a call matters as much as the kernels'. None sends the call through the general path."""
+        state = self.state
+        params = self._parameters  # (direct lookups: nn.Module attribute access is slow)
+        weight, bias = params["weight"], params["bias"]
+        CB, SCB = state.CB, state.SCB
+        if (state.has_fp16_weights or CB is None or SCB is None or (self.training and x.device.type == "cpu")
+                or (bias is not None and bias.dtype != x.dtype)
+                or (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+                or weight.__dict__.get("CB") is not None or weight.__dict__.get("SCB") is not None):
+            return None
+        with torch._C.DisableTorchFunctionSubclass():  # the weight must still be the state's int8 rows
+            if weight.dtype != torch.int8 or weight.data_ptr() != CB.data_ptr() or weight.shape != CB.shape:
+                return None
+        fused = int8_linear_direct(x, CB, SCB, state.threshold, bias)
+        if fused is None:
+            return None
+        out, outlier_mask = fused
+        state.is_training = self.training
+        if outlier_mask is not None:
+            state.set_outlier_mask(outlier_mask)
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
+        out = self._inference_call(x)
+        if out is not None:
+            return out
         self.state.is_training = self.training
         weight = self.weight
         if (not self.state.has_fp16_weights and isinstance(weight, Int8Params) and not weight.is_quantized

@@ -23,6 +23,7 @@ from torch import Tensor
 from .. import functional as F
 from .._quant_state import QuantState
 from ..autograd._functions import matmul_4bit
+from ..backends.native_4bit_matmul import gemm_4bit_direct
 from ..optim import GlobalOptimManager
 
 logger = logging.getLogger(__name__)
@@ -414,7 +415,24 @@ class Linear4bit(torch.nn.Linear):
             missing_keys.remove(weight_key)
         self.weight = new_weight
 
+    def _inference_call(self, x: Tensor) -> Optional[Tensor]:
+        """The streaming kernel straight away when nothing needs adapting (inputs already in the compute
+        dtype, bias in that dtype, no gradient): the common case of generation, where the host time of
+        a call matters as much as the kernel's. None sends the call through the general path."""
+        params = self._parameters  # (direct lookups: nn.Module attribute access is slow)
+        weight, bias = params["weight"], params["bias"]
+        quant_state = getattr(weight, "quant_state", None)
+        if (quant_state is None or not self.compute_type_is_set
+                or (self.compute_dtype is not None and x.dtype != self.compute_dtype)
+                or (bias is not None and (bias.dtype != x.dtype or bias.requires_grad))
+                or (torch.is_grad_enabled() and x.requires_grad)):
+            return None
+        return gemm_4bit_direct(x, weight, quant_state, bias)
+
     def forward(self, x: Tensor) -> Tensor:
+        out = self._inference_call(x)
+        if out is not None:
+            return out
         fix_4bit_weight_quant_state_from_module(self)
         # The bias follows the activations' dtype; casting the stored bias once avoids a cast per call.
         if self.bias is not None and self.bias.dtype != x.dtype:

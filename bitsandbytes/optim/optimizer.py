@@ -490,8 +490,8 @@ class Optimizer8bit(torch.optim.Optimizer):
         return work
 
     def _check_pair(self, p, g):
-        if g.is_sparse:
-            raise RuntimeError("bitsandbytes optimizers do not support sparse gradients")
+        if g.layout is not torch.strided:
+            raise RuntimeError(f"bitsandbytes optimizers do not support sparse gradients (got layout {g.layout})")
         if p.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"parameters must be float32, float16 or bfloat16; got {p.dtype} (shape "
                             f"{tuple(p.shape)})")
@@ -594,7 +594,9 @@ class Optimizer8bit(torch.optim.Optimizer):
                 return False
             dev = cache.device_index
             for g in grads:
-                if g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev or g.is_sparse:
+                # (layout first: is_contiguous() raises for compressed sparse layouts)
+                if (g.layout is not torch.strided or g.dtype is not g_dtype or not g.is_contiguous()
+                        or g.get_device() != dev):
                     return False
             if [p.data_ptr() for p in params] != cache.pptrs:
                 return False
@@ -710,7 +712,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                         self._state_changed()
                     return None
                 g_dtype = g.dtype
-                if g_dtype not in _FLOAT_DTYPES or g.device != e.device or g.numel() != e.n or g.is_sparse:
+                if (g_dtype not in _FLOAT_DTYPES or g.device != e.device or g.numel() != e.n
+                        or g.layout is not torch.strided):
                     self._check_pair(p, g)  # raises with a precise message
                 if not g.is_contiguous():
                     g = g.contiguous()

@@ -538,3 +538,15 @@ def test_replaced_state_and_param_storage_are_picked_up(fused):
     assert torch.equal(pa, pb)
     for k in ("state1", "state2", "absmax1", "absmax2"):
         assert torch.equal(oa.state[pa][k], ob.state[pb][k])
+
+
+@pytest.mark.parametrize("layout", ["coo"])  # (torch itself refuses a compressed-layout .grad on a dense parameter)
+def test_sparse_gradients_are_refused_with_parameters_unchanged(layout):
+    p = torch.nn.Parameter(torch.randn(8, 8))
+    before = p.detach().clone()
+    opt = bnb.optim.AdamW8bit([p], min_8bit_size=0)
+    dense = torch.eye(8)
+    p.grad = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
