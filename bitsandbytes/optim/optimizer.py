@@ -585,32 +585,34 @@ class Optimizer8bit(torch.optim.Optimizer):
             cache = self._group_caches.get(gindex)
             if cache is None or not cache.fast or len(params) != len(cache.pptrs):
                 return False
-            grads = [p.grad for p in params]
-            # (identity test: `None in grads` would call Tensor.__eq__ on every gradient)
-            if any(g is None for g in grads):
-                return False
-            g_dtype = grads[0].dtype
+            first = params[0].grad if params else None
+            g_dtype = first.dtype if first is not None else None
             if g_dtype not in _FLOAT_DTYPES:
                 return False
             dev = cache.device_index
-            for g in grads:
-                # (layout first: is_contiguous() raises for compressed sparse layouts)
-                if (g.layout is not torch.strided or g.dtype is not g_dtype or not g.is_contiguous()
-                        or g.get_device() != dev):
-                    return False
-            if [p.data_ptr() for p in params] != cache.pptrs:
+            # One pass per parameter (this loop is most of the host time of a step): its gradient must
+            # be a dense contiguous tensor of one dtype on the parameter's device, and the parameter's
+            # storage and state must still be the ones whose addresses the cached table holds.
+            gptrs = []
+            append = gptrs.append
+            try:
+                for p, pptr, st, s1 in zip(params, cache.pptrs, cache.states, cache.s1s):
+                    g = p.grad
+                    # (identity test for None; is_contiguous() is False for sparse COO gradients)
+                    if (g is None or g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev
+                            or p.data_ptr() != pptr or st.get("state1") is not s1):
+                        return False
+                    append(g.data_ptr())
+            except RuntimeError:  # layouts without strides raise here: the general path reports them
                 return False
-            for st, s1 in zip(cache.states, cache.s1s):
-                if st.get("state1") is not s1:
-                    return False
             if cache.step is None:
                 steps = {st["step"] for st in cache.states}
                 if len(steps) != 1:
                     return False
                 cache.step = steps.pop()
-            work.append((group, cache, g_dtype, [g.data_ptr() for g in grads], grads))
+            work.append((group, cache, g_dtype, gptrs))
         rule = native_rule(self.optimizer_name)
-        for group, cache, g_dtype, gptrs, _grads in work:
+        for group, cache, g_dtype, gptrs in work:
             e0 = cache.entries[0]
             config = self._group_config(group)
             if e0.override is not None:
