@@ -7,6 +7,10 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "core/backend.h"
 #include "core/dispatch.h"
 #include "cpu/threading.h"
@@ -31,14 +35,75 @@ BNB_ISA_CLONES int32_t dot_i8(const int8_t* __restrict a, const int8_t* __restri
 
 constexpr int64_t kBlockBytes = 256 * 1024;  // B rows per task: about an L2's share
 
+// Register tiles of MR rows of A times kTileN rows of B (AVX-512BW): each 32-column step loads MR + 4
+// rows once and feeds MR * 4 multiply-adds, instead of two loads per multiply-add for single dots.
+constexpr int kTileN = 4;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BNB_HAVE_INT8_TILES 1
+
+template <int MR>
+__attribute__((target("avx512f,avx512bw"))) void tile_avx512(const int8_t* A, const int8_t* B, int64_t K,
+                                                               int32_t (&out)[4][kTileN]) {
+  __m512i acc[MR][kTileN];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_setzero_si512();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512i b[kTileN];
+    for (int j = 0; j < kTileN; ++j)
+      b[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + j * K + k)));
+    for (int i = 0; i < MR; ++i) {
+      const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(A + i * K + k)));
+      // Pairs of int16 products summed into int32 lanes: exact (|a b| <= 2^14, two of them < 2^31).
+      for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_add_epi32(acc[i][j], _mm512_madd_epi16(a, b[j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kTileN; ++j) {
+      uint32_t s = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[i][j]));
+      for (int64_t t = k; t < K; ++t) s += static_cast<uint32_t>(int32_t{A[i * K + t]} * int32_t{B[j * K + t]});
+      out[i][j] = static_cast<int32_t>(s);
+    }
+}
+
+bool have_avx512bw() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  }();
+  return yes;
+}
+#endif
+
 // Calls emit(m, n, acc) for every output, block by block of B rows.
 template <typename Emit>
 void for_each_product(const Int8MatmulParams& p, Emit emit) {
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(p.K, 1));
   cpu::parallel_for(p.N, rows_per_block, [&](int64_t n0, int64_t n1) {
+    int64_t tiled_end = n0;
+#ifdef BNB_HAVE_INT8_TILES
+    if (have_avx512bw()) {
+      tiled_end = n0 + (n1 - n0) / kTileN * kTileN;
+      int32_t tile[4][kTileN];
+      for (int64_t n = n0; n < tiled_end; n += kTileN) {
+        const int8_t* b = p.B + n * p.K;
+        int64_t m = 0;
+        for (; m + 4 <= p.M; m += 4) {
+          tile_avx512<4>(p.A + m * p.K, b, p.K, tile);
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < kTileN; ++j) emit(m + i, n + j, tile[i][j]);
+        }
+        for (; m < p.M; ++m) {
+          tile_avx512<1>(p.A + m * p.K, b, p.K, tile);
+          for (int j = 0; j < kTileN; ++j) emit(m, n + j, tile[0][j]);
+        }
+      }
+    }
+#endif
     for (int64_t m = 0; m < p.M; ++m) {
       const int8_t* a = p.A + m * p.K;
-      for (int64_t n = n0; n < n1; ++n) emit(m, n, dot_i8(a, p.B + n * p.K, p.K));
+      for (int64_t n = tiled_end; n < n1; ++n) emit(m, n, dot_i8(a, p.B + n * p.K, p.K));
     }
   });
 }
