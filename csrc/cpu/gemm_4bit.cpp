@@ -76,6 +76,46 @@ void decode_row(const Gemm4bitParams& p, const float* table, int64_t n, float* w
   cpu::active_kernels().dequantize_4bit(row, 0, (p.K + 1) / 2);
 }
 
+// Register tiles of up to 4 activation rows times 4 decoded weight rows (AVX-512): each 16-column
+// step loads 4 + MR vectors for 4 * MR multiply-adds, where single dot products load two per one.
+constexpr int kWeightTile = 4;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BNB_HAVE_FLOAT_TILES 1
+#include <immintrin.h>
+
+template <int MR>
+__attribute__((target("avx512f"))) void dot_tile_avx512(const float* a, int64_t K, const float* w,
+                                                          float (&out)[4][kWeightTile]) {
+  __m512 acc[MR][kWeightTile];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kWeightTile; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[kWeightTile];
+    for (int j = 0; j < kWeightTile; ++j) wv[j] = _mm512_loadu_ps(w + j * K + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_loadu_ps(a + i * K + k);
+      for (int j = 0; j < kWeightTile; ++j) acc[i][j] = _mm512_fmadd_ps(av, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kWeightTile; ++j) {
+      float s = _mm512_reduce_add_ps(acc[i][j]);
+      for (int64_t t = k; t < K; ++t) s += a[i * K + t] * w[j * K + t];
+      out[i][j] = s;
+    }
+}
+
+bool have_avx512f() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+  }();
+  return yes;
+}
+#endif
+
 template <typename T>
 void gemm_4bit_t(const Gemm4bitParams& p) {
   const T* A = static_cast<const T*>(p.A);
@@ -86,8 +126,33 @@ void gemm_4bit_t(const Gemm4bitParams& p) {
   for (int64_t i = 0; i < p.M * p.K; ++i) a[i] = cpu::to_float(A[i]);
   const int64_t grain = std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(p.K, 1));
   cpu::parallel_for(p.N, grain, [&](int64_t n0, int64_t n1) {
-    std::vector<float> w(static_cast<size_t>(p.K)), scales;
-    for (int64_t n = n0; n < n1; ++n) {
+    std::vector<float> w(static_cast<size_t>(p.K) * kWeightTile), scales;
+    int64_t n = n0;
+#ifdef BNB_HAVE_FLOAT_TILES
+    if (have_avx512f()) {
+      float tile[4][kWeightTile];
+      for (; n + kWeightTile <= n1; n += kWeightTile) {
+        for (int j = 0; j < kWeightTile; ++j) decode_row(p, table, n + j, w.data() + j * p.K, scales);
+        int64_t m = 0;
+        auto emit = [&](int rows) {
+          for (int i = 0; i < rows; ++i)
+            for (int j = 0; j < kWeightTile; ++j) {
+              const float b = bias ? cpu::to_float(bias[n + j]) : 0.0f;
+              out[(m + i) * p.N + n + j] = cpu::from_float<T>(tile[i][j] + b);
+            }
+        };
+        for (; m + 4 <= p.M; m += 4) {
+          dot_tile_avx512<4>(&a[m * p.K], p.K, w.data(), tile);
+          emit(4);
+        }
+        for (; m < p.M; ++m) {
+          dot_tile_avx512<1>(&a[m * p.K], p.K, w.data(), tile);
+          emit(1);
+        }
+      }
+    }
+#endif
+    for (; n < n1; ++n) {
       decode_row(p, table, n, w.data(), scales);
       const float b = bias ? cpu::to_float(bias[n]) : 0.0f;
       for (int64_t m = 0; m < p.M; ++m) out[m * p.N + n] = cpu::from_float<T>(dot(&a[m * p.K], w.data(), p.K) + b);

@@ -164,7 +164,7 @@ def test_no_grad_path_uses_gemm_4bit_op(monkeypatch):
 
     packed, state = F.quantize_4bit(randn((16, 64), torch.float16), compress_statistics=True)
     monkeypatch.setattr(torch.ops.bitsandbytes, "gemm_4bit", Spy())
-    x = randn((20, 64), torch.float16)  # more rows than the eager streaming path serves: the op is used
+    x = randn((200, 64), torch.float16)  # more rows than the eager streaming path serves: the op is used
     bnb.matmul_4bit(x, packed, state)
     (A, B, shape, absmax, blocksize, qt, bias, absmax_8bit, absmax_code, absmax_offset) = calls[0]
     # Nested mapping (§1.5): float scales from state2, the uint8 first-level absmax as indices.
