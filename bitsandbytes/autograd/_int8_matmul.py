@@ -116,6 +116,19 @@ def _bias_grad(grad_output: torch.Tensor, dtype: Optional[torch.dtype]) -> torch
     return grad_output.reshape(-1, grad_output.shape[-1]).sum(0, dtype=dtype)
 
 
+def _weight_grads(ctx, grad_output, CB, SCB, A, need_A: bool, need_B: bool):
+    """(grad_A, grad_B) of ``A @ W.T`` for both int8 matmul functions: grad_A through the dequantized
+    weight in A's dtype, grad_B (a trainable float weight) as ``grad.T @ A`` in floating point."""
+    grad2 = grad_output.reshape(-1, grad_output.shape[-1])
+    grad_A = grad_B = None
+    if need_A:
+        grad_A = _dequantized_weight_matmul(grad2, CB, SCB, ctx.a_dtype).reshape(ctx.a_shape)
+    if need_B:
+        A2 = A.reshape(-1, A.shape[-1])
+        grad_B = (grad2.to(A2.dtype).t() @ A2).to(ctx.b_dtype)
+    return grad_A, grad_B
+
+
 class MatMul8bitLt(torch.autograd.Function):
     """``A @ W.T + bias`` on the int8 tensor cores (with 16-bit outlier columns when threshold > 0)."""
 
@@ -168,11 +181,7 @@ class MatMul8bitLt(torch.autograd.Function):
                 n = grad_output.shape[-1]
                 grad_B = torch.zeros((n, ctx.a_shape[-1]), dtype=ctx.b_dtype, device=grad_output.device)
             return grad_A, grad_B, None, grad_bias, None
-        grad2 = grad_output.reshape(-1, grad_output.shape[-1])
-        if need_A:
-            grad_A = _dequantized_weight_matmul(grad2, CB, SCB, ctx.a_dtype).reshape(ctx.a_shape)
-        if need_B:
-            grad_B = (grad2.to(A2.dtype).t() @ A2).to(ctx.b_dtype)
+        grad_A, grad_B = _weight_grads(ctx, grad_output, CB, SCB, A2, need_A, need_B)
         return grad_A, grad_B, None, grad_bias, None
 
 
@@ -196,15 +205,8 @@ class MatMul8bitFp(torch.autograd.Function):
     def backward(ctx, grad_output):
         need_A, need_B, _, need_bias, _ = ctx.needs_input_grad
         CB, SCB, A = ctx.saved_tensors
-        grad_A = grad_B = grad_bias = None
-        if need_bias:
-            grad_bias = _bias_grad(grad_output, ctx.bias_dtype)
-        grad2 = grad_output.reshape(-1, grad_output.shape[-1])
-        if need_A:
-            grad_A = _dequantized_weight_matmul(grad2, CB, SCB, ctx.a_dtype).reshape(ctx.a_shape)
-        if need_B:
-            A2 = A.reshape(-1, A.shape[-1])
-            grad_B = (grad2.to(A2.dtype).t() @ A2).to(ctx.b_dtype)
+        grad_bias = _bias_grad(grad_output, ctx.bias_dtype) if need_bias else None
+        grad_A, grad_B = _weight_grads(ctx, grad_output, CB, SCB, A, need_A, need_B)
         return grad_A, grad_B, None, grad_bias, None
 
 
