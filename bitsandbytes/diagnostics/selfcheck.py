@@ -12,6 +12,7 @@ from typing import Callable, List, Tuple
 import torch
 
 from .. import functional as F
+from ..autograd._functions import matmul_4bit
 
 
 def _oracle_blockwise(A: torch.Tensor, code: torch.Tensor, blocksize: int):
@@ -71,6 +72,44 @@ def _check_int8(device: str) -> str:
     return f"outliers found, max dequant error {err:.4f}"
 
 
+def _check_int8_matmul(device: str) -> str:
+    """Exact int32 products (few rows: the streaming kernel; many: the GEMM library) and one-call
+    LLM.int8 inference with an outlier feature against the float64 decomposition."""
+    from ..backends.native_int8_matmul import int8_linear_direct
+
+    gen = torch.Generator().manual_seed(1)
+    B = torch.randint(-127, 128, (64, 256), generator=gen, dtype=torch.int8)
+    for rows in (4, 40):
+        A = torch.randint(-127, 128, (rows, 256), generator=gen, dtype=torch.int8)
+        out = torch.ops.bitsandbytes.int8_linear_matmul(A.to(device), B.to(device))
+        assert torch.equal(out.cpu().long(), A.long() @ B.long().T), f"int32 product differs at {rows} rows"
+    X = torch.randn(3, 256, generator=gen)
+    X[:, 17] = 30.0
+    CB, SCB, _ = F.int8_vectorwise_quant(torch.randn(64, 256, generator=gen).half())
+    y, _ = int8_linear_direct(X.half().to(device), CB.to(device), SCB.to(device), 6.0, None)
+    W = CB.double() * SCB.double()[:, None] / 127
+    err = ((y.cpu().double() - X.half().double() @ W.T).norm() / (X.double() @ W.T).norm()).item()
+    assert err < 0.02, f"LLM.int8 output error {err:.4f} above 0.02"
+    return f"int32 products exact, outlier decomposition error {err:.4f}"
+
+
+def _check_4bit_matmul(device: str) -> str:
+    """gemm_4bit against float64 on the dequantized weight, for few rows (the streaming kernels) and many."""
+    gen = torch.Generator().manual_seed(2)
+    W = torch.randn(96, 512, generator=gen).to(device)
+    packed, st = F.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+    Wd = F.dequantize_4bit(packed, st).double().cpu()
+    worst = 0.0
+    for rows in (1, 16, 40):
+        X = torch.randn(rows, 512, generator=gen).to(torch.bfloat16)
+        with torch.no_grad():
+            y = matmul_4bit(X.to(device), packed.t(), st)
+        ref = X.double() @ Wd.T
+        worst = max(worst, ((y.cpu().double() - ref).norm() / ref.norm()).item())
+    assert worst < 0.01, f"4-bit product error {worst:.4f} above 0.01"
+    return f"max relative error {worst:.4f} (bf16, 1 / 16 / 40 rows)"
+
+
 def _check_optimizers(device: str) -> str:
     """AdamW with 32-bit and 8-bit states against torch.optim.AdamW over a few steps."""
     from .. import optim
@@ -100,6 +139,8 @@ CHECKS: List[Tuple[str, Callable[[str], str]]] = [
     ("8-bit blockwise", _check_blockwise),
     ("4-bit nf4/fp4 (double-quantized)", _check_4bit),
     ("LLM.int8 vector-wise", _check_int8),
+    ("LLM.int8 matmul", _check_int8_matmul),
+    ("4-bit matmul (nf4, double-quantized)", _check_4bit_matmul),
     ("optimizers (AdamW 32-bit and 8-bit)", _check_optimizers),
 ]
 
