@@ -144,9 +144,10 @@ def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
 
 
 def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float,
-                       bias: Optional[torch.Tensor]):
+                       bias: Optional[torch.Tensor], mask: Optional[torch.Tensor] = None):
     """``(A @ (CB * SCB / 127).T + bias, outlier_mask)`` by LLM.int8() in A's dtype, or None if the ops must
-    handle the call. outlier_mask (uint8 [K], 1 = outlier column) is None when threshold == 0."""
+    handle the call. outlier_mask (uint8 [K], 1 = outlier column) is None when threshold == 0; ``mask``
+    may offer a buffer for it (reused by layers: one allocation less per call)."""
     if (type(A) is not torch.Tensor or A.dtype not in _DTYPE_CODES or CB.dtype != torch.int8 or CB.dim() != 2
             or A.dim() == 0 or A.shape[-1] != CB.shape[1] or A.numel() == 0 or SCB.dtype != torch.float32
             or A.device != CB.device or A.device != SCB.device or A.device.type not in _DEVICES
@@ -162,7 +163,10 @@ def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thr
     if bias is not None:
         bias = bias.to(A.dtype).contiguous()
     out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
-    mask = torch.empty(K, device=A.device, dtype=torch.uint8) if threshold > 0 else None
+    if threshold <= 0:
+        mask = None
+    elif mask is None or mask.dtype != torch.uint8 or mask.numel() != K or mask.device != A.device:
+        mask = torch.empty(K, device=A.device, dtype=torch.uint8)
     lib, dev, stream = _exec(A.device)
     try:
         lib.call("bnb_int8_linear", A2.data_ptr(), _DTYPE_CODES[A.dtype], M, K, CB.data_ptr(), SCB.data_ptr(), N,

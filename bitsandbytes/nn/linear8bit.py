@@ -326,12 +326,13 @@ class Linear8bitLt(torch.nn.Linear):
         with torch._C.DisableTorchFunctionSubclass():  # the weight must still be the state's int8 rows
             if weight.dtype != torch.int8 or weight.data_ptr() != CB.data_ptr() or weight.shape != CB.shape:
                 return None
-        fused = int8_linear_direct(x, CB, SCB, state.threshold, bias)
+        fused = int8_linear_direct(x, CB, SCB, state.threshold, bias, state.__dict__.get("_outlier_mask_buffer"))
         if fused is None:
             return None
         out, outlier_mask = fused
         state.is_training = self.training
         if outlier_mask is not None:
+            state.__dict__["_outlier_mask_buffer"] = outlier_mask  # reused by the next call
             state.set_outlier_mask(outlier_mask)
         return out
 

@@ -254,3 +254,19 @@ def test_fused_path_declines_what_it_cannot_read(device):
     assert int8_linear_direct(x, CB, SCB[:8], 0.0, None) is None
     assert int8_linear_direct(x, CB, SCB, 0.0, torch.ones(3, device=device, dtype=torch.float16)) is None
     assert int8_linear_direct(x, CB, SCB, 0.0, None) is not None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_idx_follows_the_last_call(device):
+    # The layer reuses one outlier-mask buffer: state.idx must always describe the latest call.
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear8bitLt(64, 16, has_fp16_weights=False, threshold=6.0).to(device).eval()
+    x = randn((2, 64), torch.float16, device, seed=35)
+    with torch.no_grad():
+        layer(x)  # first call: sets the layer up
+        for cols in ([3], [10, 40], []):
+            x = randn((2, 64), torch.float16, device, seed=36)
+            x[:, cols] = 9.0
+            layer(x)
+            assert layer.state.idx.cpu().tolist() == cols
