@@ -34,9 +34,20 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
+_loaded: dict = {}  # device type -> its native library (a library, once loaded, stays for the process)
+
+
+def library(device: torch.device):
+    """The native library for `device`'s type; a dict lookup after the first call."""
+    lib = _loaded.get(device.type)
+    if lib is None:
+        lib = _loaded[device.type] = _native.library_for(device)
+    return lib
+
+
 def _exec(device: torch.device) -> tuple:
     """(library, device index, stream handle) for a call on `device`."""
-    lib = _native.library_for(device)
+    lib = library(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         stream = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import _native, _validate as check
-from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr, _raw_stream
+from .native import _DEVICES, _DTYPE_CODES, _exec, _ptr, _raw_stream, library
 
 ops = torch.ops.bitsandbytes
 
@@ -196,9 +196,6 @@ def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
     return (packed.data_ptr(), *ptrs) if len(ptrs) == 4 else (packed.data_ptr(), ptrs[0], None, None, None)
 
 
-_libraries: dict = {}  # device type -> loaded native library (a dict lookup per call instead of a locked load)
-
-
 def _streaming_plan(A: torch.Tensor, B: torch.Tensor, b_device: torch.device, quant_state, key: tuple) -> tuple:
     """What a direct call with A's device and dtype needs, checked once per weight: (key, None) when the
     streaming kernel cannot serve it, else (key, device type, dtype code, K, N, blocksize, quant type code,
@@ -242,7 +239,7 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
         quant_state.__dict__["_streaming_plan"] = plan
     if plan[1] is None:
         return None
-    _, backend, dtype_code, K, N, blocksize, qt, index, packed, scales, q, code, offset = plan
+    _, _, dtype_code, K, N, blocksize, qt, index, packed, scales, q, code, offset = plan
     max_rows = CUDA_STREAMING_MAX_ROWS if index >= 0 else CPU_STREAMING_MAX_ROWS
     if A.dim() == 0 or A.shape[-1] != K or not A.is_contiguous():
         return None
@@ -255,7 +252,7 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
     out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
     stream = (_raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream) \
         if index >= 0 else None
-    lib = _libraries.get(backend) or _libraries.setdefault(backend, _native.library_for(A.device))
+    lib = library(A.device)
     try:
         lib.call("bnb_gemm_4bit", A.data_ptr(), dtype_code, rows, K, packed, scales, q, code, offset, qt, N, blocksize,
                  _ptr(bias), out.data_ptr(), index, stream)
