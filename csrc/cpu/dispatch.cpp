@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 
 namespace bnb::cpu {
@@ -30,5 +31,7 @@ const KernelTable& active_kernels() {
   static const KernelTable& table = choose();
   return table;
 }
+
+bool avx512_active() { return std::strcmp(active_kernels().isa, "avx512") == 0; }
 
 }  // namespace bnb::cpu

@@ -11,6 +11,7 @@
 #include "core/backend.h"
 #include "core/dispatch.h"
 #include "core/formats.h"
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/threading.h"
 #include "cpu/types.h"
@@ -20,12 +21,6 @@ namespace {
 
 constexpr int64_t kWorkPerTask = 1 << 16;  // weight elements a thread task should at least decode
 constexpr int kLanes = 16;                 // independent partial sums: one AVX-512 vector (or two AVX2 ones)
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define BNB_ISA_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
-#else
-#define BNB_ISA_CLONES
-#endif
 
 BNB_ISA_CLONES float dot(const float* __restrict a, const float* __restrict w, int64_t k) {
   float part[kLanes] = {};
@@ -80,10 +75,7 @@ void decode_row(const Gemm4bitParams& p, const float* table, int64_t n, float* w
 // step loads 4 + MR vectors for 4 * MR multiply-adds, where single dot products load two per one.
 constexpr int kWeightTile = 4;
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define BNB_HAVE_FLOAT_TILES 1
-#include <immintrin.h>
-
+#ifdef BNB_X86_INTRINSICS
 template <int MR>
 __attribute__((target("avx512f"))) void dot_tile_avx512(const float* a, int64_t K, const float* w,
                                                           float (&out)[4][kWeightTile]) {
@@ -106,14 +98,6 @@ __attribute__((target("avx512f"))) void dot_tile_avx512(const float* a, int64_t 
       out[i][j] = s;
     }
 }
-
-bool have_avx512f() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-  }();
-  return yes;
-}
 #endif
 
 template <typename T>
@@ -128,8 +112,8 @@ void gemm_4bit_t(const Gemm4bitParams& p) {
   cpu::parallel_for(p.N, grain, [&](int64_t n0, int64_t n1) {
     std::vector<float> w(static_cast<size_t>(p.K) * kWeightTile), scales;
     int64_t n = n0;
-#ifdef BNB_HAVE_FLOAT_TILES
-    if (have_avx512f()) {
+#ifdef BNB_X86_INTRINSICS
+    if (cpu::avx512_active()) {
       float tile[4][kWeightTile];
       for (; n + kWeightTile <= n1; n += kWeightTile) {
         for (int j = 0; j < kWeightTile; ++j) decode_row(p, table, n + j, w.data() + j * p.K, scales);

@@ -7,23 +7,14 @@
 #include <algorithm>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "core/backend.h"
 #include "core/dispatch.h"
+#include "cpu/isa.h"
 #include "cpu/threading.h"
 #include "cpu/types.h"
 
 namespace bnb::backend {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define BNB_ISA_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
-#else
-#define BNB_ISA_CLONES
-#endif
 
 // Summed modulo 2^32 (defined wrap-around, as the int32 GEMMs of GPUs): exact whenever the true
 // result fits an int32, which holds for K < 2^17 whatever the values.
@@ -39,9 +30,7 @@ constexpr int64_t kBlockBytes = 256 * 1024;  // B rows per task: about an L2's s
 // rows once and feeds MR * 4 multiply-adds, instead of two loads per multiply-add for single dots.
 constexpr int kTileN = 4;
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define BNB_HAVE_INT8_TILES 1
-
+#ifdef BNB_X86_INTRINSICS
 template <int MR>
 __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const int8_t* A, const int8_t* B, int64_t K,
                                                                int32_t (&out)[4][kTileN]) {
@@ -66,14 +55,6 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const int8_t* A, co
       out[i][j] = static_cast<int32_t>(s);
     }
 }
-
-bool have_avx512bw() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  }();
-  return yes;
-}
 #endif
 
 // Calls emit(m, n, acc) for every output, block by block of B rows.
@@ -82,8 +63,8 @@ void for_each_product(const Int8MatmulParams& p, Emit emit) {
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(p.K, 1));
   cpu::parallel_for(p.N, rows_per_block, [&](int64_t n0, int64_t n1) {
     int64_t tiled_end = n0;
-#ifdef BNB_HAVE_INT8_TILES
-    if (have_avx512bw()) {
+#ifdef BNB_X86_INTRINSICS
+    if (cpu::avx512_active()) {
       tiled_end = n0 + (n1 - n0) / kTileN * kTileN;
       int32_t tile[4][kTileN];
       for (int64_t n = n0; n < tiled_end; n += kTileN) {
