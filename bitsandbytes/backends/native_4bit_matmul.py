@@ -61,14 +61,19 @@ def _streaming(A, B, shapeB, absmax, blocksize: int, quant_type: str, bias, nest
     return out.reshape(*A.shape[:-1], N)
 
 
+def _cuda_kernel_serves(dtype: torch.dtype, K: int, blocksize: int) -> bool:
+    """The shapes and dtypes the CUDA streaming kernel takes (the rest go to dequantize + GEMM)."""
+    return (dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_STREAMING_MIN_BLOCKSIZE
+            and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0)
+
+
 def _use_streaming(A: torch.Tensor, blocksize: int) -> bool:
     K = A.shape[-1]
     rows = A.numel() // K if K else 0
     if A.device.type == "cpu":
         return 0 < rows <= CPU_STREAMING_MAX_ROWS
     return (A.device.type == "cuda" and 0 < rows <= CUDA_STREAMING_MAX_ROWS and A.device not in _no_cuda_streaming
-            and A.dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_STREAMING_MIN_BLOCKSIZE
-            and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0)
+            and _cuda_kernel_serves(A.dtype, K, blocksize))
 
 
 def _kernel_alignment_ok(A, B, absmax, nested) -> bool:
@@ -209,9 +214,7 @@ def _streaming_plan(A: torch.Tensor, B: torch.Tensor, b_device: torch.device, qu
     N, K = shape
     if not K:
         return (key, None)
-    if device.type == "cuda" and not (A.dtype in (torch.float16, torch.bfloat16)
-                                      and blocksize >= CUDA_STREAMING_MIN_BLOCKSIZE
-                                      and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0):
+    if device.type == "cuda" and not _cuda_kernel_serves(A.dtype, K, blocksize):
         return (key, None)
     args = _weight_args(B, quant_state)
     if args is None:
