@@ -4,8 +4,8 @@
 //
 // Tensor cores do the arithmetic (mma.sync m16n8k16, float32 accumulation) with the weight as the
 // 16-row operand and up to 8 activation rows per 8-column operand, so one activation row costs no
-// more than eight; the CUDA cores only expand codes. Each CTA owns 16 * kTiles rows of W and its 8
-// warps split K between them in groups of 64 columns (interleaved, so the CTA reads each row as one
+// more than eight; the CUDA cores only expand codes. Each CTA owns 16 or 32 rows of W and its warps
+// split K between them in groups of 64 columns (interleaved, so the CTA reads each row as one
 // contiguous stream), then add their partial sums through shared memory. Each warp requests the
 // codes and scales of kUnroll groups before it uses any, so that many bytes are in flight per SM.
 //
@@ -33,10 +33,6 @@ namespace {
 using cuda::CudaType;
 using cuda::kWarpSize;
 
-constexpr int kWarps = 8;              // warps per CTA, splitting K
-constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kTiles = 2;              // 16-row tiles of W per CTA
-constexpr int kRowsPerCta = 16 * kTiles;
 constexpr int kGroup = 64;             // columns per group (4 mma k16 steps)
 constexpr int kUnroll = 4;             // groups whose loads a warp issues before using them
 constexpr int kMaxRows = 16;           // activation rows: two n8 operands
@@ -132,29 +128,58 @@ struct BatchScales {
   }
 };
 
+// Byte B of code word w as a byte offset into the pair table: entry (byte << 7) | (lane << 2), i.e.
+// word byte * 32 + lane. One shift and one three-input logic op per byte; the table's base address
+// folds into the load's immediate offset.
+template <int B>
+__device__ __forceinline__ uint32_t pair_offset(uint32_t w, uint32_t lane4) {
+  if constexpr (B == 0) return ((w << 7) & 0x7f80u) | lane4;
+  else return ((w >> (8 * B - 7)) & 0x7f80u) | lane4;
+}
+
+// Launch shape: Tiles 16-row tiles of W per CTA, Warps warps splitting K, MinBlocks CTAs per SM
+// (the register budget). Measured on the H100 (K = 8192, N = 8192 and 28672): one activation
+// operand streams fastest with small CTAs, four per SM; two operands need the registers of two.
+template <int NTiles>
+struct GemvShape {
+  static constexpr int kTiles = NTiles == 1 ? 1 : 2;
+  static constexpr int kWarps = NTiles == 1 ? 4 : 8;
+  static constexpr int kMinBlocks = NTiles == 1 ? 4 : 2;
+  static constexpr int kThreads = kWarps * kWarpSize;
+  static constexpr int kRows = 16 * kTiles;
+};
+
 template <typename T, bool Nested, int NTiles, int ScalesPerBatch>
-__global__ void __launch_bounds__(kThreads, 2) gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
+__global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>::kMinBlocks)
+    gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  __shared__ uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
+  using Shape = GemvShape<NTiles>;
+  constexpr int kTiles = Shape::kTiles, kWarps = Shape::kWarps;
+  __shared__ __align__(16) uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
   __shared__ float nested_code[Nested ? 256 : 1];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
   const int t = lane % 4;
+  const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
 
   const T* A = static_cast<const T*>(args.A);
   const int64_t K = args.K;
   // Work unit: a batch of kUnroll consecutive 64-column groups; warps take batches in turn.
   const int64_t batches = K / (kGroup * kUnroll);
-  const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
-  // Rows past N load row N - 1 (in bounds) and are never stored. Row r of the CTA: tile r / 16, half (r / 8) % 2.
-  int64_t wrow[kTiles][2];
+  const int64_t row0 = int64_t{blockIdx.x} * Shape::kRows;
+  // Lane (g, t) reads rows g and g + 8 of each tile (h = 0, 1): their codes from byte 8t of each
+  // group, and their block scales. Rows past N read row N - 1 (in bounds) and are never stored.
+  const uint8_t* codes_at[kTiles][2];
+  int64_t first_block[kTiles][2];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) wrow[j][h] = min(row0 + 16 * j + 8 * h + g, args.N - 1) * K;
-  // Lane r loads the scales of CTA row r (every lane owns one of the 32 rows).
-  const int64_t scale_row = min(row0 + lane, args.N - 1) * K;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = min(row0 + 16 * j + 8 * h + g, args.N - 1);
+      codes_at[j][h] = args.packed + r * (K / 2) + 8 * t;
+      first_block[j][h] = r * (K >> args.log2_blocksize);
+    }
   const T* act[NTiles];
   bool has_act[NTiles];
 #pragma unroll
@@ -163,43 +188,39 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_4bit_small_m(const __grid_co
     has_act[i] = g + 8 * i < args.M;
   }
 
-  // Up to two batches in registers (see the main loop).
-  struct Batch {
-    uint2 codes[kUnroll][kTiles][2];
-    BatchScales<ScalesPerBatch, Nested> scales;
-  };
-  Batch first, second;
-  auto load_batch = [&](Batch& b, int64_t batch) {
-    if (batch >= batches) return;
+  // The pair table holds the same word for all 32 lanes of a byte: four lanes per 16-byte store.
+  for (int i = threadIdx.x; i < kPairTableWords / 4; i += Shape::kThreads) {
+    const int byte = i / (kWarpSize / 4);
+    // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
+    const uint32_t v = Pair<T>::pack(args.code[byte >> 4], args.code[byte & 15]);
+    reinterpret_cast<uint4*>(smem)[i] = make_uint4(v, v, v, v);
+  }
+  float offset = 0.0f;
+  if constexpr (Nested) {
+    for (int i = threadIdx.x; i < 256; i += Shape::kThreads) nested_code[i] = args.absmax_code[i];
+    offset = *args.absmax_offset;
+  }
+  __syncthreads();
+  const char* table = reinterpret_cast<const char*>(smem);
+  auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table + off); };
+
+  float acc[kTiles][NTiles][4] = {};
+  for (int64_t batch = warp; batch < batches; batch += kWarps) {
     const int64_t col0 = batch * (kGroup * kUnroll);
+    // Every load of the batch is issued before any is used.
+    uint2 codes[kUnroll][kTiles][2];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
       for (int j = 0; j < kTiles; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          b.codes[u][j][h] = __ldg(
-              reinterpret_cast<const uint2*>(args.packed + (wrow[j][h] + col0 + u * kGroup + 16 * t) / 2));
-    b.scales.load(args, (scale_row + col0) >> args.log2_blocksize);
-  };
-  // The first codes are requested before the table is built, so their latency overlaps it.
-  load_batch(first, warp);
-
-  for (int i = threadIdx.x; i < kPairTableWords; i += kThreads) {
-    const int byte = i / kWarpSize;
-    // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
-    smem[i] = Pair<T>::pack(args.code[byte >> 4], args.code[byte & 15]);
-  }
-  float offset = 0.0f;
-  if constexpr (Nested) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
-    offset = *args.absmax_offset;
-  }
-  __syncthreads();
-
-  float acc[kTiles][NTiles][4] = {};
-  auto compute = [&](const Batch& b, int64_t batch) {
-    const int64_t col0 = batch * (kGroup * kUnroll);
+          codes[u][j][h] = __ldg(reinterpret_cast<const uint2*>(codes_at[j][h] + col0 / 2 + u * (kGroup / 2)));
+    BatchScales<ScalesPerBatch, Nested> scales[kTiles][2];
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) scales[j][h].load(args, first_block[j][h] + (col0 >> args.log2_blocksize));
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t col = col0 + u * kGroup;
@@ -213,56 +234,42 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_4bit_small_m(const __grid_co
         x[i][0] = v0.x, x[i][1] = v0.y, x[i][2] = v0.z, x[i][3] = v0.w;
         x[i][4] = v1.x, x[i][5] = v1.y, x[i][6] = v1.z, x[i][7] = v1.w;
       }
-      const float own = b.scales.of_group(u, nested_code, offset);  // this lane's row (lane = CTA row)
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
-        // Block scales of rows g and g + 8 of tile j, held by lanes 16j + g and 16j + 8 + g.
-        const float s[2] = {__shfl_sync(cuda::kFullWarpMask, own, 16 * j + g),
-                            __shfl_sync(cuda::kFullWarpMask, own, 16 * j + 8 + g)};
         float part[NTiles][4] = {};
 #pragma unroll
         for (int step = 0; step < 4; ++step) {
           // Codes of columns 16t + 4 step + {0..3}: bytes 2 step and 2 step + 1 of the lane's 8.
-          const int shift = 16 * (step % 2);
-          const uint32_t lo_word = step < 2 ? b.codes[u][j][0].x : b.codes[u][j][0].y;
-          const uint32_t hi_word = step < 2 ? b.codes[u][j][1].x : b.codes[u][j][1].y;
-          const uint32_t a[4] = {smem[((lo_word >> shift) & 0xff) * kWarpSize + lane],
-                                 smem[((hi_word >> shift) & 0xff) * kWarpSize + lane],
-                                 smem[((lo_word >> (shift + 8)) & 0xff) * kWarpSize + lane],
-                                 smem[((hi_word >> (shift + 8)) & 0xff) * kWarpSize + lane]};
+          const uint32_t lo = step < 2 ? codes[u][j][0].x : codes[u][j][0].y;
+          const uint32_t hi = step < 2 ? codes[u][j][1].x : codes[u][j][1].y;
+          uint32_t a[4];
+          if (step % 2 == 0) {
+            a[0] = pair(pair_offset<0>(lo, lane4)), a[1] = pair(pair_offset<0>(hi, lane4));
+            a[2] = pair(pair_offset<1>(lo, lane4)), a[3] = pair(pair_offset<1>(hi, lane4));
+          } else {
+            a[0] = pair(pair_offset<2>(lo, lane4)), a[1] = pair(pair_offset<2>(hi, lane4));
+            a[2] = pair(pair_offset<3>(lo, lane4)), a[3] = pair(pair_offset<3>(hi, lane4));
+          }
 #pragma unroll
           for (int i = 0; i < NTiles; ++i) mma_16816<T>(part[i], a, x[i][2 * step], x[i][2 * step + 1]);
         }
+        const float s0 = scales[j][0].of_group(u, nested_code, offset);
+        const float s1 = scales[j][1].of_group(u, nested_code, offset);
 #pragma unroll
         for (int i = 0; i < NTiles; ++i) {
-          acc[j][i][0] += part[i][0] * s[0];
-          acc[j][i][1] += part[i][1] * s[0];
-          acc[j][i][2] += part[i][2] * s[1];
-          acc[j][i][3] += part[i][3] * s[1];
+          acc[j][i][0] += part[i][0] * s0;
+          acc[j][i][1] += part[i][1] * s0;
+          acc[j][i][2] += part[i][2] * s1;
+          acc[j][i][3] += part[i][3] * s1;
         }
       }
-    }
-  };
-  if constexpr (NTiles == 1) {
-    // Double-buffered: the next batch is requested before the current one is used.
-    for (int64_t batch = warp; batch < batches; batch += 2 * kWarps) {
-      load_batch(second, batch + kWarps);
-      compute(first, batch);
-      if (batch + kWarps >= batches) break;
-      load_batch(first, batch + 2 * kWarps);
-      compute(second, batch + kWarps);
-    }
-  } else {
-    // Two activation operands leave no registers for a second batch.
-    for (int64_t batch = warp; batch < batches; batch += kWarps) {
-      compute(first, batch);
-      load_batch(first, batch + kWarps);
     }
   }
 
   // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
   // the kWarps partials of a few outputs.
   constexpr int kPerWarp = kTiles * NTiles * 4;  // accumulators per lane
+  static_assert(kWarps * kPerWarp * kWarpSize <= kPairTableWords, "the partial sums fit in the table's space");
   __syncthreads();  // every warp is done with the pair table
   float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
@@ -274,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_4bit_small_m(const __grid_co
   __syncthreads();
   const T* bias = static_cast<const T*>(args.bias);
   T* out = static_cast<T*>(args.out);
-  for (int idx = threadIdx.x; idx < kPerWarp * kWarpSize; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < kPerWarp * kWarpSize; idx += Shape::kThreads) {
     const int l = idx % kWarpSize, slot = idx / kWarpSize;
     const int c = slot % 4, i = (slot / 4) % NTiles, j = slot / (4 * NTiles);
     const int lg = l / 4, lt = l % 4;
@@ -301,15 +308,17 @@ void launch(const Gemm4bitParams& p, cudaStream_t stream) {
                 p.M, p.K, p.N, cuda::log2_of(p.blocksize), {}};
   const float* values = p.qtype == QuantType::NF4 ? kNF4Values : kFP4Values;
   for (int i = 0; i < 16; ++i) args.code[i] = values[i];
-  const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
-  BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the 4-bit GEMV grid");
   auto run = [&](auto scales_per_batch) {
     constexpr int S = decltype(scales_per_batch)::value;
-    if (p.M <= 8) {
-      gemm_4bit_small_m<T, Nested, 1, S><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
-    } else {
-      gemm_4bit_small_m<T, Nested, 2, S><<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(args);
-    }
+    auto go = [&](auto n_tiles) {
+      constexpr int NT = decltype(n_tiles)::value;
+      using Shape = GemvShape<NT>;
+      const int64_t ctas = (p.N + Shape::kRows - 1) / Shape::kRows;
+      BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the 4-bit GEMV grid");
+      gemm_4bit_small_m<T, Nested, NT, S><<<static_cast<unsigned>(ctas), Shape::kThreads, 0, stream>>>(args);
+    };
+    if (p.M <= 8) go(std::integral_constant<int, 1>{});
+    else go(std::integral_constant<int, 2>{});
   };
   if (p.blocksize == 64) {
     run(std::integral_constant<int, 4>{});

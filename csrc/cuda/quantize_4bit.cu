@@ -232,7 +232,7 @@ void launch_dequantize_4bit(const Dequantize4bitParams& p, int32_t device, cudaS
   const bool vector_ok = is_aligned(p.packed, V / 2) && is_aligned(p.out, kVecBytes);
   const int64_t num_vecs = vector_ok ? p.n / V : 0;
   constexpr auto kernel = dequantize_4bit_kernel<T>;
-  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * kDequantUnroll * V : 2 * kDequantThreads;
+  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * dequant_unroll<Packet<uint8_t, V / 2>>() * V : 2 * kDequantThreads;
   const unsigned grid = grid_for((p.n + per_cta - 1) / per_cta, resident_ctas<kernel>(device, kDequantThreads));
   kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_vecs, log2_of(p.blocksize));
   BNB_CUDA_CHECK_LAUNCH("dequantize_4bit_kernel");

@@ -165,7 +165,7 @@ void launch_dequantize_blockwise(const DequantizeBlockwiseParams& p, int32_t dev
   const bool vector_ok = is_aligned(p.A, V) && is_aligned(p.out, kVecBytes);
   const int64_t num_vecs = vector_ok ? p.n / V : 0;
   constexpr auto kernel = dequantize_blockwise_kernel<T>;
-  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * kDequantUnroll * V : kDequantThreads;
+  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * dequant_unroll<Packet<uint8_t, V>>() * V : kDequantThreads;
   const unsigned grid = grid_for((p.n + per_cta - 1) / per_cta, resident_ctas<kernel>(device, kDequantThreads));
   kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_vecs, log2_of(p.blocksize));
   BNB_CUDA_CHECK_LAUNCH("dequantize_blockwise_kernel");
