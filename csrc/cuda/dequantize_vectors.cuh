@@ -2,7 +2,7 @@
 //
 // One output vector (16 bytes of T) per thread and step, from the codes of that vector: both the
 // code loads and the 16-byte stores of a warp are contiguous. The codes and block scales of all
-// dequant_unroll vectors of a thread are requested before any is expanded: a scale read issued only
+// kDequantUnroll vectors of a thread are requested before any is expanded: a scale read issued only
 // after the previous vector's store would put one memory latency per vector on the critical path
 // (at blocksize 64 most of them miss L1).
 #pragma once
@@ -12,12 +12,14 @@
 namespace bnb::cuda {
 
 constexpr int kDequantThreads = 256;
-// Output vectors per thread per step: 8 where a vector's codes are a 4-byte load or less (fp32 8-bit,
-// 16-bit 4-bit output), whose loop otherwise waits on memory latency; more than 8 costs occupancy
-// (fp32 4-bit output fell from 87% to 77% of copy bandwidth at 16 on the H100).
-template <typename Codes>
-constexpr int dequant_unroll() {
-  return sizeof(Codes) >= 8 ? 4 : 8;
+constexpr int kDequantUnroll = 4;  // output vectors per thread per step
+
+// CTAs for num_vecs vectors: one tile (kDequantThreads * kDequantUnroll vectors) each. A grid of
+// resident CTAs striding over the tiles reached 86-90% of copy bandwidth on the H100; one tile per
+// CTA, with streaming stores, 95-97%.
+inline unsigned dequant_grid(int64_t num_vecs) {
+  constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kDequantUnroll;
+  return grid_for((num_vecs + kTileVecs - 1) / kTileVecs, kMaxGridX);
 }
 
 // Vectors [0, num_vecs) of `out`. Codes: the packed codes of one output vector. decode(codes,
@@ -28,7 +30,7 @@ __device__ __forceinline__ void dequantize_vectors(const Codes* __restrict__ in,
                                                    T* __restrict__ out, int64_t num_vecs, int log2_blocksize,
                                                    Decode decode) {
   constexpr int V = vec_elems<T>();
-  constexpr int kUnroll = dequant_unroll<Codes>();
+  constexpr int kUnroll = kDequantUnroll;
   constexpr int64_t kTileVecs = int64_t{kDequantThreads} * kUnroll;
   for (int64_t base = int64_t{blockIdx.x} * kTileVecs; base < num_vecs; base += int64_t{gridDim.x} * kTileVecs) {
     Codes q[kUnroll];
@@ -47,7 +49,7 @@ __device__ __forceinline__ void dequantize_vectors(const Codes* __restrict__ in,
       if (v >= num_vecs) break;
       float x[V];
       decode(q[u], scales[u], x);
-      store_from_f32<T, V>(out + v * V, x);
+      store_from_f32<T, V, true>(out + v * V, x);  // streamed: the output is not read again here
     }
   }
 }

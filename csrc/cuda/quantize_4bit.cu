@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kDequantThreads)
 template <typename T, QuantType Q, int G>
 void launch_quantize_tiles(const Quantize4bitParams& p, int64_t num_tiles, int32_t device, cudaStream_t stream) {
   constexpr auto kernel = quantize_4bit_kernel<T, Q, G>;
-  const unsigned grid = grid_for(num_tiles, resident_ctas<kernel>(device, kTileThreads));
+  const unsigned grid = grid_for(num_tiles, kStreamingWaves * resident_ctas<kernel>(device, kTileThreads));
   kernel<<<grid, kTileThreads, 0, stream>>>(p, num_tiles);
   BNB_CUDA_CHECK_LAUNCH("quantize_4bit_kernel");
 }
@@ -232,8 +232,8 @@ void launch_dequantize_4bit(const Dequantize4bitParams& p, int32_t device, cudaS
   const bool vector_ok = is_aligned(p.packed, V / 2) && is_aligned(p.out, kVecBytes);
   const int64_t num_vecs = vector_ok ? p.n / V : 0;
   constexpr auto kernel = dequantize_4bit_kernel<T>;
-  const int64_t per_cta = vector_ok ? int64_t{kDequantThreads} * dequant_unroll<Packet<uint8_t, V / 2>>() * V : 2 * kDequantThreads;
-  const unsigned grid = grid_for((p.n + per_cta - 1) / per_cta, resident_ctas<kernel>(device, kDequantThreads));
+  const unsigned grid = vector_ok ? dequant_grid(num_vecs)
+                                  : grid_for((p.n + 2 * kDequantThreads - 1) / (2 * kDequantThreads), resident_ctas<kernel>(device, kDequantThreads));
   kernel<<<grid, kDequantThreads, 0, stream>>>(p, num_vecs, log2_of(p.blocksize));
   BNB_CUDA_CHECK_LAUNCH("dequantize_4bit_kernel");
 }
