@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes as ct
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .. import _native, _validate as check
@@ -199,22 +198,18 @@ def _rows_cols(A: torch.Tensor) -> tuple:
 def _outlier_columns(mask: torch.Tensor) -> torch.Tensor:
     """Sorted int64 indices of the flagged columns, on the mask's device.
 
-    The list's length depends on the data, so the host must wait for the flags either way. On CUDA
-    one copy of the [cols] byte mask into pinned memory is that single wait; the host counts the
-    flags, and the list itself is built on the device by nonzero_static, which needs no further
-    synchronisation (torch.nonzero waits once more internally, and a host-built list would need a
-    blocking upload). With no outliers, the usual case, nothing more runs on the device."""
-    if mask.device.type != "cuda":
-        return torch.nonzero(mask).view(-1)
-    flags = torch.empty(mask.shape, dtype=torch.uint8, pin_memory=True)
-    flags.copy_(mask, non_blocking=True)
-    torch.cuda.current_stream(mask.device).synchronize()
-    count = int(np.count_nonzero(flags.numpy()))
-    if count == 0:
+    The list's length depends on the data, so the host must wait for the flags either way. The native
+    library counts them and hands the count to the host with a single wait (on CUDA one small kernel
+    writes it into pinned host memory); the list itself is built on the device by nonzero_static,
+    which needs no further synchronisation. With no outliers, the usual case, nothing more runs."""
+    count = ct.c_int64(0)
+    lib, dev, stream = _exec(mask.device)
+    lib.call("bnb_count_set_flags", mask.data_ptr(), mask.numel(), ct.byref(count), dev, stream)
+    if count.value == 0:
         return torch.empty(0, device=mask.device, dtype=torch.int64)
     try:
-        return torch.nonzero_static(mask, size=count).view(-1)
-    except NotImplementedError:  # a torch without the CUDA kernel of nonzero_static
+        return torch.nonzero_static(mask, size=count.value).view(-1)
+    except NotImplementedError:  # a torch without the kernel of nonzero_static
         return torch.nonzero(mask).view(-1)
 
 

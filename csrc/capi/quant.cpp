@@ -144,6 +144,19 @@ BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtyp
   });
 }
 
+BNB_API bnb_status_t bnb_count_set_flags(const uint8_t* flags, int64_t n, int64_t* count, int32_t device,
+                                         bnb_stream_t stream) {
+  return capi_guard(__func__, [&] {
+    check_count(n, "n");
+    check_ptr(flags, "flags", n);
+    check_ptr(count, "count", 1);
+    *count = 0;
+    if (n == 0) return;
+    backend::check_device(device);
+    *count = backend::count_set_flags(flags, n, device, stream);
+  });
+}
+
 BNB_API bnb_status_t bnb_int8_colwise_quant(const void* A, bnb_dtype_t a_dtype, int64_t rows, int64_t cols,
                                             float threshold, int8_t* out, float* col_stats, int32_t device,
                                             bnb_stream_t stream) {

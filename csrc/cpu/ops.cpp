@@ -71,6 +71,12 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t, bnb_stre
   parallel_for(p.rows, grain_in(p.cols), [&](int64_t r0, int64_t r1) { k.int8_vectorwise_quant(p, r0, r1); });
 }
 
+int64_t count_set_flags(const uint8_t* flags, int64_t n, int32_t, bnb_stream_t) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) count += flags[i] != 0;
+  return count;
+}
+
 namespace {
 template <typename T>
 void int8_colwise_quant_t(const Int8ColwiseQuantParams& p) {

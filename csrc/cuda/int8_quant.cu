@@ -166,6 +166,24 @@ __global__ void __launch_bounds__(kColThreads) int8_col_quantize_kernel(Int8Colw
   }
 }
 
+// Nonzero bytes of flags [n], by one CTA (the flag arrays are one byte per column: small).
+constexpr int kCountThreads = 1024;
+__global__ void __launch_bounds__(kCountThreads) count_flags_kernel(const uint8_t* __restrict__ flags, int64_t n,
+                                                                     int64_t* count) {
+  __shared__ int32_t warp_totals[kCountThreads / kWarpSize];
+  int32_t own = 0;
+  for (int64_t i = threadIdx.x; i < n; i += kCountThreads) own += flags[i] != 0;
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) own += __shfl_xor_sync(kFullWarpMask, own, offset);
+  if (threadIdx.x % kWarpSize == 0) warp_totals[threadIdx.x / kWarpSize] = own;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t total = 0;
+    for (int w = 0; w < kCountThreads / kWarpSize; ++w) total += warp_totals[w];
+    *count = total;
+  }
+}
+
 template <typename T, int R, int V, bool kOutliers>
 void launch_rows(const Int8VectorwiseQuantParams& p, int32_t device, cudaStream_t stream) {
   constexpr auto kernel = int8_vectorwise_kernel<T, R, V, kOutliers>;
@@ -237,6 +255,32 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, b
   dispatch_float<cuda::CudaType>(p.a_dtype, "A", [&](auto tag) {
     cuda::launch_int8_vectorwise<typename decltype(tag)::type>(p, device, cuda::as_cuda(stream));
   });
+}
+
+int64_t count_set_flags(const uint8_t* flags, int64_t n, int32_t device, bnb_stream_t stream) {
+  cuda::DeviceGuard guard(device);
+  const cudaStream_t s = cuda::as_cuda(stream);
+  // One pinned, device-mapped word per thread: the kernel stores the count straight into host memory,
+  // so the host only waits for the stream (a copy would add a second operation to wait for).
+  thread_local int64_t* word = nullptr;
+  thread_local int64_t* word_on_device = nullptr;
+  if (word == nullptr) {
+    int64_t* host = nullptr;
+    BNB_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int64_t),
+                                 cudaHostAllocMapped | cudaHostAllocPortable));
+    void* mapped = nullptr;
+    const cudaError_t err = cudaHostGetDevicePointer(&mapped, host, 0);
+    if (err != cudaSuccess) {
+      cudaFreeHost(host);
+      cuda::throw_cuda_error(err, "cudaHostGetDevicePointer", __FILE__, __LINE__);
+    }
+    word = host;
+    word_on_device = static_cast<int64_t*>(mapped);
+  }
+  cuda::count_flags_kernel<<<1, cuda::kCountThreads, 0, s>>>(flags, n, word_on_device);
+  BNB_CUDA_CHECK_LAUNCH("count_flags_kernel");
+  BNB_CUDA_CHECK(cudaStreamSynchronize(s));
+  return *static_cast<volatile int64_t*>(word);
 }
 
 void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t device, bnb_stream_t stream) {

@@ -58,6 +58,12 @@ BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtyp
                                                float threshold, int8_t* out, float* row_stats,
                                                uint8_t* outlier_cols, int32_t device, bnb_stream_t stream);
 
+/* Number of nonzero bytes of flags [n] (e.g. the outlier_cols of bnb_int8_vectorwise_quant), written
+ * to *count on the host. The count is data the host needs, so on CUDA the call waits for `stream`:
+ * one kernel and one stream synchronisation, no copy (the kernel writes the host's pinned word). */
+BNB_API bnb_status_t bnb_count_set_flags(const uint8_t* flags, int64_t n, int64_t* count, int32_t device,
+                                         bnb_stream_t stream);
+
 /* Column-wise counterpart used by int8_double_quant:
  *   col_stats[c] = max |A[:, c]| over values with |x| < threshold
  *   out[r, c]    = round_half_even(A[r, c] * 127 / col_stats[c]), 0 where |x| >= threshold */

@@ -147,6 +147,18 @@ TEST(CApi, Int8AndQuantileErrors) {
   EXPECT_EQ(bnb_int8_vectorwise_quant(nullptr, BNB_DTYPE_FLOAT32, 0, 30, 6.0f, nullptr, nullptr, cols, 0, nullptr),
             BNB_STATUS_OK);
 
+  // Counting the outlier flags: every nonzero byte counts (not only 1), an empty array counts 0.
+  const uint8_t flags[7] = {0, 1, 0, 2, 255, 0, 1};
+  int64_t count = -1;
+  EXPECT_EQ(bnb_count_set_flags(flags, 7, &count, 0, nullptr), BNB_STATUS_OK);
+  EXPECT_EQ(count, 4);
+  EXPECT_EQ(bnb_count_set_flags(nullptr, 0, &count, 0, nullptr), BNB_STATUS_OK);
+  EXPECT_EQ(count, 0);
+  const char* c = "bnb_count_set_flags";
+  EXPECT_FAILS(bnb_count_set_flags(nullptr, 3, &count, 0, nullptr), BNB_STATUS_INVALID_ARGUMENT, c, "flags");
+  EXPECT_FAILS(bnb_count_set_flags(flags, 7, nullptr, 0, nullptr), BNB_STATUS_INVALID_ARGUMENT, c, "count");
+  EXPECT_FAILS(bnb_count_set_flags(flags, -1, &count, 0, nullptr), BNB_STATUS_INVALID_ARGUMENT, c, "n");
+
   const char* g = "bnb_estimate_quantiles";
   float q[256];
   EXPECT_FAILS(bnb_estimate_quantiles(a, BNB_DTYPE_FLOAT32, 100, 1.0f / 512, q, 0, nullptr),
