@@ -197,6 +197,42 @@ __device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {
   return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
+// ---- prefetch ---------------------------------------------------------------------------------------------
+// The 8-bit update of a block is a long dependent chain (dequantize, update, block absmax, code
+// search) during which the warp has no loads in flight. Before starting it, the warp asks L2 for
+// the lines of the block it will take next (one line per lane), so that block's loads find them there.
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
+}
+
+template <typename TP, int Cap>
+__device__ __forceinline__ void prefetch_next_block(const TensorTable<Cap>& table, int64_t gb, int ti,
+                                                    bnb_dtype_t g_dtype, int lane) {
+  if (gb >= table.first_block[table.count]) return;
+  while (gb >= table.first_block[ti + 1]) ++ti;
+  const bnb_optimizer_tensor_t& t = table.t[ti];
+  const int64_t begin = (gb - table.first_block[ti]) * kOptimBlock;
+  const int64_t elems_left = t.n - begin;  // >= 1
+  constexpr int kLine = 128;
+  constexpr int kParamLines = kOptimBlock * static_cast<int>(sizeof(TP)) / kLine;  // 4 (16-bit) or 8 (fp32)
+  const int g_size = g_dtype == BNB_DTYPE_FLOAT32 ? 4 : 2;
+  const int grad_lines = kOptimBlock * g_size / kLine;
+  constexpr int kStateLines = kOptimBlock / kLine;  // 2
+  int line = lane;
+  const char* at = nullptr;
+  int64_t limit = 0;  // bytes of that array left from the block's start
+  if (line < kParamLines) {
+    at = static_cast<const char*>(t.p) + begin * sizeof(TP), limit = elems_left * sizeof(TP);
+  } else if ((line -= kParamLines) < grad_lines) {
+    at = static_cast<const char*>(t.g) + begin * g_size, limit = elems_left * g_size;
+  } else if ((line -= grad_lines) < kStateLines) {
+    at = static_cast<const char*>(t.state1) + begin, limit = elems_left;
+  } else if ((line -= kStateLines) < kStateLines && t.state2 != nullptr) {
+    at = static_cast<const char*>(t.state2) + begin, limit = elems_left;
+  }
+  if (at != nullptr && int64_t{line} * kLine < limit) prefetch_l2(at + line * kLine);
+}
+
 // ---- the kernel ------------------------------------------------------------------------------------------
 
 // The grid-stride loop over 256-element blocks.
@@ -223,6 +259,8 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
     const bool full = remaining >= kOptimBlock && aligned(t.p, kChunk * sizeof(TP)) &&
                       aligned(t.g, kChunk * 4) && aligned(t.state1, state_align) &&
                       (!kTwoStates || aligned(t.state2, state_align)) && (!kSlowMoment || t.n % kChunk == 0);
+
+    if constexpr (Bits == 8) prefetch_next_block<TP>(table, gb + int64_t{gridDim.x} * kWarps, ti, args.g_dtype, lane);
 
     TP* p = static_cast<TP*>(t.p) + begin;
     float pv[8], gv[8], m[8], v[8], m2[8];
