@@ -8,6 +8,7 @@ whose output size depends on the data, exactly like torch.nonzero).
 from __future__ import annotations
 
 import ctypes as ct
+import threading
 from typing import Optional
 
 import torch
@@ -195,6 +196,22 @@ def _rows_cols(A: torch.Tensor) -> tuple:
     return rows, cols
 
 
+_mask_buffers = threading.local()
+
+
+def _outlier_mask(device: torch.device, stream, cols: int) -> torch.Tensor:
+    """A [cols] uint8 buffer for the outlier flags, kept per thread, device and stream: each call has
+    consumed its flags (counted them, listed them on the same stream) before the next call on that
+    stream can overwrite them, so the buffer is reused instead of allocated per call."""
+    buffers = _mask_buffers.__dict__.setdefault("by_stream", {})
+    key = (device, stream)
+    mask = buffers.get(key)
+    if mask is None or mask.numel() != cols:
+        mask = torch.empty(cols, device=device, dtype=torch.uint8)
+        buffers[key] = mask
+    return mask
+
+
 def _outlier_columns(mask: torch.Tensor) -> torch.Tensor:
     """Sorted int64 indices of the flagged columns, on the mask's device.
 
@@ -219,11 +236,11 @@ def _(A: torch.Tensor, threshold: float = 0.0):
     rows, cols = _rows_cols(A)
     out = torch.empty_like(A, dtype=torch.int8)
     row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
+    lib, dev, stream = _exec(A.device)
     # The library clears the mask itself whenever there are rows; with none it writes nothing.
     mask = None
     if threshold > 0.0:
-        mask = (torch.empty if rows > 0 else torch.zeros)(cols, device=A.device, dtype=torch.uint8)
-    lib, dev, stream = _exec(A.device)
+        mask = _outlier_mask(A.device, stream, cols) if rows > 0 else torch.zeros(cols, device=A.device, dtype=torch.uint8)
     lib.call("bnb_int8_vectorwise_quant", _ptr(A), _DTYPE_CODES[A.dtype], rows, cols, float(threshold), _ptr(out),
              _ptr(row_stats), _ptr(mask), dev, stream)
     if mask is None:

@@ -200,7 +200,8 @@ __device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {
 // ---- prefetch ---------------------------------------------------------------------------------------------
 // The 8-bit update of a block is a long dependent chain (dequantize, update, block absmax, code
 // search) during which the warp has no loads in flight. Before starting it, the warp asks L2 for
-// the lines of the block it will take next (one line per lane), so that block's loads find them there.
+// the lines of a block it will take later (one line per lane), so that block's loads find them there.
+constexpr int kPrefetchAhead = 1;  // blocks ahead of the current one (2 measured slower on the H100)
 __device__ __forceinline__ void prefetch_l2(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
 }
@@ -260,7 +261,15 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
                       aligned(t.g, kChunk * 4) && aligned(t.state1, state_align) &&
                       (!kTwoStates || aligned(t.state2, state_align)) && (!kSlowMoment || t.n % kChunk == 0);
 
-    if constexpr (Bits == 8) prefetch_next_block<TP>(table, gb + int64_t{gridDim.x} * kWarps, ti, args.g_dtype, lane);
+    if constexpr (Bits == 8) {
+      const int64_t stride = int64_t{gridDim.x} * kWarps;
+      if (gb < stride) {  // the first block: ask for all the blocks up to the prefetch distance
+#pragma unroll
+        for (int ahead = 1; ahead < kPrefetchAhead; ++ahead)
+          prefetch_next_block<TP>(table, gb + ahead * stride, ti, args.g_dtype, lane);
+      }
+      prefetch_next_block<TP>(table, gb + kPrefetchAhead * stride, ti, args.g_dtype, lane);
+    }
 
     TP* p = static_cast<TP*>(t.p) + begin;
     float pv[8], gv[8], m[8], v[8], m2[8];
