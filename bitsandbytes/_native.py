@@ -12,6 +12,7 @@ import ctypes as ct
 import json
 import os
 import platform
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -32,6 +33,7 @@ STATUS_NAMES = {
     6: "internal error",
     7: "device not supported by this build",
 }
+STATUS_OUT_OF_MEMORY = 5
 STATUS_DEVICE_UNSUPPORTED = 7
 
 # bnb_dtype_t
@@ -134,6 +136,17 @@ def _error_type(status: int) -> type:
     return ValueError if status in (1, 2) else (NotImplementedError if status == 3 else NativeError)
 
 
+def _release_cached_cuda_memory() -> bool:
+    """The CUDA library takes its scratch memory from the CUDA runtime, beside torch's caching
+    allocator, which may be holding most of the device's free memory in its cache: hand that back.
+    True if there was a CUDA cache to release."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return False
+    torch.cuda.empty_cache()
+    return True
+
+
 class NativeLibrary:
     """A loaded backend library with typed entry points. ``lib.call(name, *args)`` raises on failure."""
 
@@ -155,7 +168,12 @@ class NativeLibrary:
         self.version = self._dll.bnb_version().decode()
 
     def call(self, name: str, *args) -> None:
-        status = getattr(self._dll, name)(*args)
+        fn = getattr(self._dll, name)
+        status = fn(*args)
+        if status == STATUS_OUT_OF_MEMORY and self.name == "cuda" and _release_cached_cuda_memory():
+            # Once more, now that torch has handed back what it was caching. A call that runs out of
+            # memory for its scratch has written nothing the retry does not write again.
+            status = fn(*args)
         if status != STATUS_OK:
             message = self._dll.bnb_last_error().decode(errors="replace")
             if status == STATUS_DEVICE_UNSUPPORTED:

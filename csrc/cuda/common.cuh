@@ -22,13 +22,17 @@ namespace bnb::cuda {
   // A failed runtime call also leaves its (non-sticky) error as the "last error": clear it, or the next
   // launch check would report it against an unrelated kernel.
   (void)cudaGetLastError();
+  // Out of memory has its own status: the caller may free cached memory and try again.
+  if (err == cudaErrorMemoryAllocation)
+    fail(BNB_STATUS_OUT_OF_MEMORY, "CUDA out of memory. ", call, " at ", file, ":", line);
   fail(BNB_STATUS_DEVICE_ERROR, "CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") in ", call,
        " at ", file, ":", line);
 }
 
 }  // namespace bnb::cuda
 
-// Any runtime call whose failure must surface as BNB_STATUS_DEVICE_ERROR.
+// Any runtime call whose failure must surface as BNB_STATUS_DEVICE_ERROR (BNB_STATUS_OUT_OF_MEMORY
+// when the runtime ran out of memory).
 #define BNB_CUDA_CHECK(call)                                                            \
   do {                                                                                  \
     const cudaError_t bnb_err_ = (call);                                                \

@@ -93,3 +93,51 @@ def test_library_from_another_version_is_reported_not_fatal():
     result = _run_python(code, {"BNB_CUDA_LIBRARY": str(candidates[0])})
     assert result.returncode == 0, result.stderr
     assert "lacks the entry point" in result.stdout and "rebuild" in result.stdout
+
+
+class _ScriptedLibrary:
+    """Stands in for a loaded library: an entry point that returns the given statuses in turn."""
+
+    def __init__(self, *statuses):
+        self.statuses = list(statuses)
+        self.calls = 0
+
+    def bnb_op(self, *args):
+        self.calls += 1
+        return self.statuses.pop(0)
+
+    def bnb_last_error(self):
+        return b"bnb_op: CUDA out of memory. cudaMallocAsync"
+
+
+def _scripted(name: str, *statuses):
+    lib = _native.NativeLibrary.__new__(_native.NativeLibrary)  # no file to load
+    lib._dll, lib.name = _ScriptedLibrary(*statuses), name
+    return lib
+
+
+def test_cuda_out_of_memory_is_retried_once_after_torch_releases_its_cache(monkeypatch):
+    released = []
+    monkeypatch.setattr(_native, "_release_cached_cuda_memory", lambda: released.append(1) or True)
+    lib = _scripted("cuda", _native.STATUS_OUT_OF_MEMORY, _native.STATUS_OK)
+    lib.call("bnb_op", 1, 2)
+    assert lib._dll.calls == 2 and released == [1]
+
+    # Still out of memory after the release: one retry only, then the error names the cause.
+    released.clear()
+    lib = _scripted("cuda", _native.STATUS_OUT_OF_MEMORY, _native.STATUS_OUT_OF_MEMORY)
+    with pytest.raises(_native.NativeError, match="out of memory"):
+        lib.call("bnb_op")
+    assert lib._dll.calls == 2 and released == [1]
+
+
+def test_out_of_memory_is_not_retried_without_a_cache_to_release(monkeypatch):
+    monkeypatch.setattr(_native, "_release_cached_cuda_memory", lambda: False)
+    lib = _scripted("cuda", _native.STATUS_OUT_OF_MEMORY)
+    with pytest.raises(_native.NativeError, match="out of memory"):
+        lib.call("bnb_op")
+    assert lib._dll.calls == 1
+    lib = _scripted("cpu", _native.STATUS_OUT_OF_MEMORY)  # host memory: nothing torch caches for it
+    with pytest.raises(_native.NativeError):
+        lib.call("bnb_op")
+    assert lib._dll.calls == 1
