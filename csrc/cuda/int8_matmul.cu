@@ -60,8 +60,9 @@ constexpr int kPackedOutliers = 64;
 struct Outliers {
   const int32_t* count;  // number of outlier columns (on the device)
   const int32_t* cols;   // their ascending indices [K]
-  const float* x;        // [M, kPackedOutliers] X at those columns, as float
-  const float* ca;       // [M, kPackedOutliers] CA at those columns
+  // [M, kPackedOutliers] per row and outlier column: what one unit of CB there adds to the output
+  // before the column scale, X / 127 - CA * SCA / 127^2 (the float product minus the int8 one).
+  const float* coef;
   const int8_t* cb;      // [kPackedOutliers, N] CB at those columns (column-major: adjacent outputs n are
                          // adjacent bytes, so a warp's reads coalesce)
 };
@@ -83,22 +84,21 @@ struct StoreLinear {
     float v = static_cast<float>(acc) * row_stats[m] * col * kInt8DequantScale;
     if (outliers.count) {
       const int32_t c = *outliers.count;
-      float extra = 0.0f, int8_terms = 0.0f;
       if (c <= kPackedOutliers) {
-        for (int32_t i = 0; i < c; ++i) {
-          const float w = static_cast<float>(outliers.cb[i * N + n]);
-          extra += outliers.x[m * kPackedOutliers + i] * w;
-          int8_terms += outliers.ca[m * kPackedOutliers + i] * w;
-        }
+        const float* coef = outliers.coef + m * kPackedOutliers;
+        float sum = 0.0f;
+        for (int32_t i = 0; i < c; ++i) sum += coef[i] * static_cast<float>(outliers.cb[i * N + n]);
+        v += sum * col;
       } else {
+        float extra = 0.0f, int8_terms = 0.0f;
         for (int32_t i = 0; i < c; ++i) {
           const int64_t k = outliers.cols[i];
           const float w = static_cast<float>(CB[n * K + k]);
           extra += cuda::to_f32(X[m * K + k]) * w;
           int8_terms += static_cast<float>(CA[m * K + k]) * w;
         }
+        v += extra * col * (1.0f / 127.0f) - int8_terms * row_stats[m] * col * kInt8DequantScale;
       }
-      v += extra * col * (1.0f / 127.0f) - int8_terms * row_stats[m] * col * kInt8DequantScale;
     }
     if (bias) v += cuda::to_f32(bias[n]);
     return v;
@@ -107,19 +107,19 @@ struct StoreLinear {
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { *out_at(m, n) = cuda::from_f32<T>(value(m, n, acc)); }
 };
 
-// Fills the packed outlier arrays of Outliers (rows [0, M) of x/ca, columns [0, N) of cb).
+// Fills the packed outlier arrays of Outliers (rows [0, M) of coef, columns [0, N) of cb).
 template <typename T>
-__global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict__ CA, const int8_t* __restrict__ CB,
-                              int64_t M, int64_t N, int64_t K, const int32_t* count, const int32_t* cols, float* x,
-                              float* ca, int8_t* cb) {
+__global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict__ CA, const float* __restrict__ SCA,
+                              const int8_t* __restrict__ CB, int64_t M, int64_t N, int64_t K, const int32_t* count,
+                              const int32_t* cols, float* coef, int8_t* cb) {
   const int32_t c = *count;
   if (c > kPackedOutliers) return;
   const int64_t total = (M + N) * c;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = i / c, j = i % c, k = cols[j];
     if (row < M) {
-      x[row * kPackedOutliers + j] = cuda::to_f32(X[row * K + k]);
-      ca[row * kPackedOutliers + j] = static_cast<float>(CA[row * K + k]);
+      coef[row * kPackedOutliers + j] = cuda::to_f32(X[row * K + k]) * (1.0f / 127.0f) -
+                                        static_cast<float>(CA[row * K + k]) * SCA[row] * kInt8DequantScale;
     } else {
       cb[j * N + (row - M)] = CB[(row - M) * K + k];
     }
@@ -500,13 +500,13 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool outliers = p.threshold > 0.0f;
   // One scratch block: CA [M, K], SCA [M], and with outliers: mask [K], indices [K] + count, the packed
-  // outlier arrays x, ca [M, kPackedOutliers] (float) and cb [kPackedOutliers, N].
+  // outlier arrays coef [M, kPackedOutliers] (float) and cb [kPackedOutliers, N].
   const size_t ca_bytes = align_up(static_cast<size_t>(p.M * p.K)), sca_bytes = align_up(sizeof(float) * p.M);
   const size_t mask_bytes = outliers ? align_up(static_cast<size_t>(p.K)) : 0;
   const size_t index_bytes = outliers ? align_up(sizeof(int32_t) * (p.K + 1)) : 0;
   const size_t packed_row_bytes = outliers ? align_up(sizeof(float) * p.M * kPackedOutliers) : 0;
   const size_t packed_cb_bytes = outliers ? align_up(static_cast<size_t>(p.N) * kPackedOutliers) : 0;
-  Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes + 2 * packed_row_bytes + packed_cb_bytes, s);
+  Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes + packed_row_bytes + packed_cb_bytes, s);
   char* next = scratch.get();
   auto take = [&](size_t bytes) {
     char* at = next;
@@ -521,7 +521,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   Outliers packed{};
   if (outliers) {
     packed = {indices + p.K, indices, reinterpret_cast<float*>(take(packed_row_bytes)),
-              reinterpret_cast<float*>(take(packed_row_bytes)), reinterpret_cast<int8_t*>(take(packed_cb_bytes))};
+              reinterpret_cast<int8_t*>(take(packed_cb_bytes))};
   }
 
   backend::int8_vectorwise_quant({p.X, CA, SCA, mask, p.M, p.K, p.threshold, p.x_dtype}, device, stream);
@@ -534,8 +534,8 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
       BNB_CUDA_CHECK_LAUNCH("compact_mask");
       const int64_t work = (p.M + p.N) * kPackedOutliers;
       pack_outliers<<<cuda::grid_for((work + 255) / 256, int64_t{cuda::sm_count(device)} * 4), 256, 0, s>>>(
-          X, CA, p.CB, p.M, p.N, p.K, packed.count, packed.cols, const_cast<float*>(packed.x),
-          const_cast<float*>(packed.ca), const_cast<int8_t*>(packed.cb));
+          X, CA, SCA, p.CB, p.M, p.N, p.K, packed.count, packed.cols, const_cast<float*>(packed.coef),
+          const_cast<int8_t*>(packed.cb));
       BNB_CUDA_CHECK_LAUNCH("pack_outliers");
     }
     const StoreLinear<T> epilogue{SCA, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
