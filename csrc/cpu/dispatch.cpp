@@ -34,4 +34,13 @@ const KernelTable& active_kernels() {
 
 bool avx512_active() { return std::strcmp(active_kernels().isa, "avx512") == 0; }
 
+bool avx512_bf16_active() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has && avx512_active();
+#else
+  return false;
+#endif
+}
+
 }  // namespace bnb::cpu

@@ -22,4 +22,8 @@ namespace bnb::cpu {
 // BNB_CPU_ISA does not ask for a narrower table), so AVX-512 intrinsics may run.
 bool avx512_active();
 
+// avx512_active() on a processor with the AVX512-BF16 dot product (vdpbf16ps): bfloat16 products
+// may then run on bfloat16 pairs instead of widened floats.
+bool avx512_bf16_active();
+
 }  // namespace bnb::cpu

@@ -44,6 +44,23 @@ def test_gemm_4bit_matches_float64(device, dtype, quant_type, m):
     assert _rel_err(y, ref) < RTOL[dtype]
 
 
+@pytest.mark.parametrize("m", [1, 4, 6])
+@pytest.mark.parametrize("shape", [(37, 80), (8, 4096)], ids=["tail-tile-and-tail-k", "long-rows"])
+def test_cpu_bfloat16_product_rounds_the_weight_as_dequantize_does(m, shape):
+    # bfloat16 activations on the CPU: the weight enters the product rounded to bfloat16 (as
+    # dequantize_4bit to bfloat16 rounds it), the sums are float32, the output is rounded once. Covers a
+    # last tile of fewer than four weight rows (N = 37) and a K that leaves a tail after 32-wide steps.
+    N, K = shape
+    w = randn((N, K), torch.float32, "cpu", seed=41)
+    x = randn((m, K), torch.bfloat16, "cpu", seed=42)
+    bias = randn((N,), torch.bfloat16, "cpu", seed=43)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    y = ops.gemm_4bit(x, packed, [N, K], state.absmax, 64, "nf4", bias)
+    wq = F.dequantize_4bit(packed, state).to(torch.bfloat16)  # the weight as the reference path sees it
+    ref = x.double() @ wq.double().T + bias.double()
+    assert _rel_err(y, ref) < 5e-3  # one bfloat16 rounding of the output
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gemm_4bit_nested_statistics(device):
     N, K = 40, 128
