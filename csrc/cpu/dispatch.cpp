@@ -43,4 +43,13 @@ bool avx512_bf16_active() {
 #endif
 }
 
+bool avx512_vnni_active() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx512vnni");
+  return has && avx512_active();
+#else
+  return false;
+#endif
+}
+
 }  // namespace bnb::cpu

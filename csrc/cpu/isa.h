@@ -26,4 +26,7 @@ bool avx512_active();
 // may then run on bfloat16 pairs instead of widened floats.
 bool avx512_bf16_active();
 
+// avx512_active() on a processor with the AVX512-VNNI byte dot product (vpdpbusd).
+bool avx512_vnni_active();
+
 }  // namespace bnb::cpu
