@@ -37,7 +37,9 @@ def print_environment() -> dict:
         cpu = _native.cpu_library()
         info = cpu.info()
         facts["cpu_ok"] = True
-        print(f"  CPU : {cpu.path}  (isa {info['isa']}, {info['threads']} threads, available {info['isa_available']})")
+        products = ", ".join(info.get("products", [])) or "none"
+        print(f"  CPU : {cpu.path}  (isa {info['isa']}, {info['threads']} threads, available {info['isa_available']}, "
+              f"product instructions: {products})")
     except Exception as e:  # keep reporting whatever else we can
         print(f"  CPU : NOT LOADED: {e}")
 

@@ -34,22 +34,21 @@ const KernelTable& active_kernels() {
 
 bool avx512_active() { return std::strcmp(active_kernels().isa, "avx512") == 0; }
 
-bool avx512_bf16_active() {
+// Whether the processor has an AVX-512 extension (GCC's run-time CPU check; false elsewhere).
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has && avx512_active();
+#define BNB_CPU_HAS(feature) __builtin_cpu_supports(feature)
 #else
-  return false;
+#define BNB_CPU_HAS(feature) false
 #endif
+
+bool avx512_bf16_active() {
+  static const bool has = BNB_CPU_HAS("avx512bf16");
+  return has && avx512_active();
 }
 
 bool avx512_vnni_active() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool has = __builtin_cpu_supports("avx512vnni");
+  static const bool has = BNB_CPU_HAS("avx512vnni");
   return has && avx512_active();
-#else
-  return false;
-#endif
 }
 
 }  // namespace bnb::cpu

@@ -7,6 +7,7 @@
 #include "core/backend.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/threading.h"
 #include "cpu/types.h"
@@ -35,9 +36,13 @@ void check_device(int32_t device) {
 }
 
 std::string info_json() {
+  // products: the wider instructions the quantized products use on top of the kernel table.
   return concat("{\"backend\": \"cpu\", \"isa\": \"", active_kernels().isa, "\", \"threads\": ", cpu::num_threads(),
                 ", \"isa_available\": [\"scalar\"", cpu::avx2_kernels() ? ", \"avx2\"" : "",
-                cpu::avx512_kernels() ? ", \"avx512\"" : "", "]}");
+                cpu::avx512_kernels() ? ", \"avx512\"" : "", "], \"products\": [",
+                cpu::avx512_vnni_active() ? "\"avx512_vnni\"" : "",
+                cpu::avx512_vnni_active() && cpu::avx512_bf16_active() ? ", " : "",
+                cpu::avx512_bf16_active() ? "\"avx512_bf16\"" : "", "]}");
 }
 
 void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t, bnb_stream_t) {
