@@ -57,46 +57,54 @@ __attribute__((target("avx512f,avx512bw"))) void tile_avx512(const int8_t* A, co
 }
 
 // The same tile by AVX512-VNNI: vpdpbusd multiplies unsigned by signed bytes, four products per int32
-// lane, so A is offset to unsigned (a + 128, one XOR) and 128 * sum(b) is taken back out of every sum
-// (the sums of B's rows by the same instruction against ones). Modulo 2^32 both ways: the result is
-// the exact int32 product whenever that fits, as above.
-template <int MR>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(const int8_t* A, const int8_t* B, int64_t K,
-                                                                         int32_t (&out)[4][kTileN]) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+// lane, so A is offset to unsigned (a + 128, one XOR) and 128 * sum(b) is taken back out of every sum.
+// Modulo 2^32 both ways: the result is the exact int32 product whenever that fits, as above.
+// b_offsets[j] = 128 * sum of B row j (mod 2^32), from vnni_offsets once per tile of B rows.
+#define BNB_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+BNB_TARGET_VNNI void vnni_offsets(const int8_t* B, int64_t K, uint32_t (&b_offsets)[kTileN]) {
   const __m512i ones = _mm512_set1_epi8(1);
-  __m512i acc[MR][kTileN], bsum[kTileN];
-  for (int j = 0; j < kTileN; ++j) bsum[j] = _mm512_setzero_si512();
+  for (int j = 0; j < kTileN; ++j) {
+    __m512i sum = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(B + j * K + k));
+    // Only the 64-wide steps went through vpdpbusd; the tail is multiplied exactly below.
+    b_offsets[j] = 128u * static_cast<uint32_t>(_mm512_reduce_add_epi32(sum));
+  }
+}
+
+template <int MR>
+BNB_TARGET_VNNI void tile_vnni(const int8_t* A, const int8_t* B, int64_t K, const uint32_t (&b_offsets)[kTileN],
+                               int32_t (&out)[4][kTileN]) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i acc[MR][kTileN];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_setzero_si512();
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
     __m512i b[kTileN];
-    for (int j = 0; j < kTileN; ++j) {
-      b[j] = _mm512_loadu_si512(B + j * K + k);
-      bsum[j] = _mm512_dpbusd_epi32(bsum[j], ones, b[j]);
-    }
+    for (int j = 0; j < kTileN; ++j) b[j] = _mm512_loadu_si512(B + j * K + k);
     for (int i = 0; i < MR; ++i) {
       const __m512i a = _mm512_xor_si512(_mm512_loadu_si512(A + i * K + k), flip);
       for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, b[j]);
     }
   }
-  for (int j = 0; j < kTileN; ++j) {
-    const uint32_t offset = 128u * static_cast<uint32_t>(_mm512_reduce_add_epi32(bsum[j]));
-    for (int i = 0; i < MR; ++i) {
-      uint32_t s = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[i][j])) - offset;
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kTileN; ++j) {
+      uint32_t s = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[i][j])) - b_offsets[j];
       for (int64_t t = k; t < K; ++t) s += static_cast<uint32_t>(int32_t{A[i * K + t]} * int32_t{B[j * K + t]});
       out[i][j] = static_cast<int32_t>(s);
     }
-  }
 }
 #endif
 
-// A tile of MR rows of A by kTileN rows of B with the widest byte product the processor has.
+// A tile of MR rows of A by kTileN rows of B with the widest byte product the processor has
+// (b_offsets: from vnni_offsets when vnni).
 template <int MR>
-void tile_product(bool vnni, const int8_t* A, const int8_t* B, int64_t K, int32_t (&out)[4][kTileN]) {
+void tile_product(bool vnni, const int8_t* A, const int8_t* B, int64_t K, const uint32_t (&b_offsets)[kTileN],
+                  int32_t (&out)[4][kTileN]) {
 #ifdef BNB_X86_INTRINSICS
-  if (vnni) return tile_vnni<MR>(A, B, K, out);
+  if (vnni) return tile_vnni<MR>(A, B, K, b_offsets, out);
   tile_avx512<MR>(A, B, K, out);
 #endif
 }
@@ -112,16 +120,18 @@ void for_each_product(const Int8MatmulParams& p, Emit emit) {
       const bool vnni = cpu::avx512_vnni_active();
       tiled_end = n0 + (n1 - n0) / kTileN * kTileN;
       int32_t tile[4][kTileN];
+      uint32_t b_offsets[kTileN] = {};
       for (int64_t n = n0; n < tiled_end; n += kTileN) {
         const int8_t* b = p.B + n * p.K;
+        if (vnni) vnni_offsets(b, p.K, b_offsets);
         int64_t m = 0;
         for (; m + 4 <= p.M; m += 4) {
-          tile_product<4>(vnni, p.A + m * p.K, b, p.K, tile);
+          tile_product<4>(vnni, p.A + m * p.K, b, p.K, b_offsets, tile);
           for (int i = 0; i < 4; ++i)
             for (int j = 0; j < kTileN; ++j) emit(m + i, n + j, tile[i][j]);
         }
         for (; m < p.M; ++m) {
-          tile_product<1>(vnni, p.A + m * p.K, b, p.K, tile);
+          tile_product<1>(vnni, p.A + m * p.K, b, p.K, b_offsets, tile);
           for (int j = 0; j < kTileN; ++j) emit(m, n + j, tile[0][j]);
         }
       }
