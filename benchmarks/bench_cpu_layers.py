@@ -1,7 +1,8 @@
 """Quantized layers on the CPU against torch's nn.Linear in the same dtype (K = N = 4096), one run.
 
 No target applies (the CPU targets cover the quantization ops and the optimizer step); these figures
-show what a user of the CPU path gets.
+show what a user of the CPU path gets. The layers are timed in interleaved rounds, as they run in a model:
+each call follows a torch op and finds other weights in cache.
 
     PYTHONPATH=. python benchmarks/bench_cpu_layers.py
 """
@@ -16,14 +17,18 @@ import torch
 import bitsandbytes as bnb
 
 
-def median_ms(fn, repeats: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def medians_ms(fns, repeats: int = 30) -> list:
+    """Median ms per call of each function, timed in interleaved rounds (one call of each per round), so
+    that a slow spell of a shared machine lands on all of them alike and the ratios stay same-run."""
+    for fn in fns:
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -42,8 +47,7 @@ def main() -> None:
             int8 = int8.to("cpu").eval()
             for m in (1, 16, 128):
                 x = torch.randn(m, k, dtype=dtype)
-                t_dense, t_nf4, t_int8 = (median_ms(lambda: dense(x)), median_ms(lambda: nf4(x)),
-                                          median_ms(lambda: int8(x)))
+                t_dense, t_nf4, t_int8 = medians_ms([lambda: dense(x), lambda: nf4(x), lambda: int8(x)])
                 print(f"| {str(dtype).replace('torch.', '')} | {m} | {t_dense:.2f} | {t_nf4:.2f} ({t_dense / t_nf4:.2f}x) | "
                       f"{t_int8:.2f} ({t_dense / t_int8:.2f}x) |")
 

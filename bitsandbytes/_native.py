@@ -110,6 +110,7 @@ SIGNATURES = {
     "bnb_int8_scaled_mm": (_i32, (_p, _p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, _i64, *_stream)),
     "bnb_int8_linear": (_i32, (_p, _i32, _i64, _i64, _p, _p, _i64, _f, _p, _p, _p, *_stream)),
     "bnb_set_blas_library": (_i32, (ct.c_char_p,)),
+    "bnb_set_cpu_threading_runtime": (_i32, (ct.c_char_p,)),
     "bnb_optimizer_update_32bit": (
         _i32, (_i32, ct.POINTER(OptimizerHparams), _p, _i32, _p, _i32, _p, _p, _p, _i64, *_stream)),
     "bnb_optimizer_update_8bit_blockwise": (
@@ -219,6 +220,8 @@ def _load(backend: str) -> Optional[NativeLibrary]:
             if not path.exists():
                 raise OSError("no such file (the library was not built or not installed)")
             lib = NativeLibrary(path)
+            if backend == "cpu":
+                _share_openmp_threads(lib)
             if backend == "cuda":
                 blas = _torch_cublaslt()
                 if blas:
@@ -227,6 +230,35 @@ def _load(backend: str) -> Optional[NativeLibrary]:
             _errors[backend] = f"could not load {path}: {e}"
         _libs[backend] = lib
         return lib
+
+
+def _loaded_openmp_runtime() -> Optional[str]:
+    """Path of the OpenMP runtime loaded in this process (by torch's CPU library), from the process's
+    memory map; None if there is none (or no /proc)."""
+    names = ("libgomp", "libiomp5", "libomp")
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(maxsplit=1)[-1] if "/" in line else ""
+                if any(Path(path).name.startswith(n) for n in names):
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def _share_openmp_threads(lib: NativeLibrary) -> None:
+    """Let the CPU library run its parallel loops on torch's OpenMP threads: torch's workers keep spinning
+    for a while after each of its ops, and a pool of our own would then compete with them for the cores
+    (on 2 cores that doubled the time of a quantized layer called between torch ops). BNB_NUM_THREADS
+    keeps the library's own pool."""
+    runtime = _loaded_openmp_runtime()
+    if runtime is None or os.environ.get("BNB_NUM_THREADS"):
+        return
+    try:
+        lib.call("bnb_set_cpu_threading_runtime", runtime.encode())
+    except ValueError:  # not a runtime with the GNU OpenMP entry points: the own pool stays
+        pass
 
 
 def _torch_cublaslt() -> Optional[Path]:

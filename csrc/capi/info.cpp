@@ -32,4 +32,11 @@ BNB_API bnb_status_t bnb_backend_info(char* buffer, int64_t capacity, int64_t* n
   });
 }
 
+BNB_API bnb_status_t bnb_set_cpu_threading_runtime(const char* path) {
+  return capi_guard(__func__, [&] {
+    BNB_CHECK_SUPPORTED(backend::use_threading_runtime(path), "no OpenMP runtime with GOMP_parallel is loaded from ",
+                        path);
+  });
+}
+
 }  // extern "C"

@@ -32,6 +32,7 @@ void int8_mm_dequant(const int32_t* acc, const Int8DequantParams& p, int32_t dev
 void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device, bnb_stream_t stream);
 void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream);
 void set_blas_library(const char* path);
+bool use_threading_runtime(const char* path);  // bnb_set_cpu_threading_runtime (false: not usable)
 void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Optimizer32bitParams& p, int32_t device,
                             bnb_stream_t stream);
 void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, const Optimizer8bitParams& p,

@@ -38,6 +38,7 @@ void check_device(int32_t device) {
 std::string info_json() {
   // products: the wider instructions the quantized products use on top of the kernel table.
   return concat("{\"backend\": \"cpu\", \"isa\": \"", active_kernels().isa, "\", \"threads\": ", cpu::num_threads(),
+                ", \"threading\": \"", cpu::threading_runtime(), "\"",
                 ", \"isa_available\": [\"scalar\"", cpu::avx2_kernels() ? ", \"avx2\"" : "",
                 cpu::avx512_kernels() ? ", \"avx512\"" : "", "], \"products\": [",
                 cpu::avx512_vnni_active() ? "\"avx512_vnni\"" : "",

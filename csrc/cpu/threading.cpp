@@ -1,5 +1,6 @@
 #include "cpu/threading.h"
 
+#include <dlfcn.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -119,6 +120,51 @@ class Pool {
   std::exception_ptr error_;
 };
 
+// The host process's OpenMP runtime (bnb_set_cpu_threading_runtime): its GNU entry points, which
+// libgomp, LLVM's libomp and Intel's libiomp5 all export.
+struct OpenMP {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned);  // GOMP_parallel(fn, data, threads, flags)
+  int (*thread_num)();
+  int (*team_size)();
+  int (*max_threads)();
+};
+std::atomic<const OpenMP*> g_openmp{nullptr};
+
+// One parallel_for on the OpenMP team: each member takes parts id, id + team, ... (the runtime may
+// give fewer threads than asked), the first exception is kept for the caller.
+struct TeamJob {
+  const std::function<void(int64_t, int64_t)>* fn;
+  int64_t count;
+  int parts;
+  const OpenMP* omp;
+  std::mutex mu;
+  std::exception_ptr error;
+};
+
+void team_member(void* data) {
+  auto& job = *static_cast<TeamJob*>(data);
+  const int team = std::max(1, job.omp->team_size()), id = job.omp->thread_num();
+  const bool was_inside = t_inside_worker;
+  t_inside_worker = true;
+  for (int part = id; part < job.parts; part += team) {
+    const int64_t begin = job.count * part / job.parts, end = job.count * (part + 1) / job.parts;
+    if (begin >= end) continue;
+    try {
+      (*job.fn)(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(job.mu);
+      if (!job.error) job.error = std::current_exception();
+    }
+  }
+  t_inside_worker = was_inside;
+}
+
+// The OpenMP runtime to use, or null: none set, or BNB_NUM_THREADS asks for the own pool's count.
+const OpenMP* openmp() {
+  static const bool own_count = env_threads("BNB_NUM_THREADS") > 0;
+  return own_count ? nullptr : g_openmp.load(std::memory_order_acquire);
+}
+
 Pool& pool() {
   // Leaked on purpose: joining threads from a static destructor at exit can deadlock when the
   // process exits from inside a worker or after fork.
@@ -128,7 +174,12 @@ Pool& pool() {
 
 }  // namespace
 
-int num_threads() { return pool().size(); }
+int num_threads() {
+  if (const OpenMP* omp = openmp()) return std::max(1, omp->max_threads());
+  return pool().size();
+}
+
+const char* threading_runtime() { return openmp() ? "openmp" : "own pool"; }
 
 void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (count <= 0) return;
@@ -139,7 +190,40 @@ void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t
     fn(0, count);
     return;
   }
+  if (const OpenMP* omp = openmp()) {
+    TeamJob job{&fn, count, parts, omp, {}, nullptr};
+    omp->parallel(team_member, &job, static_cast<unsigned>(parts), 0);
+    if (job.error) std::rethrow_exception(job.error);
+    return;
+  }
   pool().run(count, parts, fn);
 }
 
 }  // namespace bnb::cpu
+
+namespace bnb::backend {
+
+bool use_threading_runtime(const char* path) {
+  if (path == nullptr || *path == '\0') {
+    cpu::g_openmp.store(nullptr, std::memory_order_release);
+    return true;
+  }
+  // Only a runtime already in the process (RTLD_NOLOAD): the point is to share its threads. The handle
+  // and the table are kept for the life of the process (kernels may be running on them).
+  void* handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  if (handle == nullptr) return false;
+  const auto* omp = new cpu::OpenMP{
+      reinterpret_cast<void (*)(void (*)(void*), void*, unsigned, unsigned)>(dlsym(handle, "GOMP_parallel")),
+      reinterpret_cast<int (*)()>(dlsym(handle, "omp_get_thread_num")),
+      reinterpret_cast<int (*)()>(dlsym(handle, "omp_get_num_threads")),
+      reinterpret_cast<int (*)()>(dlsym(handle, "omp_get_max_threads"))};
+  if (!omp->parallel || !omp->thread_num || !omp->team_size || !omp->max_threads) {
+    delete omp;
+    dlclose(handle);
+    return false;
+  }
+  cpu::g_openmp.store(omp, std::memory_order_release);
+  return true;
+}
+
+}  // namespace bnb::backend

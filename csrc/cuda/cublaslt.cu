@@ -85,4 +85,5 @@ void set_library_path(const char* path) {
 
 namespace bnb::backend {
 void set_blas_library(const char* path) { cuda::lt::set_library_path(path); }
+bool use_threading_runtime(const char*) { return true; }  // the CUDA backend runs no CPU thread loops
 }  // namespace bnb::backend

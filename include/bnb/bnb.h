@@ -66,6 +66,14 @@ BNB_API const char* bnb_backend_name(void);
  * bytes including the terminating NUL; *needed receives the full length + 1. */
 BNB_API bnb_status_t bnb_backend_info(char* buffer, int64_t capacity, int64_t* needed);
 
+/* CPU backend: run the kernels' parallel loops on the OpenMP runtime already loaded in the process from
+ * `path` (the one PyTorch's CPU ops use), so that they share its threads, which keep spinning for a while
+ * after each of its ops, instead of competing with them for the cores. Uses that runtime's thread count
+ * (omp_get_max_threads; torch.set_num_threads sets it) unless BNB_NUM_THREADS is set. NULL or "" returns to
+ * the library's own thread pool. BNB_STATUS_UNSUPPORTED if no runtime with the GNU OpenMP entry points is
+ * loaded from `path` (the own pool stays). Other backends accept and ignore it. */
+BNB_API bnb_status_t bnb_set_cpu_threading_runtime(const char* path);
+
 #ifdef __cplusplus
 }
 #endif

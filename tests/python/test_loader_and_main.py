@@ -141,3 +141,34 @@ def test_out_of_memory_is_not_retried_without_a_cache_to_release(monkeypatch):
     with pytest.raises(_native.NativeError):
         lib.call("bnb_op")
     assert lib._dll.calls == 1
+
+
+def test_cpu_loops_share_torchs_openmp_threads_and_give_the_same_bytes():
+    # The CPU library runs its parallel loops on the OpenMP runtime torch loaded (so torch's spinning
+    # workers serve them instead of competing with a second pool); results do not depend on which.
+    lib = _native.cpu_library()
+    runtime = _native._loaded_openmp_runtime()
+    if runtime is None or os.environ.get("BNB_NUM_THREADS"):
+        pytest.skip("no OpenMP runtime loaded by torch here (or BNB_NUM_THREADS asks for the own pool)")
+    assert lib.info()["threading"] == "openmp"
+    A = torch.randn(1 << 20)
+    x = torch.randn(5, 256, dtype=torch.bfloat16)
+    w = torch.randn(96, 256)
+    packed, state = bitsandbytes.functional.quantize_4bit(w, quant_type="nf4")
+
+    def run():
+        q, s = bitsandbytes.functional.quantize_blockwise(A, blocksize=256)
+        return q, s.absmax, bitsandbytes.matmul_4bit(x, packed.t(), state)
+
+    shared = run()
+    try:
+        lib.call("bnb_set_cpu_threading_runtime", b"")  # back to the library's own pool
+        assert lib.info()["threading"] == "own pool"
+        own = run()
+    finally:
+        lib.call("bnb_set_cpu_threading_runtime", runtime.encode())
+    for a, b in zip(shared, own):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="OpenMP"):
+        lib.call("bnb_set_cpu_threading_runtime", b"/nonexistent/libgomp.so.1")
+    assert lib.info()["threading"] == "openmp"  # a refused runtime leaves the current one
