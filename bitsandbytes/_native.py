@@ -233,18 +233,21 @@ def _load(backend: str) -> Optional[NativeLibrary]:
 
 
 def _loaded_openmp_runtime() -> Optional[str]:
-    """Path of the OpenMP runtime loaded in this process (by torch's CPU library), from the process's
-    memory map; None if there is none (or no /proc)."""
+    """Path of the OpenMP runtime loaded in this process, from the process's memory map: torch's own copy
+    when it has one (other libraries may have loaded another); None if there is none (or no /proc)."""
     names = ("libgomp", "libiomp5", "libomp")
+    found = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 path = line.rsplit(maxsplit=1)[-1] if "/" in line else ""
-                if any(Path(path).name.startswith(n) for n in names):
-                    return path
+                if any(Path(path).name.startswith(n) for n in names) and path not in found:
+                    found.append(path)
     except OSError:
         return None
-    return None
+    torch_dir = f"{os.sep}torch{os.sep}"
+    found.sort(key=lambda path: torch_dir not in path)  # torch's first, the rest in load order
+    return found[0] if found else None
 
 
 def _share_openmp_threads(lib: NativeLibrary) -> None:
