@@ -6,6 +6,7 @@
 // the active SIMD 4-bit dequantizer (16 codes per AVX-512 table lookup); the dot products are compiled
 // for AVX-512, AVX2 and baseline x86-64 and the loader picks the widest the processor has.
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -180,6 +181,91 @@ void gemm_4bit_bf16_rows(const Gemm4bitParams& p, const float* table, int64_t n0
     }
   }
 }
+
+// Few activation rows (token-by-token generation): the codes are expanded in registers and multiplied
+// at once, never stored as a decoded row. Per 16 codes of each of 4 weight rows: one 8-byte load, the
+// nibbles spread over 16 lanes (high nibble first, as packed), one table permute, one scale multiply,
+// then MR multiply-adds. Needs rows of whole blocks (each 16-code step inside one block).
+constexpr int kFusedMaxRows = 4;
+#define BNB_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+template <int MR>
+BNB_TARGET_AVX512 void fused_tile(const Gemm4bitParams& p, const float* table, const uint8_t* const (&codes)[kWeightTile],
+                                  const float* const (&scales)[kWeightTile], const float* a,
+                                  float (&out)[4][kWeightTile]) {
+  const __m512 lut = _mm512_loadu_ps(table);
+  // Lane 2j takes the high nibble of byte j (shift 4), lane 2j + 1 the low one.
+  const __m512i shift = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+  const __m512i nibble = _mm512_set1_epi32(0xf);
+  __m512 acc[MR][kWeightTile];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kWeightTile; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t K = p.K, bs = p.blocksize;
+  for (int64_t b0 = 0; b0 < K; b0 += bs) {
+    __m512 scale[kWeightTile];
+    for (int j = 0; j < kWeightTile; ++j) scale[j] = _mm512_set1_ps(scales[j][b0 / bs]);
+    for (int64_t k = b0; k < b0 + bs; k += 16) {
+      __m512 w[kWeightTile];
+      for (int j = 0; j < kWeightTile; ++j) {
+        uint64_t bytes;
+        std::memcpy(&bytes, codes[j] + k / 2, sizeof(bytes));
+        const __m128i b = _mm_cvtsi64_si128(static_cast<long long>(bytes));
+        const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b)), shift), nibble);
+        w[j] = _mm512_mul_ps(_mm512_permutexvar_ps(idx, lut), scale[j]);
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m512 av = _mm512_loadu_ps(a + i * K + k);
+        for (int j = 0; j < kWeightTile; ++j) acc[i][j] = _mm512_fmadd_ps(av, w[j], acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kWeightTile; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+template <typename T>
+void fused_rows(const Gemm4bitParams& p, const float* table, const float* a, int64_t n0, int64_t n1) {
+  const T* bias = static_cast<const T*>(p.bias);
+  T* out = static_cast<T*>(p.out);
+  const int64_t blocks = p.K / p.blocksize;
+  std::vector<float> nested(p.nested() ? static_cast<size_t>(blocks * kWeightTile) : 0);
+  float tile[4][kWeightTile];
+  for (int64_t n = n0; n < n1; n += kWeightTile) {
+    const int rows = static_cast<int>(std::min<int64_t>(kWeightTile, n1 - n));
+    const uint8_t* codes[kWeightTile];
+    const float* scales[kWeightTile];
+    for (int j = 0; j < kWeightTile; ++j) {
+      const int64_t r = n + std::min(j, rows - 1);  // a short last tile repeats its final row
+      codes[j] = p.packed + r * p.K / 2;
+      if (p.nested()) {
+        float* s = nested.data() + j * blocks;
+        for (int64_t b = 0; b < blocks; ++b) s[b] = block_scale(p, r * blocks + b);
+        scales[j] = s;
+      } else {
+        scales[j] = p.absmax + r * blocks;
+      }
+    }
+    auto run = [&](auto mr) {
+      constexpr int MR = decltype(mr)::value;
+      fused_tile<MR>(p, table, codes, scales, a, tile);
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < rows; ++j) {
+          const float b = bias ? cpu::to_float(bias[n + j]) : 0.0f;
+          out[i * p.N + n + j] = cpu::from_float<T>(tile[i][j] + b);
+        }
+    };
+    switch (p.M) {
+      case 1: run(std::integral_constant<int, 1>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      default: run(std::integral_constant<int, 4>{}); break;
+    }
+  }
+}
+
+bool fused_serves(const Gemm4bitParams& p) {
+  return cpu::avx512_active() && p.M <= kFusedMaxRows && p.K % p.blocksize == 0 && p.blocksize % 16 == 0;
+}
 #endif
 
 template <typename T>
@@ -191,7 +277,7 @@ void gemm_4bit_t(const Gemm4bitParams& p) {
   const int64_t grain = std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(p.K, 1));
 #ifdef BNB_X86_INTRINSICS
   if constexpr (std::is_same_v<T, cpu::bfloat16_t>) {
-    if (cpu::avx512_bf16_active()) {
+    if (cpu::avx512_bf16_active() && !fused_serves(p)) {
       cpu::parallel_for(p.N, grain, [&](int64_t n0, int64_t n1) { gemm_4bit_bf16_rows(p, table, n0, n1); });
       return;
     }
@@ -199,6 +285,12 @@ void gemm_4bit_t(const Gemm4bitParams& p) {
 #endif
   std::vector<float> a(static_cast<size_t>(p.M * p.K));
   for (int64_t i = 0; i < p.M * p.K; ++i) a[i] = cpu::to_float(A[i]);
+#ifdef BNB_X86_INTRINSICS
+  if (fused_serves(p)) {
+    cpu::parallel_for(p.N, grain, [&](int64_t n0, int64_t n1) { fused_rows<T>(p, table, a.data(), n0, n1); });
+    return;
+  }
+#endif
   cpu::parallel_for(p.N, grain, [&](int64_t n0, int64_t n1) {
     std::vector<float> w(static_cast<size_t>(p.K) * kWeightTile), scales;
     int64_t n = n0;

@@ -61,6 +61,22 @@ def test_cpu_bfloat16_product_rounds_the_weight_as_dequantize_does(m, shape):
     assert _rel_err(y, ref) < 5e-3  # one bfloat16 rounding of the output
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_cpu_few_rows_product_with_codes_expanded_in_registers(dtype, m, nested):
+    # Up to 4 activation rows on the CPU (generation): the codes are expanded and multiplied in registers.
+    # N = 37 leaves a last tile of one weight row; blocksize 32 puts two blocks in each 64-code stretch.
+    N, K, bs = 37, 256, 32
+    w = randn((N, K), torch.float32, "cpu", seed=51)
+    x = randn((m, K), dtype, "cpu", seed=52)
+    bias = randn((N,), dtype, "cpu", seed=53)
+    packed, state = F.quantize_4bit(w, blocksize=bs, quant_type="fp4", compress_statistics=nested)
+    y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert y.dtype == dtype and _rel_err(y, ref) < RTOL[dtype]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gemm_4bit_nested_statistics(device):
     N, K = 40, 128
