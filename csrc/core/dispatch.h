@@ -31,4 +31,16 @@ inline bool is_float_dtype(bnb_dtype_t dtype) {
   return dtype == BNB_DTYPE_FLOAT32 || dtype == BNB_DTYPE_FLOAT16 || dtype == BNB_DTYPE_BFLOAT16;
 }
 
+// Bytes per element.
+inline size_t dtype_size(bnb_dtype_t dtype) {
+  switch (dtype) {
+    case BNB_DTYPE_FLOAT32:
+    case BNB_DTYPE_INT32: return 4;
+    case BNB_DTYPE_FLOAT16:
+    case BNB_DTYPE_BFLOAT16: return 2;
+    case BNB_DTYPE_INT64: return 8;
+    default: return 1;  // uint8, int8
+  }
+}
+
 }  // namespace bnb

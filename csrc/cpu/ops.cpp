@@ -7,6 +7,7 @@
 #include "core/backend.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "cpu/huge_pages.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/threading.h"
@@ -54,7 +55,16 @@ void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t, bnb_stream_t)
   parallel_for(blocks, grain_in(p.blocksize), [&](int64_t b0, int64_t b1) { k.quantize_blockwise(p, search, b0, b1); });
 }
 
+// Outputs from this size on are worth advising huge pages for (see cpu/huge_pages.h).
+constexpr size_t kHugePageOutputBytes = size_t{8} << 20;
+
+void advise_output(void* out, int64_t n, bnb_dtype_t dtype) {
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  if (bytes >= kHugePageOutputBytes) cpu::advise_huge_pages(out, bytes);
+}
+
 void dequantize_blockwise(const DequantizeBlockwiseParams& p, int32_t, bnb_stream_t) {
+  advise_output(p.out, p.n, p.out_dtype);
   const auto& k = active_kernels();
   parallel_for(p.n, kGrainElements, [&](int64_t i0, int64_t i1) { k.dequantize_blockwise(p, i0, i1); });
 }
@@ -66,6 +76,7 @@ void quantize_4bit(const Quantize4bitParams& p, int32_t, bnb_stream_t) {
 }
 
 void dequantize_4bit(const Dequantize4bitParams& p, int32_t, bnb_stream_t) {
+  advise_output(p.out, p.n, p.out_dtype);
   const int64_t bytes = (p.n + 1) / 2;
   const auto& k = active_kernels();
   parallel_for(bytes, kGrainElements / 2, [&](int64_t j0, int64_t j1) { k.dequantize_4bit(p, j0, j1); });
