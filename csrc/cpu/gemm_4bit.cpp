@@ -1,10 +1,12 @@
-// CPU product of activations with a 4-bit weight: each thread decodes rows of W into a float
-// buffer once and takes the dot products of every activation row with it, so the weight is read
-// as 4-bit codes (a quarter of its 16-bit size) and never materialised whole.
-//
+// CPU product of activations with a 4-bit weight, read as 4-bit codes (a quarter of its 16-bit size)
+// and never materialised whole. Three ways, by what the processor has and how many activation rows:
+//  - up to 4 rows (AVX-512): codes expanded in registers and multiplied at once (fused_rows);
+//  - bfloat16 activations on AVX512-BF16: each thread decodes rows of W, rounds them to bfloat16 and
+//    multiplies them with vdpbf16ps in register tiles (gemm_4bit_bf16_rows);
+//  - otherwise: decoded float rows times the activations in float register tiles (AVX-512) or single
+//    dot products compiled for AVX-512, AVX2 and baseline x86-64 (the loader picks the widest).
 // Rows that start on a block boundary (K a multiple of the blocksize, the usual case) are decoded by
-// the active SIMD 4-bit dequantizer (16 codes per AVX-512 table lookup); the dot products are compiled
-// for AVX-512, AVX2 and baseline x86-64 and the loader picks the widest the processor has.
+// the active SIMD 4-bit dequantizer (16 codes per AVX-512 table lookup).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -77,6 +79,19 @@ void decode_row(const Gemm4bitParams& p, const float* table, int64_t n, float* w
 // step loads 4 + MR vectors for 4 * MR multiply-adds, where single dot products load two per one.
 constexpr int kWeightTile = 4;
 
+// Stores rows [m, m + count) of a register tile for weight rows [n, n + rows), bias added.
+template <typename T>
+void store_tile(const Gemm4bitParams& p, const float (&tile)[4][kWeightTile], int64_t m, int count, int64_t n,
+                int rows) {
+  const T* bias = static_cast<const T*>(p.bias);
+  T* out = static_cast<T*>(p.out);
+  for (int i = 0; i < count; ++i)
+    for (int j = 0; j < rows; ++j) {
+      const float b = bias ? cpu::to_float(bias[n + j]) : 0.0f;
+      out[(m + i) * p.N + n + j] = cpu::from_float<T>(tile[i][j] + b);
+    }
+}
+
 #ifdef BNB_X86_INTRINSICS
 template <int MR>
 __attribute__((target("avx512f"))) void dot_tile_avx512(const float* a, int64_t K, const float* w,
@@ -147,8 +162,6 @@ BNB_TARGET_BF16 void dot_tile_bf16(const cpu::bfloat16_t* a, int64_t K, const cp
 // final row in the unused slots and stores only its own rows).
 void gemm_4bit_bf16_rows(const Gemm4bitParams& p, const float* table, int64_t n0, int64_t n1) {
   const auto* A = static_cast<const cpu::bfloat16_t*>(p.A);
-  const auto* bias = static_cast<const cpu::bfloat16_t*>(p.bias);
-  auto* out = static_cast<cpu::bfloat16_t*>(p.out);
   std::vector<float> w(static_cast<size_t>(p.K));
   std::vector<cpu::bfloat16_t> wb(static_cast<size_t>(p.K) * kWeightTile);
   std::vector<float> scales;
@@ -164,20 +177,13 @@ void gemm_4bit_bf16_rows(const Gemm4bitParams& p, const float* table, int64_t n0
       }
     }
     int64_t m = 0;
-    auto emit = [&](int count) {
-      for (int i = 0; i < count; ++i)
-        for (int j = 0; j < rows; ++j) {
-          const float b = bias ? cpu::to_float(bias[n + j]) : 0.0f;
-          out[(m + i) * p.N + n + j] = cpu::to_bfloat16(tile[i][j] + b);
-        }
-    };
     for (; m + 4 <= p.M; m += 4) {
       dot_tile_bf16<4>(A + m * p.K, p.K, wb.data(), tile);
-      emit(4);
+      store_tile<cpu::bfloat16_t>(p, tile, m, 4, n, rows);
     }
     for (; m < p.M; ++m) {
       dot_tile_bf16<1>(A + m * p.K, p.K, wb.data(), tile);
-      emit(1);
+      store_tile<cpu::bfloat16_t>(p, tile, m, 1, n, rows);
     }
   }
 }
@@ -225,8 +231,6 @@ BNB_TARGET_AVX512 void fused_tile(const Gemm4bitParams& p, const float* table, c
 
 template <typename T>
 void fused_rows(const Gemm4bitParams& p, const float* table, const float* a, int64_t n0, int64_t n1) {
-  const T* bias = static_cast<const T*>(p.bias);
-  T* out = static_cast<T*>(p.out);
   const int64_t blocks = p.K / p.blocksize;
   std::vector<float> nested(p.nested() ? static_cast<size_t>(blocks * kWeightTile) : 0);
   float tile[4][kWeightTile];
@@ -248,11 +252,7 @@ void fused_rows(const Gemm4bitParams& p, const float* table, const float* a, int
     auto run = [&](auto mr) {
       constexpr int MR = decltype(mr)::value;
       fused_tile<MR>(p, table, codes, scales, a, tile);
-      for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < rows; ++j) {
-          const float b = bias ? cpu::to_float(bias[n + j]) : 0.0f;
-          out[i * p.N + n + j] = cpu::from_float<T>(tile[i][j] + b);
-        }
+      store_tile<T>(p, tile, 0, MR, n, rows);
     };
     switch (p.M) {
       case 1: run(std::integral_constant<int, 1>{}); break;
@@ -300,20 +300,13 @@ void gemm_4bit_t(const Gemm4bitParams& p) {
       for (; n + kWeightTile <= n1; n += kWeightTile) {
         for (int j = 0; j < kWeightTile; ++j) decode_row(p, table, n + j, w.data() + j * p.K, scales);
         int64_t m = 0;
-        auto emit = [&](int rows) {
-          for (int i = 0; i < rows; ++i)
-            for (int j = 0; j < kWeightTile; ++j) {
-              const float b = bias ? cpu::to_float(bias[n + j]) : 0.0f;
-              out[(m + i) * p.N + n + j] = cpu::from_float<T>(tile[i][j] + b);
-            }
-        };
         for (; m + 4 <= p.M; m += 4) {
           dot_tile_avx512<4>(&a[m * p.K], p.K, w.data(), tile);
-          emit(4);
+          store_tile<T>(p, tile, m, 4, n, kWeightTile);
         }
         for (; m < p.M; ++m) {
           dot_tile_avx512<1>(&a[m * p.K], p.K, w.data(), tile);
-          emit(1);
+          store_tile<T>(p, tile, m, 1, n, kWeightTile);
         }
       }
     }
