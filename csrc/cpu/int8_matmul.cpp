@@ -204,22 +204,31 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   for (int64_t k = 0; k < static_cast<int64_t>(mask.size()); ++k)
     if (mask[k]) cols.push_back(k);
   if (p.outlier_mask) std::copy(mask.begin(), mask.end(), p.outlier_mask);
+  const int64_t c = static_cast<int64_t>(cols.size());
   dispatch_float<cpu::CpuType>(p.x_dtype, "X", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* X = static_cast<const T*>(p.X);
     const T* bias = static_cast<const T*>(p.bias);
     T* out = static_cast<T*>(p.out);
+    // Outlier columns: their float product replaces the int8 one (CA zeroed only the outlier values). Per
+    // row m and outlier column i, what one unit of CB there adds before the column scale:
+    // coef[m][i] = X / 127 - CA * SCA / 127^2, so each output adds one product per outlier column (CB's
+    // row n is in cache: the tile that produced acc just read it).
+    std::vector<float> coef(static_cast<size_t>(p.M * c));
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t i = 0; i < c; ++i) {
+        const int64_t k = cols[i];
+        coef[m * c + i] = cpu::to_float(X[m * p.K + k]) * (1.0f / 127.0f) -
+                          static_cast<float>(CA[m * p.K + k]) * SCA[m] * kInt8DequantScale;
+      }
     for_each_product({CA.data(), p.CB, nullptr, p.M, p.N, p.K}, [&](int64_t m, int64_t n, int32_t acc) {
       const float col = p.SCB[n];
       float v = static_cast<float>(acc) * SCA[m] * col * kInt8DequantScale;
-      // Outlier columns: their float product replaces the int8 one (CA zeroed only the outlier values).
-      float extra = 0.0f, int8_terms = 0.0f;
-      for (const int64_t k : cols) {
-        const float w = static_cast<float>(p.CB[n * p.K + k]);
-        extra += cpu::to_float(X[m * p.K + k]) * w;
-        int8_terms += static_cast<float>(CA[m * p.K + k]) * w;
-      }
-      v += extra * col * (1.0f / 127.0f) - int8_terms * SCA[m] * col * kInt8DequantScale;
+      const int8_t* cb_row = p.CB + n * p.K;
+      const float* coef_row = coef.data() + m * c;
+      float sum = 0.0f;
+      for (int64_t i = 0; i < c; ++i) sum += coef_row[i] * static_cast<float>(cb_row[cols[i]]);
+      v += sum * col;
       if (bias) v += cpu::to_float(bias[n]);
       out[m * p.N + n] = cpu::from_float<T>(v);
     });
