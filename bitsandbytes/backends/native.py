@@ -240,7 +240,10 @@ def _(A: torch.Tensor, threshold: float = 0.0):
     # The library clears the mask itself whenever there are rows; with none it writes nothing.
     mask = None
     if threshold > 0.0:
-        mask = _outlier_mask(A.device, stream, cols) if rows > 0 else torch.zeros(cols, device=A.device, dtype=torch.uint8)
+        if rows > 0:
+            mask = _outlier_mask(A.device, stream, cols)
+        else:
+            mask = torch.zeros(cols, device=A.device, dtype=torch.uint8)
     lib.call("bnb_int8_vectorwise_quant", _ptr(A), _DTYPE_CODES[A.dtype], rows, cols, float(threshold), _ptr(out),
              _ptr(row_stats), _ptr(mask), dev, stream)
     if mask is None:

@@ -196,9 +196,9 @@ constexpr int kFusedMaxRows = 4;
 #define BNB_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
 template <int MR>
-BNB_TARGET_AVX512 void fused_tile(const Gemm4bitParams& p, const float* table, const uint8_t* const (&codes)[kWeightTile],
-                                  const float* const (&scales)[kWeightTile], const float* a,
-                                  float (&out)[4][kWeightTile]) {
+BNB_TARGET_AVX512 void fused_tile(const Gemm4bitParams& p, const float* table,
+                                  const uint8_t* const (&codes)[kWeightTile], const float* const (&scales)[kWeightTile],
+                                  const float* a, float (&out)[4][kWeightTile]) {
   const __m512 lut = _mm512_loadu_ps(table);
   // Lane 2j takes the high nibble of byte j (shift 4), lane 2j + 1 the low one.
   const __m512i shift = _mm512_set_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
@@ -216,7 +216,8 @@ BNB_TARGET_AVX512 void fused_tile(const Gemm4bitParams& p, const float* table, c
         uint64_t bytes;
         std::memcpy(&bytes, codes[j] + k / 2, sizeof(bytes));
         const __m128i b = _mm_cvtsi64_si128(static_cast<long long>(bytes));
-        const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b)), shift), nibble);
+        const __m512i bytes_twice = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));  // byte j in lanes 2j, 2j + 1
+        const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(bytes_twice, shift), nibble);
         w[j] = _mm512_mul_ps(_mm512_permutexvar_ps(idx, lut), scale[j]);
       }
       for (int i = 0; i < MR; ++i) {
