@@ -25,3 +25,15 @@ def dtype_id(d):
 def randn(shape, dtype, device="cpu", seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g) * scale).to(dtype).to(device)
+
+
+def train_on_batch(model, opt, ids, steps: int) -> list:
+    """`steps` optimizer steps of a causal LM on one batch (labels = inputs); the losses, in order."""
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -32,6 +32,7 @@ import pytest
 import torch
 
 import bitsandbytes as bnb
+from helpers import train_on_batch
 import bitsandbytes.functional as F
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -396,13 +397,7 @@ def test_qlora_training_with_paged_8bit_optimizer_then_merge(checkpoints, family
     assert opt.is_paged
     ids = _tokens(batch=4, length=32, seed=3)
     model.train()
-    losses = []
-    for _ in range(20):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_on_batch(model, opt, ids, 20)
     assert all(math.isfinite(x) for x in losses), losses
     # Memorizing one batch of random tokens: from ln(256) = 5.55 the loss falls by ~0.6 in 20 steps
     # for either family (measured with the CPU kernels); half of that is required.

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bitsandbytes as bnb
+from helpers import train_on_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
@@ -169,13 +170,7 @@ def test_peft_lora_training_reduces_loss(fp16_checkpoint):
     assert trainable
     ids = _tokens(batch=4, length=32, seed=3)
     opt = torch.optim.AdamW(trainable, lr=5e-3)
-    losses = []
-    for _ in range(12):
-        loss = model(input_ids=ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_on_batch(model, opt, ids, 12)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0], f"loss did not decrease: {losses}"
 
