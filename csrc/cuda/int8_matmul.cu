@@ -149,12 +149,66 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
 #endif
 }
 
-template <typename Epilogue>
-__global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __restrict__ A,
-                                                              const int8_t* __restrict__ B, int64_t M, int64_t N,
-                                                              int64_t K, Epilogue epilogue) {
+// Where the kernel's int8 activation rows come from. fetch(row, col) gives the 16 int8 values of
+// `row` at columns [col, col + 16); setup() runs once per CTA before any fetch, with every thread.
+struct Int8Rows {  // already quantized (int8_linear_matmul, int8_scaled_mm)
+  const int8_t* A;
+  int64_t K;
+  template <typename Epilogue>
+  __device__ void setup(int64_t, float*, float*, Epilogue&) {}
+  __device__ uint4 fetch(int64_t row, int64_t col, const float*) const {
+    return __ldg(reinterpret_cast<const uint4*>(A + row * K + col));
+  }
+};
+
+// Float rows quantized inside the kernel (bnb_int8_linear without outliers, up to kWarps rows): each
+// CTA finds the rows' absmax (the activations are a few KB, read from L2 by every CTA) and rounds
+// x * 127 / absmax as it loads them, exactly as int8_vectorwise_quant does, so the product and the
+// dequantization see the same values as the unfused path, without a second launch or scratch memory.
+template <typename T>
+struct QuantizedRows {
+  const T* X;
+  int64_t K;
+  template <typename Epilogue>
+  __device__ void setup(int64_t M, float* amax, float* scale, Epilogue& epilogue) {
+    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+    constexpr int V = cuda::vec_elems<T>();
+    if (warp < M) {
+      const T* row = X + warp * K;
+      float m = 0.0f;
+      for (int64_t v = lane; v < K / V; v += kWarpSize) {
+        float x[V];
+        cuda::load_f32<T, V>(row + v * V, x);
+#pragma unroll
+        for (int i = 0; i < V; ++i) m = fmaxf(m, fabsf(x[i]));
+      }
+      m = cuda::group_max<kWarpSize>(m);
+      if (lane == 0) amax[warp] = m, scale[warp] = int8_scale(m);
+    }
+    __syncthreads();
+    epilogue.row_stats = amax;  // the dequantization reads the rows' absmax from shared memory
+  }
+  __device__ uint4 fetch(int64_t row, int64_t col, const float* scale) const {
+    constexpr int V = cuda::vec_elems<T>();
+    const float s = scale[row];
+    cuda::Packet<int8_t, 16> q;
+#pragma unroll
+    for (int part = 0; part < 16 / V; ++part) {
+      float x[V];
+      cuda::load_f32<T, V>(X + row * K + col + part * V, x);
+#pragma unroll
+      for (int i = 0; i < V; ++i) q.v[part * V + i] = static_cast<int8_t>(__float2int_rn(x[i] * s));
+    }
+    return *reinterpret_cast<const uint4*>(&q);
+  }
+};
+
+template <typename Source, typename Epilogue>
+__global__ void __launch_bounds__(kThreads) int8_gemm_small_m(Source source, const int8_t* __restrict__ B, int64_t M,
+                                                              int64_t N, int64_t K, Epilogue epilogue_arg) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ int32_t partial[kWarps * kTiles * 4 * kWarpSize];
+  __shared__ float row_amax[kWarps], row_scale[kWarps];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
@@ -165,8 +219,8 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __re
   for (int j = 0; j < kTiles; ++j) b_row[j] = B + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
   const bool has_lo = g < M;
   const bool has_hi = g + 8 < M;
-  const int8_t* a_lo = A + int64_t{g} * K + 16 * t;
-  const int8_t* a_hi = A + int64_t{g + 8} * K + 16 * t;
+  Epilogue epilogue = epilogue_arg;
+  source.setup(M, row_amax, row_scale, epilogue);
 
   int32_t acc[kTiles][4] = {};
   const int64_t groups = K / kGroup;
@@ -181,8 +235,8 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __re
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) w[u][j] = __ldg(reinterpret_cast<const uint4*>(b_row[j] + col));
       const uint4 zero = make_uint4(0, 0, 0, 0);
-      lo[u] = has_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col)) : zero;
-      hi[u] = has_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col)) : zero;
+      lo[u] = has_lo ? source.fetch(g, col + 16 * t, row_scale) : zero;
+      hi[u] = has_hi ? source.fetch(g + 8, col + 16 * t, row_scale) : zero;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -223,11 +277,12 @@ bool small_m_eligible(const Int8MatmulParams& p, int32_t device) {
   return major >= 8;
 }
 
-template <typename Epilogue>
-void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream) {
+template <typename Epilogue, typename Source = Int8Rows>
+void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream, Source source = {}) {
+  if constexpr (std::is_same_v<Source, Int8Rows>) source = {p.A, p.K};
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the int8 GEMV grid");
-  int8_gemm_small_m<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(p.A, p.B, p.M, p.N, p.K, epilogue);
+  int8_gemm_small_m<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(source, p.B, p.M, p.N, p.K, epilogue);
   BNB_CUDA_CHECK_LAUNCH("int8_gemm_small_m");
 }
 
@@ -499,6 +554,18 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool outliers = p.threshold > 0.0f;
+  // Token-by-token generation without outliers: one kernel quantizes the rows and streams the weight.
+  if (!outliers && p.M <= kWarps && cuda::is_aligned(p.X, 16) &&
+      small_m_eligible({nullptr, p.CB, nullptr, p.M, p.N, p.K}, device)) {
+    dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* X = static_cast<const T*>(p.X);
+      const StoreLinear<T> epilogue{nullptr, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
+                                    X, nullptr, p.CB, Outliers{}};
+      launch_small_m(Int8MatmulParams{nullptr, p.CB, nullptr, p.M, p.N, p.K}, epilogue, s, QuantizedRows<T>{X, p.K});
+    });
+    return;
+  }
   // One scratch block: CA [M, K], SCA [M], and with outliers: mask [K], indices [K] + count, the packed
   // outlier arrays coef [M, kPackedOutliers] (float) and cb [kPackedOutliers, N].
   const size_t ca_bytes = align_up(static_cast<size_t>(p.M * p.K)), sca_bytes = align_up(sizeof(float) * p.M);

@@ -220,6 +220,25 @@ def test_fused_int8_linear_matches_the_decomposition(device, dtype, rows, thresh
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+def test_fused_int8_linear_without_outliers_is_bit_identical_to_the_ops(device, dtype, rows):
+    # Without outliers the one-call path (on CUDA up to 8 rows: quantized inside the product kernel)
+    # must give exactly what quantizing with the op and multiplying with int8_scaled_mm gives.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    K, N = 512, 72
+    X = randn((rows, K), torch.float32, device, seed=31).to(dtype)
+    X[0, 7] = 0.0  # values of every kind, an exact zero among them
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=32))
+    bias = randn((N,), dtype, device, seed=33)
+    y, mask = int8_linear_direct(X, CB, SCB, 0.0, bias)
+    CA, SCA, _ = ops.int8_vectorwise_quant(X, 0.0)
+    assert mask is None
+    assert torch.equal(y, ops.int8_scaled_mm(CA, CB, SCA, SCB, bias, dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_layer_inference_takes_the_fused_path(device, monkeypatch):
     # Eager Linear8bitLt inference must reach the one-call native path (not the op-by-op one).
     import bitsandbytes as bnb
