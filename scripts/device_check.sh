@@ -5,7 +5,8 @@
 #   BNB_CUDA_ARCHS  default 90-real (the H100/H200 of the device machine)
 #   BENCH_ARGS      extra arguments for the benchmark scripts
 #   PYTEST_ARGS     extra pytest arguments (e.g. "-k 4bit")
-#   BENCHES         benchmark scripts to run (default: every benchmarks/bench_*.py except the CPU ones)
+#   BENCHES         benchmark scripts to run (default: every benchmarks/bench_*.py except the CPU ones;
+#                   "none" skips them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device_out}"
@@ -43,7 +44,7 @@ tail -3 "$OUT/pytest.log"
 step "benchmarks"
 # One log for all benchmarks plus one JSON each: the device tool returns at most 8 files.
 for bench in ${BENCHES:-benchmarks/bench_*.py}; do
-  case "$bench" in *bench_cpu_*) continue ;; esac  # CPU figures are taken on the development machine
+  case "$bench" in *bench_cpu_*|none) continue ;; esac  # CPU figures are taken on the development machine
   name=$(basename "$bench" .py)
   # shellcheck disable=SC2086
   PYTHONPATH=$PWD timeout 200 python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/bench_one.log" 2>&1 || status=1
@@ -52,5 +53,19 @@ for bench in ${BENCHES:-benchmarks/bench_*.py}; do
 done
 
 rm -f "$OUT/bench_one.log"
+# The device tool returns at most 8 files: fold the per-benchmark JSON into one.
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+parts = sorted(out.glob("bench_*.json"))
+if parts:
+    merged = {p.stem: json.loads(p.read_text()) for p in parts}
+    (out / "benchmarks.json").write_text(json.dumps(merged, indent=1))
+    for p in parts:
+        p.unlink()
+PY
+step "GPU tests (summary again, so it ends the output)"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20
+tail -2 "$OUT/pytest.log"
 step "done: status $status"
 exit $status
