@@ -15,7 +15,7 @@ import json
 import torch
 
 import bitsandbytes as bnb
-from gpu_timing import graph_time_ms, time_ms
+from gpu_timing import LAYER_CALLS, graph_time_ms, time_ms
 
 ops = torch.ops.bitsandbytes
 TOPS_TARGET = 1200.0
@@ -56,10 +56,10 @@ def layers(repeats: int, shapes, ms, dtypes, thresholds) -> list:
                     if threshold:
                         x[:, :: k // 8] *= 10  # a few outlier features, as in LLM activations
                     with torch.no_grad():
-                        t_dense = time_ms(lambda: dense(x), repeats)
-                        t_int8 = time_ms(lambda: layer(x), repeats)
-                        g_dense = graph_time_ms(lambda: dense(x), repeats) if threshold == 0 else None
-                        g_int8 = graph_time_ms(lambda: layer(x), repeats) if threshold == 0 else None
+                        t_dense = time_ms(lambda: dense(x), repeats, calls=LAYER_CALLS)
+                        t_int8 = time_ms(lambda: layer(x), repeats, calls=LAYER_CALLS)
+                        g_dense = graph_time_ms(lambda: dense(x), repeats)
+                        g_int8 = graph_time_ms(lambda: layer(x), repeats)
                     speedup = t_dense / t_int8
                     target = TARGETS[threshold].get(m, 1.0)
                     row = {"K": k, "N": n, "M": m, "dtype": str(dtype).replace("torch.", ""), "threshold": threshold,

@@ -24,9 +24,9 @@ NESTED_TOLERANCE = 0.05
 
 def timer(device: str, repeats: int):
     if device == "cuda":
-        from gpu_timing import time_ms
+        from gpu_timing import LAYER_CALLS, time_ms
 
-        return lambda fn: time_ms(fn, repeats)
+        return lambda fn: time_ms(fn, repeats, calls=LAYER_CALLS)
 
     def cpu_ms(fn):
         fn()

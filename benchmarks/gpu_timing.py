@@ -6,21 +6,27 @@ import statistics
 
 import torch
 
+LAYER_CALLS = 10  # back-to-back calls per timed run when timing a layer's eager calls (time_ms)
 
-def time_ms(fn, repeats: int, warmup: int = 3) -> float:
-    """Median GPU time of one call. All runs are queued before the host waits, so each event pair
-    measures the GPU's time for the call rather than host-side launch latency (an op that
-    synchronises internally, such as int8_vectorwise_quant with outliers, still pays for it)."""
+
+def time_ms(fn, repeats: int, warmup: int = 3, calls: int = 1) -> float:
+    """Median time of one call over `repeats` runs, each run `calls` back-to-back calls between two
+    CUDA events. All runs are queued before the host waits, so an event pair measures the GPU's time
+    for the calls, or the host's where the host is slower (an op that synchronises internally, such
+    as int8_vectorwise_quant with outliers, still pays for it). Layers are timed with calls = 10, as
+    they run in a model: one host hiccup then moves a run's time by a tenth of itself, not by the
+    whole of one short call."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     for start, stop in events:
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         stop.record()
     torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
+    return statistics.median(start.elapsed_time(stop) for start, stop in events) / calls
 
 
 def copy_bandwidth(repeats: int, n: int = 1 << 28) -> float:

@@ -7,6 +7,7 @@
 
 #include "core/backend.h"
 #include "cuda/common.cuh"
+#include "cuda/scratch.cuh"
 
 namespace bnb::cuda {
 namespace {
@@ -45,18 +46,10 @@ void launch_estimate_quantiles(const EstimateQuantilesParams& p, int32_t device,
   BNB_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, static_cast<const float*>(nullptr),
                                                 static_cast<float*>(nullptr), p.n, 0, 8 * sizeof(float), stream));
   const size_t keys_bytes = round_up(static_cast<size_t>(p.n) * sizeof(float), kScratchAlign);
-  void* scratch = nullptr;
-  BNB_CUDA_CHECK(cudaMallocAsync(&scratch, 2 * keys_bytes + sort_bytes, stream));
-  float* keys_in = static_cast<float*>(scratch);
-  float* keys_out = reinterpret_cast<float*>(static_cast<char*>(scratch) + keys_bytes);
-  void* sort_tmp = static_cast<char*>(scratch) + 2 * keys_bytes;
-
-  // Free the scratch on the stream even when a step fails to launch.
-  struct Release {
-    void* ptr;
-    cudaStream_t stream;
-    ~Release() { cudaFreeAsync(ptr, stream); }
-  } release{scratch, stream};
+  const Scratch scratch(2 * keys_bytes + sort_bytes, device, stream);  // freed even when a step fails to launch
+  float* keys_in = scratch.as<float>();
+  float* keys_out = reinterpret_cast<float*>(scratch.get() + keys_bytes);
+  void* sort_tmp = scratch.get() + 2 * keys_bytes;
 
   constexpr auto widen = widen_kernel<T>;
   const unsigned grid = grid_for((p.n + kWidenThreads - 1) / kWidenThreads, resident_ctas<widen>(device, kWidenThreads));

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "cuda/common.cuh"
 #include "cuda/cublaslt.cuh"
+#include "cuda/scratch.cuh"
 
 namespace bnb::backend {
 namespace {
@@ -30,6 +31,13 @@ struct StoreInt32 {
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { out[m * ld + n] = acc; }
 };
 
+// acc * SCA[m] * SCB[n] / 127^2, rounded step by step: no fused multiply-add the compiler may or may
+// not form, so every path (and every epilogue instantiation) gives the same float32 bits.
+__device__ __forceinline__ float dequant_acc(int32_t acc, float row, float col) {
+  return __fmul_rn(__fmul_rn(__fmul_rn(static_cast<float>(acc), row), col), kInt8DequantScale);
+}
+__device__ __forceinline__ float plus_bias(float v, float bias) { return __fadd_rn(v, bias); }
+
 // The dequantizing epilogues give value(m, n, acc), the finished float, and out_at(m, n), where it goes;
 // the dequantization kernel stores whole vectors of consecutive n when it can.
 template <typename Out, typename Bias>
@@ -41,9 +49,13 @@ struct StoreDequant {
   Out* out;
   int64_t ld;
   __device__ float value(int64_t m, int64_t n, int32_t acc) const {
-    float v = static_cast<float>(acc) * row_stats[m] * col_stats[n] * kInt8DequantScale;
-    if (bias) v += cuda::to_f32(bias[n]);
-    return v;
+    const float v = dequant_acc(acc, row_stats[m], col_stats[n]);
+    return bias ? plus_bias(v, cuda::to_f32(bias[n])) : v;
+  }
+  template <int V>
+  __device__ void values(int64_t m, int64_t n0, const int32_t (&acc)[V], float (&v)[V]) const {
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = value(m, n0 + i, acc[i]);
   }
   __device__ Out* out_at(int64_t m, int64_t n) const { return out + m * ld + n; }
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { *out_at(m, n) = cuda::from_f32<Out>(value(m, n, acc)); }
@@ -57,14 +69,36 @@ struct StoreDequant {
 // each output then reads a few contiguous bytes instead of one cache line per column of CB.
 constexpr int kPackedOutliers = 64;
 
+// The outlier arithmetic, rounded step by step (as dequant_acc) so that the fused and the unfused
+// paths give the same bits. coef = X / 127 - CA * SCA / 127^2 per row and outlier column.
+__device__ __forceinline__ float outlier_coef(float x, float ca, float sca) {
+  return __fsub_rn(__fmul_rn(x, 1.0f / 127.0f), __fmul_rn(__fmul_rn(ca, sca), kInt8DequantScale));
+}
+__device__ __forceinline__ float add_product(float sum, float a, float b) { return __fadd_rn(sum, __fmul_rn(a, b)); }
+// v + (sum over outlier columns of X * CB) * SCB / 127 - (sum of CA * CB) * SCA * SCB / 127^2
+__device__ __forceinline__ float add_unpacked(float v, float extra, float int8_terms, float row, float col) {
+  return __fadd_rn(v, __fsub_rn(__fmul_rn(__fmul_rn(extra, col), 1.0f / 127.0f),
+                                __fmul_rn(__fmul_rn(__fmul_rn(int8_terms, row), col), kInt8DequantScale)));
+}
+
+// Round half to even, as std::nearbyint in the CPU reference; 0 for an outlier element.
+__device__ __forceinline__ int8_t quantize_element(float x, float scale, float threshold) {
+  return fabsf(x) >= threshold ? int8_t{0} : static_cast<int8_t>(__float2int_rn(x * scale));
+}
+
 struct Outliers {
   const int32_t* count;  // number of outlier columns (on the device)
-  const int32_t* cols;   // their ascending indices [K]
+  const int32_t* cols;   // their ascending indices (at least the first kPackedOutliers)
   // [M, kPackedOutliers] per row and outlier column: what one unit of CB there adds to the output
-  // before the column scale, X / 127 - CA * SCA / 127^2 (the float product minus the int8 one).
+  // before the column scale (outlier_coef: the float product minus the int8 one).
   const float* coef;
   const int8_t* cb;      // [kPackedOutliers, N] CB at those columns (column-major: adjacent outputs n are
-                         // adjacent bytes, so a warp's reads coalesce)
+                         // adjacent bytes, so a warp's reads coalesce); null: read CB itself
+  // Quantized inside the product kernel (no CA in memory): the outlier columns as a bit set [K / 32]
+  // for the unpacked case, and each row's scale to recompute CA from X.
+  const uint32_t* bits;
+  const float* row_scale;
+  float threshold;
 };
 
 template <typename T>
@@ -76,32 +110,67 @@ struct StoreLinear {
   T* out;
   int64_t N, K;
   const T* X;              // unpacked fallback for more than kPackedOutliers outlier columns
-  const int8_t* CA;
+  const int8_t* CA;        // null when the rows were quantized inside the product kernel
   const int8_t* CB;
   Outliers outliers;       // count == null when threshold == 0
   __device__ float value(int64_t m, int64_t n, int32_t acc) const {
     const float col = col_stats[n];
-    float v = static_cast<float>(acc) * row_stats[m] * col * kInt8DequantScale;
+    float v = dequant_acc(acc, row_stats[m], col);
     if (outliers.count) {
       const int32_t c = *outliers.count;
       if (c <= kPackedOutliers) {
         const float* coef = outliers.coef + m * kPackedOutliers;
         float sum = 0.0f;
-        for (int32_t i = 0; i < c; ++i) sum += coef[i] * static_cast<float>(outliers.cb[i * N + n]);
-        v += sum * col;
+        for (int32_t i = 0; i < c; ++i) {
+          const int8_t w = outliers.cb ? outliers.cb[i * N + n] : CB[n * K + outliers.cols[i]];
+          sum = add_product(sum, coef[i], static_cast<float>(w));
+        }
+        v = add_product(v, sum, col);
       } else {
         float extra = 0.0f, int8_terms = 0.0f;
-        for (int32_t i = 0; i < c; ++i) {
-          const int64_t k = outliers.cols[i];
+        auto add_column = [&](int64_t k) {
           const float w = static_cast<float>(CB[n * K + k]);
-          extra += cuda::to_f32(X[m * K + k]) * w;
-          int8_terms += static_cast<float>(CA[m * K + k]) * w;
+          const float x = cuda::to_f32(X[m * K + k]);
+          const int8_t ca = CA ? CA[m * K + k] : quantize_element(x, outliers.row_scale[m], outliers.threshold);
+          extra = add_product(extra, x, w);
+          int8_terms = add_product(int8_terms, static_cast<float>(ca), w);
+        };
+        if (outliers.bits) {
+          for (int64_t word = 0; word < K / 32; ++word)
+            for (uint32_t b = outliers.bits[word]; b; b &= b - 1) add_column(word * 32 + __ffs(b) - 1);
+        } else {
+          for (int32_t i = 0; i < c; ++i) add_column(outliers.cols[i]);
         }
-        v += extra * col * (1.0f / 127.0f) - int8_terms * row_stats[m] * col * kInt8DequantScale;
+        v = add_unpacked(v, extra, int8_terms, row_stats[m], col);
       }
     }
-    if (bias) v += cuda::to_f32(bias[n]);
-    return v;
+    return bias ? plus_bias(v, cuda::to_f32(bias[n])) : v;
+  }
+  // V consecutive outputs n0.. (n0 and N multiples of V): the packed outlier columns are read once
+  // per coefficient for all V outputs (one V-byte load of cb) instead of once per output. Same
+  // arithmetic as value().
+  template <int V>
+  __device__ void values(int64_t m, int64_t n0, const int32_t (&acc)[V], float (&v)[V]) const {
+    const int32_t c = outliers.count ? *outliers.count : 0;
+    if (c == 0 || c > kPackedOutliers || !outliers.cb) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) v[i] = value(m, n0 + i, acc[i]);
+      return;
+    }
+    const float* coef = outliers.coef + m * kPackedOutliers;
+    float sum[V] = {};
+    for (int32_t j = 0; j < c; ++j) {
+      const float k = coef[j];
+      const auto w = *reinterpret_cast<const cuda::Packet<int8_t, V>*>(outliers.cb + j * N + n0);
+#pragma unroll
+      for (int i = 0; i < V; ++i) sum[i] = add_product(sum[i], k, static_cast<float>(w.v[i]));
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float col = col_stats[n0 + i];
+      const float x = add_product(dequant_acc(acc[i], row_stats[m], col), sum[i], col);
+      v[i] = bias ? plus_bias(x, cuda::to_f32(bias[n0 + i])) : x;
+    }
   }
   __device__ T* out_at(int64_t m, int64_t n) const { return out + m * N + n; }
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { *out_at(m, n) = cuda::from_f32<T>(value(m, n, acc)); }
@@ -118,8 +187,8 @@ __global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict_
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = i / c, j = i % c, k = cols[j];
     if (row < M) {
-      coef[row * kPackedOutliers + j] = cuda::to_f32(X[row * K + k]) * (1.0f / 127.0f) -
-                                        static_cast<float>(CA[row * K + k]) * SCA[row] * kInt8DequantScale;
+      coef[row * kPackedOutliers + j] =
+          outlier_coef(cuda::to_f32(X[row * K + k]), static_cast<float>(CA[row * K + k]), SCA[row]);
     } else {
       cb[j * N + (row - M)] = CB[(row - M) * K + k];
     }
@@ -138,6 +207,11 @@ constexpr int kRowsPerCta = 8 * kTiles;
 constexpr int kGroup = 64;
 constexpr int kUnroll = 2;
 constexpr int kMaxSmallRows = 16;
+// Rows quantized inside the product kernel (bnb_int8_linear): every CTA re-reads and re-quantizes
+// them, which costs more than a separate quantization beyond a few rows without outliers; with
+// outliers the separate path takes four more launches.
+constexpr int kMaxFusedRows = 8;
+constexpr int kMaxFusedOutlierRows = 16;
 
 __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                        uint32_t b0, uint32_t b1) {
@@ -161,32 +235,89 @@ struct Int8Rows {  // already quantized (int8_linear_matmul, int8_scaled_mm)
   }
 };
 
-// Float rows quantized inside the kernel (bnb_int8_linear without outliers, up to kWarps rows): each
-// CTA finds the rows' absmax (the activations are a few KB, read from L2 by every CTA) and rounds
-// x * 127 / absmax as it loads them, exactly as int8_vectorwise_quant does, so the product and the
-// dequantization see the same values as the unfused path, without a second launch or scratch memory.
-template <typename T>
+// Float rows quantized inside the kernel (bnb_int8_linear for few rows): each CTA finds the rows'
+// absmax (the activations are a few KB, read from L2 by every CTA) and rounds x * 127 / absmax as it
+// loads them, exactly as int8_vectorwise_quant does, so the product and the dequantization see the
+// same values as the unfused path, without further launches or scratch memory.
+//
+// kOutliers (threshold > 0): elements with |x| >= threshold are left out of the absmax and zeroed,
+// and each CTA also gathers the outlier columns (any row) into shared memory: a bit set, the first
+// kPackedOutliers column indices and their per-row coefficients for the epilogue. CTA 0 writes the
+// outlier mask [K] the caller asked for.
+constexpr int kFusedOutlierMaxK = 32768;  // bit set of 4 KB in shared memory
+
+template <typename T, bool kOutliers>
 struct QuantizedRows {
   const T* X;
   int64_t K;
+  float threshold;
+  uint8_t* outlier_mask;  // may be null
   template <typename Epilogue>
   __device__ void setup(int64_t M, float* amax, float* scale, Epilogue& epilogue) {
     const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
     constexpr int V = cuda::vec_elems<T>();
-    if (warp < M) {
-      const T* row = X + warp * K;
+    [[maybe_unused]] __shared__ uint32_t bits[kOutliers ? kFusedOutlierMaxK / 32 : 1];
+    [[maybe_unused]] __shared__ int32_t count;
+    [[maybe_unused]] __shared__ int32_t cols[kPackedOutliers];
+    [[maybe_unused]] __shared__ float coef[kOutliers ? kMaxSmallRows * kPackedOutliers : 1];
+    const int64_t words = K / 32;
+    if constexpr (kOutliers) {
+      for (int64_t i = threadIdx.x; i < words; i += kThreads) bits[i] = 0;
+      __syncthreads();
+    }
+    for (int64_t r = warp; r < M; r += kWarps) {
+      const T* row = X + r * K;
       float m = 0.0f;
       for (int64_t v = lane; v < K / V; v += kWarpSize) {
         float x[V];
         cuda::load_f32<T, V>(row + v * V, x);
 #pragma unroll
-        for (int i = 0; i < V; ++i) m = fmaxf(m, fabsf(x[i]));
+        for (int i = 0; i < V; ++i) {
+          const float a = fabsf(x[i]);
+          if (kOutliers && a >= threshold) {
+            const int64_t k = v * V + i;
+            atomicOr(&bits[k / 32], 1u << (k % 32));
+          } else {
+            m = fmaxf(m, a);
+          }
+        }
       }
       m = cuda::group_max<kWarpSize>(m);
-      if (lane == 0) amax[warp] = m, scale[warp] = int8_scale(m);
+      if (lane == 0) amax[r] = m, scale[r] = int8_scale(m);
     }
     __syncthreads();
     epilogue.row_stats = amax;  // the dequantization reads the rows' absmax from shared memory
+    if constexpr (kOutliers) {
+      if (warp == 0) {  // ascending column list: each lane owns a run of words, a warp scan places it
+        const int64_t per = (words + kWarpSize - 1) / kWarpSize;
+        const int64_t w0 = min(words, lane * per), w1 = min(words, w0 + per);
+        int32_t own = 0;
+        for (int64_t w = w0; w < w1; ++w) own += __popc(bits[w]);
+        int32_t before = own;
+        for (int d = 1; d < kWarpSize; d *= 2) {
+          const int32_t up = __shfl_up_sync(cuda::kFullWarpMask, before, d);
+          if (lane >= d) before += up;
+        }
+        before -= own;
+        if (lane == kWarpSize - 1) count = before + own;
+        int32_t next = before;
+        for (int64_t w = w0; w < w1 && next < kPackedOutliers; ++w)
+          for (uint32_t b = bits[w]; b && next < kPackedOutliers; b &= b - 1)
+            cols[next++] = static_cast<int32_t>(w * 32 + __ffs(b) - 1);
+      }
+      __syncthreads();
+      const int32_t packed = min(count, kPackedOutliers);
+      for (int32_t i = threadIdx.x; i < M * packed; i += kThreads) {
+        const int32_t r = i / packed, j = i % packed;
+        const float x = cuda::to_f32(X[r * K + cols[j]]);
+        coef[r * kPackedOutliers + j] =
+            outlier_coef(x, static_cast<float>(quantize_element(x, scale[r], threshold)), amax[r]);
+      }
+      if (blockIdx.x == 0 && outlier_mask)
+        for (int64_t k = threadIdx.x; k < K; k += kThreads) outlier_mask[k] = (bits[k / 32] >> (k % 32)) & 1u;
+      __syncthreads();
+      epilogue.outliers = {&count, cols, coef, nullptr, bits, scale, threshold};
+    }
   }
   __device__ uint4 fetch(int64_t row, int64_t col, const float* scale) const {
     constexpr int V = cuda::vec_elems<T>();
@@ -197,7 +328,9 @@ struct QuantizedRows {
       float x[V];
       cuda::load_f32<T, V>(X + row * K + col + part * V, x);
 #pragma unroll
-      for (int i = 0; i < V; ++i) q.v[part * V + i] = static_cast<int8_t>(__float2int_rn(x[i] * s));
+      for (int i = 0; i < V; ++i)
+        q.v[part * V + i] = kOutliers ? quantize_element(x[i], s, threshold)
+                                      : static_cast<int8_t>(__float2int_rn(x[i] * s));
     }
     return *reinterpret_cast<const uint4*>(&q);
   }
@@ -208,7 +341,7 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(Source source, con
                                                               int64_t N, int64_t K, Epilogue epilogue_arg) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ int32_t partial[kWarps * kTiles * 4 * kWarpSize];
-  __shared__ float row_amax[kWarps], row_scale[kWarps];
+  __shared__ float row_amax[kMaxSmallRows], row_scale[kMaxSmallRows];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
@@ -414,13 +547,10 @@ bool cublaslt_matmul(const Int8MatmulParams& p, int32_t device, cudaStream_t str
   if (!plan.usable) return false;
   // The workspace is stream-ordered memory of this call (capturable into CUDA graphs, private to the
   // call, so concurrent streams and threads never share one).
-  void* workspace = nullptr;
-  if (plan.workspace > 0) BNB_CUDA_CHECK(cudaMallocAsync(&workspace, plan.workspace, stream));
+  const cuda::Scratch workspace(plan.workspace, device, stream);
   const int32_t alpha = 1, beta = 0;
-  const bool done = api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out,
-                                plan.d, &plan.algo, workspace, plan.workspace, stream) == lt::kSuccess;
-  if (workspace) BNB_CUDA_CHECK(cudaFreeAsync(workspace, stream));
-  return done;
+  return api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out, plan.d,
+                     &plan.algo, workspace.get(), plan.workspace, stream) == lt::kSuccess;
 }
 
 // ---- dequantization of an int32 matrix ----------------------------------------------------------------
@@ -443,8 +573,7 @@ __global__ void int8_dequant_vector_kernel(const int32_t* __restrict__ acc, int6
       const int4 hi = __ldcs(reinterpret_cast<const int4*>(row + n0 + 4));
       const int32_t a[kDequantVec] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
       float x[kDequantVec];
-#pragma unroll
-      for (int i = 0; i < kDequantVec; ++i) x[i] = epilogue.value(m, n0 + i, a[i]);
+      epilogue.values(m, n0, a, x);
       cuda::store_from_f32<Out, kDequantVec, true>(epilogue.out_at(m, n0), x);
     }
   }
@@ -530,22 +659,6 @@ __global__ void __launch_bounds__(kCompactThreads) compact_mask(const uint8_t* _
   if (threadIdx.x == 0) *count = total;
 }
 
-// Stream-ordered scratch memory for one call, released (stream-ordered) when the call ends.
-class Scratch {
- public:
-  Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    BNB_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
-  }
-  ~Scratch() { cudaFreeAsync(ptr_, stream_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  char* get() const { return static_cast<char*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
-
 constexpr size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 }  // namespace
@@ -554,15 +667,21 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool outliers = p.threshold > 0.0f;
-  // Token-by-token generation without outliers: one kernel quantizes the rows and streams the weight.
-  if (!outliers && p.M <= kWarps && cuda::is_aligned(p.X, 16) &&
-      small_m_eligible({nullptr, p.CB, nullptr, p.M, p.N, p.K}, device)) {
+  // Token-by-token generation: one kernel quantizes the rows (and finds the outlier columns) and
+  // streams the weight.
+  if (p.M <= (outliers ? kMaxFusedOutlierRows : kMaxFusedRows) && (!outliers || p.K <= kFusedOutlierMaxK) &&
+      cuda::is_aligned(p.X, 16) && small_m_eligible({nullptr, p.CB, nullptr, p.M, p.N, p.K}, device)) {
     dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
       using T = typename decltype(tag)::type;
       const T* X = static_cast<const T*>(p.X);
       const StoreLinear<T> epilogue{nullptr, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
                                     X, nullptr, p.CB, Outliers{}};
-      launch_small_m(Int8MatmulParams{nullptr, p.CB, nullptr, p.M, p.N, p.K}, epilogue, s, QuantizedRows<T>{X, p.K});
+      const Int8MatmulParams mm{nullptr, p.CB, nullptr, p.M, p.N, p.K};
+      if (outliers) {
+        launch_small_m(mm, epilogue, s, QuantizedRows<T, true>{X, p.K, p.threshold, p.outlier_mask});
+      } else {
+        launch_small_m(mm, epilogue, s, QuantizedRows<T, false>{X, p.K, 0.0f, nullptr});
+      }
     });
     return;
   }
@@ -573,7 +692,8 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   const size_t index_bytes = outliers ? align_up(sizeof(int32_t) * (p.K + 1)) : 0;
   const size_t packed_row_bytes = outliers ? align_up(sizeof(float) * p.M * kPackedOutliers) : 0;
   const size_t packed_cb_bytes = outliers ? align_up(static_cast<size_t>(p.N) * kPackedOutliers) : 0;
-  Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes + packed_row_bytes + packed_cb_bytes, s);
+  const cuda::Scratch scratch(ca_bytes + sca_bytes + mask_bytes + index_bytes + packed_row_bytes + packed_cb_bytes,
+                             device, s);
   char* next = scratch.get();
   auto take = [&](size_t bytes) {
     char* at = next;
@@ -608,7 +728,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
     const StoreLinear<T> epilogue{SCA, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
                                   X, CA, p.CB, packed};
     if (small_m_eligible(mm, device)) return launch_small_m(mm, epilogue, s);
-    Scratch acc(align_up(sizeof(int32_t) * p.M * p.N), s);
+    const cuda::Scratch acc(align_up(sizeof(int32_t) * p.M * p.N), device, s);
     mm.out = reinterpret_cast<int32_t*>(acc.get());
     int32_product(mm, device, s);
     launch_dequant(mm.out, p.M, p.N, epilogue, device, s);
@@ -635,18 +755,11 @@ void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq, int
     return;
   }
   // Many rows: the int32 product in a stream-ordered scratch buffer, then the dequantization.
-  int32_t* acc = nullptr;
-  BNB_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&acc), sizeof(int32_t) * mm.M * mm.N, s));
+  const cuda::Scratch acc(sizeof(int32_t) * mm.M * mm.N, device, s);
   Int8MatmulParams p = mm;
-  p.out = acc;
-  try {
-    int32_product(p, device, s);
-    with_dequant_epilogue(dq, [&](auto epilogue) { launch_dequant(acc, mm.M, mm.N, epilogue, device, s); });
-  } catch (...) {
-    cudaFreeAsync(acc, s);
-    throw;
-  }
-  BNB_CUDA_CHECK(cudaFreeAsync(acc, s));
+  p.out = acc.as<int32_t>();
+  int32_product(p, device, s);
+  with_dequant_epilogue(dq, [&](auto epilogue) { launch_dequant(p.out, mm.M, mm.N, epilogue, device, s); });
 }
 
 }  // namespace bnb::backend

@@ -21,6 +21,7 @@
 #include "core/optim.h"
 #include "cuda/code_search.cuh"
 #include "cuda/common.cuh"
+#include "cuda/scratch.cuh"
 
 namespace bnb::cuda {
 namespace {
@@ -437,11 +438,11 @@ void run_table(OptimizerKind kind, bnb_dtype_t p_dtype, const TensorTable<Cap>& 
         return;
       }
       // Stream-ordered scratch for the per-CTA partial norms: no host synchronisation.
+      const Scratch partials(grid * sizeof(float), device, stream);
       KernelArgs with_partials = args;
-      BNB_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&with_partials.partials), grid * sizeof(float), stream));
+      with_partials.partials = partials.as<float>();
       launch_optimizer<K, TP, Bits, Cap>(table, with_partials, Phase::Norm, grid, stream);
       launch_optimizer<K, TP, Bits, Cap>(table, with_partials, Phase::Update, grid, stream);
-      BNB_CUDA_CHECK(cudaFreeAsync(with_partials.partials, stream));
     });
   });
 }

@@ -239,6 +239,35 @@ def test_fused_int8_linear_without_outliers_is_bit_identical_to_the_ops(device, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("outlier_cols", [3, 80])
+def test_fused_int8_linear_with_outliers_is_bit_identical_to_the_unfused_path(device, dtype, rows, outlier_cols):
+    # On CUDA, up to 16 rows with outliers are quantized inside the product kernel, which also finds the
+    # outlier columns; rows that are not 16-byte aligned take the separate quantization, column
+    # compaction and packing kernels. Both must give the same bits and the same mask, with few outlier
+    # columns (packed) and more than the 64 that are packed.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    K, N = 512, 72
+    X = randn((rows, K), torch.float32, device, seed=41)
+    X[0, 7] = 0.0
+    cols = torch.randperm(K, generator=torch.Generator().manual_seed(42))[:outlier_cols].to(device)
+    X[rows // 2, cols] = 9.0  # an outlier in one row only: its whole column leaves the int8 product
+    X = X.to(dtype)
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=43))
+    bias = randn((N,), dtype, device, seed=44)
+    y, mask = int8_linear_direct(X, CB, SCB, 6.0, bias)
+    storage = torch.empty(rows * K + 1, dtype=dtype, device=device)
+    X_unaligned = storage[1:].view(rows, K)
+    X_unaligned.copy_(X)
+    assert X_unaligned.data_ptr() % 16 != 0
+    y_ref, mask_ref = int8_linear_direct(X_unaligned, CB, SCB, 6.0, bias)
+    assert torch.equal(mask, mask_ref) and int(mask.sum()) == outlier_cols
+    assert torch.equal(y, y_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_layer_inference_takes_the_fused_path(device, monkeypatch):
     # Eager Linear8bitLt inference must reach the one-call native path (not the op-by-op one).
     import bitsandbytes as bnb
