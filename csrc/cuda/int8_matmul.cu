@@ -69,8 +69,8 @@ struct StoreDequant {
 // each output then reads a few contiguous bytes instead of one cache line per column of CB.
 constexpr int kPackedOutliers = 64;
 
-// The outlier arithmetic, rounded step by step (as dequant_acc) so that the fused and the unfused
-// paths give the same bits. coef = X / 127 - CA * SCA / 127^2 per row and outlier column.
+// The outlier arithmetic, rounded step by step (as dequant_acc), so the per-element and the vector
+// epilogues give the same bits. coef = X / 127 - CA * SCA / 127^2 per row and outlier column.
 __device__ __forceinline__ float outlier_coef(float x, float ca, float sca) {
   return __fsub_rn(__fmul_rn(x, 1.0f / 127.0f), __fmul_rn(__fmul_rn(ca, sca), kInt8DequantScale));
 }
@@ -81,24 +81,14 @@ __device__ __forceinline__ float add_unpacked(float v, float extra, float int8_t
                                 __fmul_rn(__fmul_rn(__fmul_rn(int8_terms, row), col), kInt8DequantScale)));
 }
 
-// Round half to even, as std::nearbyint in the CPU reference; 0 for an outlier element.
-__device__ __forceinline__ int8_t quantize_element(float x, float scale, float threshold) {
-  return fabsf(x) >= threshold ? int8_t{0} : static_cast<int8_t>(__float2int_rn(x * scale));
-}
-
 struct Outliers {
   const int32_t* count;  // number of outlier columns (on the device)
-  const int32_t* cols;   // their ascending indices (at least the first kPackedOutliers)
+  const int32_t* cols;   // their ascending indices [K]
   // [M, kPackedOutliers] per row and outlier column: what one unit of CB there adds to the output
   // before the column scale (outlier_coef: the float product minus the int8 one).
   const float* coef;
   const int8_t* cb;      // [kPackedOutliers, N] CB at those columns (column-major: adjacent outputs n are
-                         // adjacent bytes, so a warp's reads coalesce); null: read CB itself
-  // Quantized inside the product kernel (no CA in memory): the outlier columns as a bit set [K / 32]
-  // for the unpacked case, and each row's scale to recompute CA from X.
-  const uint32_t* bits;
-  const float* row_scale;
-  float threshold;
+                         // adjacent bytes, so a warp's reads coalesce)
 };
 
 template <typename T>
@@ -110,7 +100,7 @@ struct StoreLinear {
   T* out;
   int64_t N, K;
   const T* X;              // unpacked fallback for more than kPackedOutliers outlier columns
-  const int8_t* CA;        // null when the rows were quantized inside the product kernel
+  const int8_t* CA;
   const int8_t* CB;
   Outliers outliers;       // count == null when threshold == 0
   __device__ float value(int64_t m, int64_t n, int32_t acc) const {
@@ -121,25 +111,15 @@ struct StoreLinear {
       if (c <= kPackedOutliers) {
         const float* coef = outliers.coef + m * kPackedOutliers;
         float sum = 0.0f;
-        for (int32_t i = 0; i < c; ++i) {
-          const int8_t w = outliers.cb ? outliers.cb[i * N + n] : CB[n * K + outliers.cols[i]];
-          sum = add_product(sum, coef[i], static_cast<float>(w));
-        }
+        for (int32_t i = 0; i < c; ++i) sum = add_product(sum, coef[i], static_cast<float>(outliers.cb[i * N + n]));
         v = add_product(v, sum, col);
       } else {
         float extra = 0.0f, int8_terms = 0.0f;
-        auto add_column = [&](int64_t k) {
+        for (int32_t i = 0; i < c; ++i) {
+          const int64_t k = outliers.cols[i];
           const float w = static_cast<float>(CB[n * K + k]);
-          const float x = cuda::to_f32(X[m * K + k]);
-          const int8_t ca = CA ? CA[m * K + k] : quantize_element(x, outliers.row_scale[m], outliers.threshold);
-          extra = add_product(extra, x, w);
-          int8_terms = add_product(int8_terms, static_cast<float>(ca), w);
-        };
-        if (outliers.bits) {
-          for (int64_t word = 0; word < K / 32; ++word)
-            for (uint32_t b = outliers.bits[word]; b; b &= b - 1) add_column(word * 32 + __ffs(b) - 1);
-        } else {
-          for (int32_t i = 0; i < c; ++i) add_column(outliers.cols[i]);
+          extra = add_product(extra, cuda::to_f32(X[m * K + k]), w);
+          int8_terms = add_product(int8_terms, static_cast<float>(CA[m * K + k]), w);
         }
         v = add_unpacked(v, extra, int8_terms, row_stats[m], col);
       }
@@ -152,7 +132,7 @@ struct StoreLinear {
   template <int V>
   __device__ void values(int64_t m, int64_t n0, const int32_t (&acc)[V], float (&v)[V]) const {
     const int32_t c = outliers.count ? *outliers.count : 0;
-    if (c == 0 || c > kPackedOutliers || !outliers.cb) {
+    if (c == 0 || c > kPackedOutliers) {
 #pragma unroll
       for (int i = 0; i < V; ++i) v[i] = value(m, n0 + i, acc[i]);
       return;
@@ -207,11 +187,6 @@ constexpr int kRowsPerCta = 8 * kTiles;
 constexpr int kGroup = 64;
 constexpr int kUnroll = 2;
 constexpr int kMaxSmallRows = 16;
-// Rows quantized inside the product kernel (bnb_int8_linear): every CTA re-reads and re-quantizes
-// them, which costs more than a separate quantization beyond a few rows without outliers; with
-// outliers the separate path takes four more launches.
-constexpr int kMaxFusedRows = 8;
-constexpr int kMaxFusedOutlierRows = 16;
 
 __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                        uint32_t b0, uint32_t b1) {
@@ -223,125 +198,12 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
 #endif
 }
 
-// Where the kernel's int8 activation rows come from. fetch(row, col) gives the 16 int8 values of
-// `row` at columns [col, col + 16); setup() runs once per CTA before any fetch, with every thread.
-struct Int8Rows {  // already quantized (int8_linear_matmul, int8_scaled_mm)
-  const int8_t* A;
-  int64_t K;
-  template <typename Epilogue>
-  __device__ void setup(int64_t, float*, float*, Epilogue&) {}
-  __device__ uint4 fetch(int64_t row, int64_t col, const float*) const {
-    return __ldg(reinterpret_cast<const uint4*>(A + row * K + col));
-  }
-};
-
-// Float rows quantized inside the kernel (bnb_int8_linear for few rows): each CTA finds the rows'
-// absmax (the activations are a few KB, read from L2 by every CTA) and rounds x * 127 / absmax as it
-// loads them, exactly as int8_vectorwise_quant does, so the product and the dequantization see the
-// same values as the unfused path, without further launches or scratch memory.
-//
-// kOutliers (threshold > 0): elements with |x| >= threshold are left out of the absmax and zeroed,
-// and each CTA also gathers the outlier columns (any row) into shared memory: a bit set, the first
-// kPackedOutliers column indices and their per-row coefficients for the epilogue. CTA 0 writes the
-// outlier mask [K] the caller asked for.
-constexpr int kFusedOutlierMaxK = 32768;  // bit set of 4 KB in shared memory
-
-template <typename T, bool kOutliers>
-struct QuantizedRows {
-  const T* X;
-  int64_t K;
-  float threshold;
-  uint8_t* outlier_mask;  // may be null
-  template <typename Epilogue>
-  __device__ void setup(int64_t M, float* amax, float* scale, Epilogue& epilogue) {
-    const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-    constexpr int V = cuda::vec_elems<T>();
-    [[maybe_unused]] __shared__ uint32_t bits[kOutliers ? kFusedOutlierMaxK / 32 : 1];
-    [[maybe_unused]] __shared__ int32_t count;
-    [[maybe_unused]] __shared__ int32_t cols[kPackedOutliers];
-    [[maybe_unused]] __shared__ float coef[kOutliers ? kMaxSmallRows * kPackedOutliers : 1];
-    const int64_t words = K / 32;
-    if constexpr (kOutliers) {
-      for (int64_t i = threadIdx.x; i < words; i += kThreads) bits[i] = 0;
-      __syncthreads();
-    }
-    for (int64_t r = warp; r < M; r += kWarps) {
-      const T* row = X + r * K;
-      float m = 0.0f;
-      for (int64_t v = lane; v < K / V; v += kWarpSize) {
-        float x[V];
-        cuda::load_f32<T, V>(row + v * V, x);
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const float a = fabsf(x[i]);
-          if (kOutliers && a >= threshold) {
-            const int64_t k = v * V + i;
-            atomicOr(&bits[k / 32], 1u << (k % 32));
-          } else {
-            m = fmaxf(m, a);
-          }
-        }
-      }
-      m = cuda::group_max<kWarpSize>(m);
-      if (lane == 0) amax[r] = m, scale[r] = int8_scale(m);
-    }
-    __syncthreads();
-    epilogue.row_stats = amax;  // the dequantization reads the rows' absmax from shared memory
-    if constexpr (kOutliers) {
-      if (warp == 0) {  // ascending column list: each lane owns a run of words, a warp scan places it
-        const int64_t per = (words + kWarpSize - 1) / kWarpSize;
-        const int64_t w0 = min(words, lane * per), w1 = min(words, w0 + per);
-        int32_t own = 0;
-        for (int64_t w = w0; w < w1; ++w) own += __popc(bits[w]);
-        int32_t before = own;
-        for (int d = 1; d < kWarpSize; d *= 2) {
-          const int32_t up = __shfl_up_sync(cuda::kFullWarpMask, before, d);
-          if (lane >= d) before += up;
-        }
-        before -= own;
-        if (lane == kWarpSize - 1) count = before + own;
-        int32_t next = before;
-        for (int64_t w = w0; w < w1 && next < kPackedOutliers; ++w)
-          for (uint32_t b = bits[w]; b && next < kPackedOutliers; b &= b - 1)
-            cols[next++] = static_cast<int32_t>(w * 32 + __ffs(b) - 1);
-      }
-      __syncthreads();
-      const int32_t packed = min(count, kPackedOutliers);
-      for (int32_t i = threadIdx.x; i < M * packed; i += kThreads) {
-        const int32_t r = i / packed, j = i % packed;
-        const float x = cuda::to_f32(X[r * K + cols[j]]);
-        coef[r * kPackedOutliers + j] =
-            outlier_coef(x, static_cast<float>(quantize_element(x, scale[r], threshold)), amax[r]);
-      }
-      if (blockIdx.x == 0 && outlier_mask)
-        for (int64_t k = threadIdx.x; k < K; k += kThreads) outlier_mask[k] = (bits[k / 32] >> (k % 32)) & 1u;
-      __syncthreads();
-      epilogue.outliers = {&count, cols, coef, nullptr, bits, scale, threshold};
-    }
-  }
-  __device__ uint4 fetch(int64_t row, int64_t col, const float* scale) const {
-    constexpr int V = cuda::vec_elems<T>();
-    const float s = scale[row];
-    cuda::Packet<int8_t, 16> q;
-#pragma unroll
-    for (int part = 0; part < 16 / V; ++part) {
-      float x[V];
-      cuda::load_f32<T, V>(X + row * K + col + part * V, x);
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        q.v[part * V + i] = kOutliers ? quantize_element(x[i], s, threshold)
-                                      : static_cast<int8_t>(__float2int_rn(x[i] * s));
-    }
-    return *reinterpret_cast<const uint4*>(&q);
-  }
-};
-
-template <typename Source, typename Epilogue>
-__global__ void __launch_bounds__(kThreads) int8_gemm_small_m(Source source, const int8_t* __restrict__ B, int64_t M,
-                                                              int64_t N, int64_t K, Epilogue epilogue_arg) {
+template <typename Epilogue>
+__global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __restrict__ A,
+                                                              const int8_t* __restrict__ B, int64_t M, int64_t N,
+                                                              int64_t K, Epilogue epilogue) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ int32_t partial[kWarps * kTiles * 4 * kWarpSize];
-  __shared__ float row_amax[kMaxSmallRows], row_scale[kMaxSmallRows];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
@@ -352,8 +214,8 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(Source source, con
   for (int j = 0; j < kTiles; ++j) b_row[j] = B + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
   const bool has_lo = g < M;
   const bool has_hi = g + 8 < M;
-  Epilogue epilogue = epilogue_arg;
-  source.setup(M, row_amax, row_scale, epilogue);
+  const int8_t* a_lo = A + int64_t{g} * K + 16 * t;
+  const int8_t* a_hi = A + int64_t{g + 8} * K + 16 * t;
 
   int32_t acc[kTiles][4] = {};
   const int64_t groups = K / kGroup;
@@ -368,8 +230,8 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(Source source, con
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) w[u][j] = __ldg(reinterpret_cast<const uint4*>(b_row[j] + col));
       const uint4 zero = make_uint4(0, 0, 0, 0);
-      lo[u] = has_lo ? source.fetch(g, col + 16 * t, row_scale) : zero;
-      hi[u] = has_hi ? source.fetch(g + 8, col + 16 * t, row_scale) : zero;
+      lo[u] = has_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col)) : zero;
+      hi[u] = has_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col)) : zero;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -410,12 +272,11 @@ bool small_m_eligible(const Int8MatmulParams& p, int32_t device) {
   return major >= 8;
 }
 
-template <typename Epilogue, typename Source = Int8Rows>
-void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream, Source source = {}) {
-  if constexpr (std::is_same_v<Source, Int8Rows>) source = {p.A, p.K};
+template <typename Epilogue>
+void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream) {
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the int8 GEMV grid");
-  int8_gemm_small_m<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(source, p.B, p.M, p.N, p.K, epilogue);
+  int8_gemm_small_m<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(p.A, p.B, p.M, p.N, p.K, epilogue);
   BNB_CUDA_CHECK_LAUNCH("int8_gemm_small_m");
 }
 
@@ -667,24 +528,6 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool outliers = p.threshold > 0.0f;
-  // Token-by-token generation: one kernel quantizes the rows (and finds the outlier columns) and
-  // streams the weight.
-  if (p.M <= (outliers ? kMaxFusedOutlierRows : kMaxFusedRows) && (!outliers || p.K <= kFusedOutlierMaxK) &&
-      cuda::is_aligned(p.X, 16) && small_m_eligible({nullptr, p.CB, nullptr, p.M, p.N, p.K}, device)) {
-    dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const T* X = static_cast<const T*>(p.X);
-      const StoreLinear<T> epilogue{nullptr, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
-                                    X, nullptr, p.CB, Outliers{}};
-      const Int8MatmulParams mm{nullptr, p.CB, nullptr, p.M, p.N, p.K};
-      if (outliers) {
-        launch_small_m(mm, epilogue, s, QuantizedRows<T, true>{X, p.K, p.threshold, p.outlier_mask});
-      } else {
-        launch_small_m(mm, epilogue, s, QuantizedRows<T, false>{X, p.K, 0.0f, nullptr});
-      }
-    });
-    return;
-  }
   // One scratch block: CA [M, K], SCA [M], and with outliers: mask [K], indices [K] + count, the packed
   // outlier arrays coef [M, kPackedOutliers] (float) and cb [kPackedOutliers, N].
   const size_t ca_bytes = align_up(static_cast<size_t>(p.M * p.K)), sca_bytes = align_up(sizeof(float) * p.M);

@@ -223,8 +223,8 @@ def test_fused_int8_linear_matches_the_decomposition(device, dtype, rows, thresh
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9])
 def test_fused_int8_linear_without_outliers_is_bit_identical_to_the_ops(device, dtype, rows):
-    # Without outliers the one-call path (on CUDA up to 8 rows: quantized inside the product kernel)
-    # must give exactly what quantizing with the op and multiplying with int8_scaled_mm gives.
+    # Without outliers the one-call path must give exactly what quantizing with the op and multiplying
+    # with int8_scaled_mm gives (the same rounding of every dequantized output, fp32 included).
     from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
 
     K, N = 512, 72
@@ -240,13 +240,13 @@ def test_fused_int8_linear_without_outliers_is_bit_identical_to_the_ops(device, 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("rows", [1, 5, 16, 40])
 @pytest.mark.parametrize("outlier_cols", [3, 80])
-def test_fused_int8_linear_with_outliers_is_bit_identical_to_the_unfused_path(device, dtype, rows, outlier_cols):
-    # On CUDA, up to 16 rows with outliers are quantized inside the product kernel, which also finds the
-    # outlier columns; rows that are not 16-byte aligned take the separate quantization, column
-    # compaction and packing kernels. Both must give the same bits and the same mask, with few outlier
-    # columns (packed) and more than the 64 that are packed.
+def test_fused_int8_linear_with_outliers_gives_the_same_bits_for_unaligned_rows(device, dtype, rows, outlier_cols):
+    # Rows that are not 16-byte aligned are quantized element by element instead of by vectors; the
+    # outputs (few rows: the weight-streaming kernel; many: the GEMM, then the dequantization, by
+    # vectors of 8 outputs) and the outlier mask must not change by a bit, with few outlier columns
+    # (packed) and more than the 64 that are packed.
     from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
 
     K, N = 512, 72
