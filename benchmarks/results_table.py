@@ -4,6 +4,10 @@
     python benchmarks/results_table.py optim bench_optim.json
     python benchmarks/results_table.py linear4bit bench_linear4bit.json
     python benchmarks/results_table.py int8 bench_int8.json
+
+or any of them from the benchmarks.json of scripts/device_check.sh (all benchmarks in one file):
+
+    python benchmarks/results_table.py int8 benchmarks.json
 """
 
 from __future__ import annotations
@@ -66,4 +70,6 @@ def int8(d: dict) -> str:
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
     with open(path) as f:
-        print({"quant": quant, "optim": optim, "linear4bit": linear4bit, "int8": int8}[kind](json.load(f)))
+        data = json.load(f)
+    data = data.get(f"bench_{kind}", data)  # the merged file keys each benchmark by its script's name
+    print({"quant": quant, "optim": optim, "linear4bit": linear4bit, "int8": int8}[kind](data))
