@@ -69,9 +69,6 @@ class DeviceGuard {
 
 inline cudaStream_t as_cuda(bnb_stream_t stream) { return static_cast<cudaStream_t>(stream); }
 
-// Asks L2 for the line holding ptr without waiting for it (no register is tied up).
-__device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
-
 // ---- dtype traits ------------------------------------------------------------------------------------
 template <bnb_dtype_t D>
 struct CudaType;
