@@ -2,7 +2,7 @@
 # One call on the GPU machine does it all: build the native libraries (all cores, sm_90),
 # run the main job, the GPU tests and the benchmarks, and leave logs + JSON under $OUT.
 #   OUT             output folder (default: ./device_out)
-#   BNB_CUDA_ARCHS  default 90-real (the H100/H200 of the device machine)
+#   BNB_CUDA_ARCHS  default 90a-real (the H100/H200 of the device machine)
 #   BENCH_ARGS      extra arguments for the benchmark scripts
 #   PYTEST_ARGS     extra pytest arguments (e.g. "-k 4bit")
 #   BENCHES         benchmark scripts to run (default: every benchmarks/bench_*.py except the CPU ones;
@@ -24,7 +24,7 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 
   step "build"
   cmake -S . -B build/device -G Ninja -DCMAKE_BUILD_TYPE=Release -DBNB_CUDA=ON \
-    -DBNB_CUDA_ARCHS="${BNB_CUDA_ARCHS:-90-real}" -DBNB_TESTS=OFF && cmake --build build/device -j "$(nproc)"
+    -DBNB_CUDA_ARCHS="${BNB_CUDA_ARCHS:-90a-real}" -DBNB_TESTS=OFF && cmake --build build/device -j "$(nproc)"
   ldd build/lib/libbitsandbytes_cuda.so || true
 } > "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -50 "$OUT/build.log"; exit 1; }
 tail -3 "$OUT/build.log"

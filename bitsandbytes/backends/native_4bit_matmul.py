@@ -1,11 +1,12 @@
-"""gemm_4bit / gemv_4bit for CPU and CUDA tensors: native 4-bit dequantization, then the device's GEMM.
+"""gemm_4bit / gemv_4bit for CPU and CUDA tensors.
 
-Two paths, chosen by shape: for few activation rows the native kernel streams the 4-bit weight and
-never materialises it (CPU: up to 16 rows, any shape; CUDA: up to 16 rows of fp16/bf16 with K a
-multiple of 256 and of the blocksize, on tensor cores); otherwise the weight is expanded once by the
-native dequantize_4bit kernel into the activation dtype and multiplied by the platform BLAS (cuBLAS
-on CUDA, oneDNN/MKL on CPU), the large-M path. Double-quantized block scales are decoded inside the
-streaming kernels.
+Three paths, chosen by shape: for few activation rows the native kernel streams the 4-bit weight and
+never materialises it (CPU: up to 128 rows, any shape; CUDA: up to 16 rows of fp16/bf16 with K a
+multiple of 256 and of the blocksize, on tensor cores); on Hopper GPUs 17..1024 rows go to a native
+warpgroup tensor-core GEMM that expands the codes on the way (fp16/bf16, K a multiple of 64 and of
+the blocksize, N of 8); otherwise the weight is expanded once by the native dequantize_4bit kernel
+into the activation dtype and multiplied by the platform BLAS (cuBLAS on CUDA, oneDNN/MKL on CPU).
+Double-quantized block scales are decoded inside the native product kernels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ CUDA_STREAMING_MIN_BLOCKSIZE = 64  # a quantization block must cover one 64-colu
 
 # Devices whose GPU lacks the kernel's tensor-core instructions (compute capability < 8.0).
 _no_cuda_streaming: set = set()
+
+# Above CUDA_STREAMING_MAX_ROWS, the Hopper kernel (compute capability 9.0, library built with sm_90a):
+# K in tiles of 64 inside one quantization block, output rows written 8 elements at a time.
+CUDA_TENSOR_CORE_K_MULTIPLE = 64
+CUDA_TENSOR_CORE_N_MULTIPLE = 8
+# Beyond this many rows, expanding the weight once and multiplying with cuBLAS is faster (H100, K = 8192).
+CUDA_TENSOR_CORE_MAX_ROWS = 1024
+# Devices where it is not available (other GPUs, or a library without the sm_90a image).
+_no_cuda_tensor_core: set = set()
 
 # Up to this many activation rows the CPU streams the 4-bit weight (register-tiled dot products over
 # decoded rows). Measured on the 2-core AVX-512 development machine, K = N = 4096, against dequantize +
@@ -65,6 +75,26 @@ def _cuda_kernel_serves(dtype: torch.dtype, K: int, blocksize: int) -> bool:
     """The shapes and dtypes the CUDA streaming kernel takes (the rest go to dequantize + GEMM)."""
     return (dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_STREAMING_MIN_BLOCKSIZE
             and K % CUDA_STREAMING_K_MULTIPLE == 0 and K % blocksize == 0)
+
+
+def _use_tensor_core(A: torch.Tensor, N: int, blocksize: int) -> bool:
+    K = A.shape[-1]
+    rows = A.numel() // K if K else 0
+    return (A.device.type == "cuda" and CUDA_STREAMING_MAX_ROWS < rows <= CUDA_TENSOR_CORE_MAX_ROWS
+            and A.device not in _no_cuda_tensor_core
+            and A.dtype in (torch.float16, torch.bfloat16) and blocksize >= CUDA_TENSOR_CORE_K_MULTIPLE
+            and K % CUDA_TENSOR_CORE_K_MULTIPLE == 0 and K % blocksize == 0 and N % CUDA_TENSOR_CORE_N_MULTIPLE == 0)
+
+
+def _try_tensor_core(A, B, shapeB, absmax, blocksize, quant_type, bias, nested=None):
+    """The Hopper kernel's result, or None where it cannot run (the caller dequantizes and multiplies)."""
+    try:
+        return _streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
+    except NotImplementedError:
+        A2 = A.reshape(-1, A.shape[-1]).contiguous()
+        if A2.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:
+            _no_cuda_tensor_core.add(A.device)  # not the data's layout: the device or the build lacks it
+        return None
 
 
 def _use_streaming(A: torch.Tensor, blocksize: int) -> bool:
@@ -124,6 +154,10 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
         nested = (absmax_8bit, absmax_code, absmax_offset.to(torch.float32).reshape(1))
     if _use_streaming(A, blocksize):
         out = _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
+        if out is not None:
+            return out
+    elif _use_tensor_core(A, shapeB[0], blocksize):
+        out = _try_tensor_core(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
         if out is not None:
             return out
     scales = absmax

@@ -26,6 +26,7 @@
 #include "core/formats.h"
 #include "cuda/common.cuh"
 #include "cuda/dequantize_vectors.cuh"
+#include "cuda/gemm_4bit_tensor_core.cuh"
 
 namespace bnb::backend {
 namespace {
@@ -334,6 +335,10 @@ void launch(const Gemm4bitParams& p, cudaStream_t stream) {
 
 void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);
+  if (p.M > kMaxRows && gemm_4bit_tensor_core_serves(p, device)) {
+    gemm_4bit_tensor_core(p, device, cuda::as_cuda(stream));
+    return;
+  }
   // Scales are read as vectors of up to 4 (codes: 4 bytes) per row and batch.
   const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 8) && cuda::is_aligned(p.absmax, 16) &&
                        (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 4));
@@ -341,8 +346,9 @@ void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream) {
                          p.K % (kGroup * kUnroll) == 0 && p.K % p.blocksize == 0 && aligned && tensor_cores_available(device);
   if (!supported)
     fail(BNB_STATUS_NOT_IMPLEMENTED,
-         "the CUDA 4-bit GEMV serves 1..16 rows of float16/bfloat16 activations (16-byte aligned) with K a "
-         "multiple of 256 and of the blocksize (>= 64) on compute capability >= 8.0; got M = ",
+         "the CUDA 4-bit kernels serve 1..16 rows of float16/bfloat16 activations (16-byte aligned) with K a "
+         "multiple of 256 and of the blocksize (>= 64) on compute capability >= 8.0, and more rows on 9.0 with "
+         "K a multiple of 64 and N of 8; got M = ",
          p.M, ", K = ", p.K, ", blocksize ", p.blocksize, ", ", dtype_name(p.a_dtype));
   const cudaStream_t s = cuda::as_cuda(stream);
   const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;

@@ -7,7 +7,7 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as F
 
 import oracles as O
-from helpers import DEVICES, FLOAT_DTYPES, dtype_id, randn
+from helpers import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda, randn
 
 ops = torch.ops.bitsandbytes
 
@@ -224,3 +224,54 @@ def test_eager_path_sees_replaced_statistics(device):
                             state.state2.code, state.offset)
     assert torch.equal(after, ref) and not torch.equal(after, before)
     del old
+
+
+def _is_hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m,N,K,blocksize,quant_type", [
+    (17, 256, 64, 64, "nf4"),       # one K tile
+    (100, 136, 192, 64, "fp4"),     # N not a multiple of the 128-row tile, 64-row activation tiles
+    (300, 1000, 1024, 128, "nf4"),  # activation rows spanning partial 128/256-row tiles
+    (1024, 264, 4096, 4096, "nf4"),  # the largest row count the kernel serves, one block per row
+])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_many_rows_match_float64(dtype, m, N, K, blocksize, quant_type, nested, with_bias):
+    # Above 16 rows: on Hopper the tensor-core kernel that expands the codes on the way, elsewhere
+    # dequantize + cuBLAS; both against the float64 product of the dequantized weight.
+    from bitsandbytes.backends import native_4bit_matmul as mm
+
+    w = randn((N, K), torch.float32, "cuda", seed=51)
+    x = randn((m, K), dtype, "cuda", seed=52)
+    bias = randn((N,), dtype, "cuda", seed=53) if with_bias else None
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, compress_statistics=nested)
+    if nested:
+        y = ops.gemm_4bit(x, packed, [N, K], state.state2.absmax, blocksize, quant_type, bias, state.absmax,
+                          state.state2.code, state.offset)
+    else:
+        y = ops.gemm_4bit(x, packed, [N, K], state.absmax, blocksize, quant_type, bias)
+    weight = F.dequantize_4bit(packed, state).double()
+    ref = x.double() @ weight.T + (bias.double() if with_bias else 0)
+    assert y.shape == (m, N) and y.dtype == dtype
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+    if _is_hopper():
+        assert torch.device("cuda", torch.cuda.current_device()) not in mm._no_cuda_tensor_core
+
+
+@needs_cuda
+def test_many_rows_unaligned_activations_fall_back_without_disabling_the_kernel():
+    from bitsandbytes.backends import native_4bit_matmul as mm
+
+    N, K, m = 128, 256, 40
+    packed, state = F.quantize_4bit(randn((N, K), torch.float32, "cuda", seed=54), blocksize=64, quant_type="nf4")
+    flat = randn((m * K + 1,), torch.float16, "cuda", seed=55)
+    x = flat[1:].view(m, K)  # 2 bytes past an aligned address: TMA cannot read it
+    y = ops.gemm_4bit(x, packed, [N, K], state.absmax, 64, "nf4")
+    ref = _oracle(x, packed.view(-1), state.absmax, 64, "nf4", (N, K))
+    assert _rel_err(y, ref) < RTOL[torch.float16]
+    if _is_hopper():
+        assert torch.device("cuda", torch.cuda.current_device()) not in mm._no_cuda_tensor_core

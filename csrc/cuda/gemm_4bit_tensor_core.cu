@@ -1,0 +1,445 @@
+// CUDA product of many activation rows (M > 16) with a 4-bit weight W [N, K] on Hopper's warpgroup
+// tensor cores, expanding the codes on the way: W is never written out in 16 bits.
+//
+// The product is computed transposed, out^T = W A^T, so that the weight is the MMA's A operand, which
+// wgmma takes from registers: each CTA owns 128 rows of W (two consumer warpgroups of 64) and BM rows
+// of A (the MMA's N, 64..256), and walks K in tiles of 64. A producer warp streams both operands into
+// a ring of shared-memory stages with TMA: the activations as a 128-byte-swizzled K-major tile (read by
+// wgmma straight from shared memory), the weight as packed bytes (32 per row and tile). Consumers
+// expand each weight tile into MMA fragments (a byte -> pair-of-codes table, one copy per lane so that
+// random bytes never collide on a bank; times the row's block scale in 16 bits) while the tensor cores
+// still work on the previous tile, then issue four k16 MMAs. The epilogue adds the bias, rounds to the
+// activation dtype and writes out [M, N] through shared memory in 16-byte rows.
+//
+// Lane (g, t) of warp w holds, per k16 step, rows g and g + 8 of its warp's 16 and columns 2t, 2t + 1,
+// 2t + 8, 2t + 9: byte t of each 4-byte word of a row's packed codes. It reads the row's 32 bytes of
+// the tile with two 16-byte loads and selects its bytes.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <atomic>
+
+#include "core/error.h"
+#include "core/formats.h"
+#include "cuda/common.cuh"
+#include "cuda/dequantize_vectors.cuh"
+#include "cuda/gemm_4bit_tensor_core.cuh"
+#include "cuda/sm90.cuh"
+
+namespace bnb::backend {
+namespace {
+
+using cuda::kWarpSize;
+namespace sm90 = cuda::sm90;
+
+constexpr int kTileK = 64;              // K per stage: one 128-byte swizzled row of 16-bit activations
+constexpr int kConsumerThreads = 256;
+constexpr int kThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (one lane), 1 and 2 consume
+constexpr int kProducerRegisters = 40;            // registers move from the producer to the consumers
+constexpr int kConsumerRegisters = 232;
+constexpr int kPairTableWords = 256 * kWarpSize;
+constexpr int kGroupN = 16;             // CTAs launched in turn cycle over this many weight tiles
+constexpr int kSmemBudget = 227 * 1024;
+
+// Named barriers of the consumer warpgroups (0 is __syncthreads).
+constexpr int kConsumersDone = 1;
+constexpr int kTurnOf0 = 2;  // consumer warpgroup 0 may issue its MMAs
+constexpr int kTurnOf1 = 3;
+__device__ __forceinline__ void named_barrier_sync(int id) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(kConsumerThreads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(kConsumerThreads) : "memory");
+}
+
+// A CTA's tile: 128 MB rows of W (each consumer warpgroup MB blocks of 64) by BM rows of A. Larger MB
+// reads each activation tile for more weight rows: the activations, not the 4-bit weight, are most of
+// the bytes a CTA pulls from L2.
+template <int MB, int BM>
+struct TileShape {
+  static constexpr int kWeightRows = 128 * MB;
+  static constexpr int kActBytes = BM * kTileK * 2;
+  static constexpr int kWeightBytes = kWeightRows * kTileK / 2;
+  static constexpr int kStageBytes = kActBytes + kWeightBytes;
+  static constexpr int kFixedBytes = 1024 /* alignment */ + kPairTableWords * 4 + 256 * 4 + 2 * 8 * 8;
+  // As many stages as fit (at most 8).
+  static constexpr int kStages =
+      (kSmemBudget - kFixedBytes) / kStageBytes > 8 ? 8 : (kSmemBudget - kFixedBytes) / kStageBytes;
+  static constexpr int kOutStride = kWeightRows + 8;  // elements per staged output row (no bank conflicts)
+  static_assert(BM * kOutStride * 2 <= kStages * kActBytes, "the output tile fits in the activation stages");
+  static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;
+};
+
+struct TensorCoreArgs {
+  const float* absmax;       // per block, or the second-level scales (nested)
+  const uint8_t* absmax_q;   // nested: per block codes
+  const float* absmax_code;  // nested: [256]
+  const float* absmax_offset;
+  const void* bias;
+  void* out;
+  int32_t M, N, K;
+  int32_t log2_blocksize;
+  float code[16];
+};
+
+template <typename T>
+struct Vec2;
+template <>
+struct Vec2<__half> {
+  using type = __half2;
+  __device__ static uint32_t pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static type broadcast(float v) { return __float2half2_rn(v); }
+};
+template <>
+struct Vec2<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  __device__ static uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static type broadcast(float v) { return __float2bfloat162_rn(v); }
+};
+
+// One row's block scale for a K tile, fetched a tile ahead: plain scales directly, nested ones as
+// their code and second-level scale (decoded when used, as dequantize_blockwise + offset rounds).
+template <bool Nested>
+struct RowScale {
+  float v = 0.0f;
+  uint32_t q = 0;
+
+  __device__ __forceinline__ void fetch(const TensorCoreArgs& args, int64_t block) {
+    if constexpr (Nested) {
+      q = __ldg(args.absmax_q + block);
+      v = __ldg(args.absmax + (block >> 8));
+    } else {
+      v = __ldg(args.absmax + block);
+    }
+  }
+  __device__ __forceinline__ float value(const float* nested_code, float offset) const {
+    if constexpr (Nested) return __fadd_rn(__fmul_rn(nested_code[q], v), offset);
+    return v;
+  }
+};
+
+template <typename T, int MB, int BM, bool Nested>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_4bit_tensor_core(const __grid_constant__ CUtensorMap act_map, const __grid_constant__ CUtensorMap weight_map,
+                          const __grid_constant__ TensorCoreArgs args) {
+#ifdef BNB_SM90A_DEVICE
+  using Shape = TileShape<MB, BM>;
+  constexpr int kStages = Shape::kStages;
+  constexpr int kWeightRows = Shape::kWeightRows;
+  using V2 = Vec2<T>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint8_t* act_stages = smem;                                        // kStages x [BM][64] swizzled
+  uint8_t* weight_stages = act_stages + kStages * Shape::kActBytes;  // kStages x [rows][32] bytes
+  uint32_t* table = reinterpret_cast<uint32_t*>(weight_stages + kStages * Shape::kWeightBytes);
+  float* nested_code = reinterpret_cast<float*>(table + kPairTableWords);
+  uint64_t* full = reinterpret_cast<uint64_t*>(nested_code + 256);
+  uint64_t* empty = full + kStages;
+
+  // Tile order: CTAs launched together share weight tiles (kGroupN of them) and activation tiles.
+  const int tiles_m = (args.M + BM - 1) / BM;
+  const int tiles_n = (args.N + kWeightRows - 1) / kWeightRows;
+  const int per_group = kGroupN * tiles_m;
+  const int first_n = static_cast<int>(blockIdx.x) / per_group * kGroupN;
+  const int group_size = min(tiles_n - first_n, kGroupN);
+  const int in_group = static_cast<int>(blockIdx.x) % per_group;
+  const int n0 = (first_n + in_group % group_size) * kWeightRows;
+  const int m0 = in_group / group_size * BM;
+  const int k_tiles = args.K / kTileK;
+
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      sm90::mbar_init(&full[s], 1);
+      sm90::mbar_init(&empty[s], kConsumerThreads / kWarpSize);
+    }
+    sm90::fence_barrier_init();
+  }
+  for (int i = threadIdx.x; i < kPairTableWords / 4; i += kThreads) {
+    const int byte = i / (kWarpSize / 4);
+    // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
+    const uint32_t v = V2::pack(args.code[byte >> 4], args.code[byte & 15]);
+    reinterpret_cast<uint4*>(table)[i] = make_uint4(v, v, v, v);
+  }
+  float offset = 0.0f;
+  if constexpr (Nested) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
+    offset = *args.absmax_offset;
+  }
+  __syncthreads();
+
+  if (warp < 4) {
+    // Producer: one lane keeps every stage filled.
+    sm90::set_max_registers_dec<kProducerRegisters>();
+    if (threadIdx.x == 0) {
+      sm90::prefetch_tensor_map(&act_map);
+      sm90::prefetch_tensor_map(&weight_map);
+      for (int kt = 0; kt < k_tiles; ++kt) {
+        const int s = kt % kStages;
+        sm90::mbar_wait(&empty[s], ((kt / kStages) & 1) ^ 1);
+        sm90::mbar_arrive_expect_tx(&full[s], Shape::kStageBytes);
+        sm90::tma_load_2d(act_stages + s * Shape::kActBytes, &act_map, kt * kTileK, m0, &full[s]);
+        sm90::tma_load_2d(weight_stages + s * Shape::kWeightBytes, &weight_map, kt * (kTileK / 2), n0, &full[s]);
+      }
+    }
+    return;
+  }
+
+  // Consumers.
+  sm90::set_max_registers_inc<kConsumerRegisters>();
+  const int consumer = warp / 4 - 1;  // consumer warpgroup 0 or 1
+  const int g = lane / 4, t = lane % 4;
+  // This lane's rows of W (within the CTA's tile): r[b] and r[b] + 8 of each 64-row block b.
+  int r[MB];
+  int64_t row[MB][2];  // the same as global rows, clamped to N - 1 (scales, bias)
+#pragma unroll
+  for (int b = 0; b < MB; ++b) {
+    r[b] = (consumer * MB + b) * 64 + (warp % 4) * 16 + g;
+    row[b][0] = min(n0 + r[b], args.N - 1);
+    row[b][1] = min(n0 + r[b] + 8, args.N - 1);
+  }
+  const uint32_t byte_select = 0x4440u | static_cast<uint32_t>(t);  // byte t of a word, zero above
+  const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
+  const char* table_bytes = reinterpret_cast<const char*>(table);
+  auto expand = [&](uint32_t word, typename V2::type scale) {
+    const uint32_t byte = __byte_perm(word, 0, byte_select);
+    const uint32_t pair = *reinterpret_cast<const uint32_t*>(table_bytes + (byte << 7 | lane4));
+    const typename V2::type scaled = __hmul2(*reinterpret_cast<const typename V2::type*>(&pair), scale);
+    return *reinterpret_cast<const uint32_t*>(&scaled);
+  };
+
+  const int64_t blocks_per_row = static_cast<int64_t>(args.K) >> args.log2_blocksize;
+  RowScale<Nested> next[MB][2];
+#pragma unroll
+  for (int b = 0; b < MB; ++b)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) next[b][h].fetch(args, row[b][h] * blocks_per_row);
+
+  float acc[MB][BM / 2];
+#pragma unroll
+  for (int b = 0; b < MB; ++b)
+#pragma unroll
+    for (int i = 0; i < BM / 2; ++i) acc[b][i] = 0.0f;
+  // Per K tile: expand the weight, then issue this warpgroup's MMAs and wait for them (ptxas serialises
+  // MMAs whose register operands are written while earlier ones are in flight, so the overlap of
+  // expansion and MMAs is between the two warpgroups).
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int s = kt % kStages;
+    typename V2::type scale[MB][2];
+#pragma unroll
+    for (int b = 0; b < MB; ++b)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) scale[b][h] = V2::broadcast(next[b][h].value(nested_code, offset));
+    if (kt + 1 < k_tiles) {
+      const int64_t block = (static_cast<int64_t>(kt + 1) * kTileK) >> args.log2_blocksize;
+#pragma unroll
+      for (int b = 0; b < MB; ++b)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) next[b][h].fetch(args, row[b][h] * blocks_per_row + block);
+    }
+    sm90::mbar_wait(&full[s], (kt / kStages) & 1);
+    const uint8_t* w = weight_stages + s * Shape::kWeightBytes;
+    uint32_t frag[MB][4][4];
+#pragma unroll
+    for (int b = 0; b < MB; ++b) {
+      uint32_t words[2][8];  // the 32 code bytes of rows r and r + 8
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 lo = *reinterpret_cast<const uint4*>(w + (r[b] + 8 * h) * 32);
+        const uint4 hi = *reinterpret_cast<const uint4*>(w + (r[b] + 8 * h) * 32 + 16);
+        words[h][0] = lo.x, words[h][1] = lo.y, words[h][2] = lo.z, words[h][3] = lo.w;
+        words[h][4] = hi.x, words[h][5] = hi.y, words[h][6] = hi.z, words[h][7] = hi.w;
+      }
+#pragma unroll
+      for (int step = 0; step < 4; ++step) {
+        frag[b][step][0] = expand(words[0][2 * step], scale[b][0]);      // row g, columns 2t, 2t + 1
+        frag[b][step][1] = expand(words[1][2 * step], scale[b][1]);      // row g + 8
+        frag[b][step][2] = expand(words[0][2 * step + 1], scale[b][0]);  // row g, columns 2t + 8, 2t + 9
+        frag[b][step][3] = expand(words[1][2 * step + 1], scale[b][1]);
+      }
+    }
+    uint64_t desc[4];
+#pragma unroll
+    for (int step = 0; step < 4; ++step) {
+      desc[step] = sm90::kmajor_sw128_desc(act_stages + s * Shape::kActBytes) + 2 * step;
+#pragma unroll
+      for (int b = 0; b < MB; ++b) sm90::fence_operands(frag[b][step], desc[step]);
+    }
+#pragma unroll
+    for (int b = 0; b < MB; ++b) sm90::fence_accumulators(acc[b]);
+    // Take turns with the other warpgroup (consumer 0 waits for consumer 1's previous tile, consumer 1
+    // for consumer 0's current one): the tensor cores then run one warpgroup's MMAs while the other
+    // expands its next tile, instead of finishing both together and then idling.
+    if (consumer == 1 || kt > 0) named_barrier_sync(consumer == 0 ? kTurnOf0 : kTurnOf1);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < 4; ++step)
+#pragma unroll
+      for (int b = 0; b < MB; ++b) sm90::Wgmma<BM, T>::run(acc[b], frag[b][step], desc[step]);
+    sm90::wgmma_commit();
+    named_barrier_arrive(consumer == 0 ? kTurnOf1 : kTurnOf0);
+    sm90::wgmma_wait<0>();
+#pragma unroll
+    for (int b = 0; b < MB; ++b) sm90::fence_accumulators(acc[b]);
+    if (lane == 0) sm90::mbar_arrive(&empty[s]);  // this warp is done with the stage
+  }
+  if (consumer == 0) named_barrier_sync(kTurnOf0);  // consumer 1's last turn
+
+  // Epilogue: every consumer is done with the stages; stage the [BM][rows] output tile there.
+  named_barrier_sync(kConsumersDone);
+  T* staged = reinterpret_cast<T*>(act_stages);
+  const T* bias = static_cast<const T*>(args.bias);
+#pragma unroll
+  for (int b = 0; b < MB; ++b) {
+    const float bias_lo = bias ? cuda::to_f32(bias[row[b][0]]) : 0.0f;
+    const float bias_hi = bias ? cuda::to_f32(bias[row[b][1]]) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int n = r[b] + 8 * (c / 2);     // weight row: output feature
+        const int m = 8 * j + 2 * t + c % 2;  // activation row
+        staged[m * Shape::kOutStride + n] = cuda::from_f32<T>(acc[b][4 * j + c] + (c < 2 ? bias_lo : bias_hi));
+      }
+  }
+  named_barrier_sync(kConsumersDone);
+  T* out = static_cast<T*>(args.out);
+  constexpr int kChunks = kWeightRows / 8;  // 16-byte pieces per output row
+  for (int i = threadIdx.x - 128; i < BM * kChunks; i += kConsumerThreads) {
+    const int m = i / kChunks, n = (i % kChunks) * 8;
+    if (m0 + m < args.M && n0 + n < args.N)
+      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m0 + m) * args.N + n0 + n) =
+          *reinterpret_cast<const uint4*>(staged + m * Shape::kOutStride + n);
+  }
+#endif
+}
+
+// cuTensorMapEncodeTiled from the driver (the runtime is linked statically; libcuda is not linked).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static std::atomic<PFN_cuTensorMapEncodeTiled_v12000> cached{nullptr};
+  PFN_cuTensorMapEncodeTiled_v12000 fn = cached.load(std::memory_order_acquire);
+  if (fn) return fn;
+  void* entry = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  BNB_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || entry == nullptr)
+    fail(BNB_STATUS_DEVICE_ERROR, "the CUDA driver does not provide cuTensorMapEncodeTiled (driver too old?)");
+  fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry);
+  cached.store(fn, std::memory_order_release);
+  return fn;
+}
+
+// A 2-D row-major tensor [rows, cols] of `elem_bytes`-byte elements, read in boxes of box_rows x box_cols.
+CUtensorMap tensor_map_2d(const void* data, CUtensorMapDataType type, int elem_bytes, int64_t rows, int64_t cols,
+                          uint32_t box_rows, uint32_t box_cols, CUtensorMapSwizzle swizzle) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * elem_bytes)};
+  const cuuint32_t box[2] = {box_cols, box_rows};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&map, type, 2, const_cast<void*>(data), dims, strides, box, element_strides,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) fail(BNB_STATUS_DEVICE_ERROR, "cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(r));
+  return map;
+}
+
+bool is_sm90(int32_t device) {
+  int major = 0, minor = 0;
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+}
+
+template <typename T, int MB, int BM, bool Nested>
+void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  using Shape = TileShape<MB, BM>;
+  auto kernel = gemm_4bit_tensor_core<T, MB, BM, Nested>;
+  // The shared-memory opt-in is per device; remember which devices have it (up to 64).
+  static std::atomic<uint64_t> opted_in{0};
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (!(opted_in.load(std::memory_order_relaxed) & bit)) {
+    BNB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+    opted_in.fetch_or(bit, std::memory_order_relaxed);
+  }
+  const CUtensorMapDataType act_type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUtensorMap act_map = tensor_map_2d(p.A, act_type, 2, p.M, p.K, BM, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap weight_map = tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2,
+                                               Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_NONE);
+  TensorCoreArgs args{p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
+                      static_cast<int32_t>(p.M), static_cast<int32_t>(p.N), static_cast<int32_t>(p.K),
+                      cuda::log2_of(p.blocksize), {}};
+  const float* values = p.qtype == QuantType::NF4 ? kNF4Values : kFP4Values;
+  for (int i = 0; i < 16; ++i) args.code[i] = values[i];
+  const int64_t tiles = ((p.M + BM - 1) / BM) * ((p.N + Shape::kWeightRows - 1) / Shape::kWeightRows);
+  kernel<<<static_cast<unsigned>(tiles), kThreads, Shape::kSmemBytes, stream>>>(act_map, weight_map, args);
+  BNB_CUDA_CHECK_LAUNCH("gemm_4bit_tensor_core");
+}
+
+int multiprocessors(int32_t device) {
+  int sms = 0;
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// Activation rows per CTA: the fewest waves of CTAs times the work of one, a K tile costing about BM + 64
+// row-units (the expansion and the MMA latency are paid per tile whatever BM is). Fits the H100
+// measurements at K = 8192: N = 8192 takes BM = 64 up to M = 128, 128 at 256, 256 from 512 on;
+// N = 28672 takes 64 at 32 rows, 128 at 128, 256 from 256 on.
+int rows_per_cta(int64_t M, int64_t N, int sms) {
+  int best = 64;
+  int64_t best_cost = INT64_MAX;
+  for (int bm : {64, 128, 256}) {
+    const int64_t ctas = (M + bm - 1) / bm * ((N + 127) / 128);
+    const int64_t cost = (ctas + sms - 1) / sms * (bm + 64);
+    if (cost < best_cost) best = bm, best_cost = cost;
+  }
+  return best;
+}
+
+template <typename T, bool Nested>
+void launch_for_rows(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  // One weight block of 64 rows per warpgroup (MB = 1): with two, the expansion per K tile doubles and
+  // the kernel was slower at every shape measured, although each CTA reads fewer activation bytes.
+  switch (rows_per_cta(p.M, p.N, multiprocessors(device))) {
+    case 64: return launch<T, 1, 64, Nested>(p, device, stream);
+    case 128: return launch<T, 1, 128, Nested>(p, device, stream);
+    default: return launch<T, 1, 256, Nested>(p, device, stream);
+  }
+}
+
+}  // namespace
+
+bool gemm_4bit_tensor_core_serves(const Gemm4bitParams& p, int32_t device) {
+#ifndef BNB_CUDA_SM90A
+  (void)p, (void)device;
+  return false;
+#else
+  // TMA: 16-byte aligned bases and row strides; 16-byte output rows; K tiles of 64 inside one block.
+  const bool shapes = p.M > 0 && p.M <= kTensorCoreMaxRows && p.N <= INT32_MAX && p.K <= INT32_MAX && p.K >= kTileK &&
+                      p.K % kTileK == 0 &&
+                      p.N % 8 == 0 && p.blocksize >= kTileK && p.K % p.blocksize == 0 &&
+                      (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
+  const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) && cuda::is_aligned(p.out, 16);
+  return shapes && aligned && is_sm90(device);
+#endif
+}
+
+void gemm_4bit_tensor_core(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;
+  if (p.nested()) {
+    half ? launch_for_rows<__half, true>(p, device, stream) : launch_for_rows<__nv_bfloat16, true>(p, device, stream);
+  } else {
+    half ? launch_for_rows<__half, false>(p, device, stream) : launch_for_rows<__nv_bfloat16, false>(p, device, stream);
+  }
+}
+
+}  // namespace bnb::backend
