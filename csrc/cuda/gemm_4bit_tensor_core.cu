@@ -1,19 +1,25 @@
-// CUDA product of many activation rows (M > 16) with a 4-bit weight W [N, K] on Hopper's warpgroup
-// tensor cores, expanding the codes on the way: W is never written out in 16 bits.
+// CUDA product of 17..1024 activation rows with a 4-bit weight W [N, K] on Hopper's warpgroup tensor
+// cores (sm_90a), expanding the codes on the way: W is never written out in 16 bits.
 //
 // The product is computed transposed, out^T = W A^T, so that the weight is the MMA's A operand, which
 // wgmma takes from registers: each CTA owns 128 rows of W (two consumer warpgroups of 64) and BM rows
-// of A (the MMA's N, 64..256), and walks K in tiles of 64. A producer warp streams both operands into
-// a ring of shared-memory stages with TMA: the activations as a 128-byte-swizzled K-major tile (read by
-// wgmma straight from shared memory), the weight as packed bytes (32 per row and tile). Consumers
-// expand each weight tile into MMA fragments (a byte -> pair-of-codes table, one copy per lane so that
-// random bytes never collide on a bank; times the row's block scale in 16 bits) while the tensor cores
-// still work on the previous tile, then issue four k16 MMAs. The epilogue adds the bias, rounds to the
-// activation dtype and writes out [M, N] through shared memory in 16-byte rows.
+// of A (the MMA's N: 64, 128 or 256, chosen per shape), and walks K in tiles of 64. One lane of the
+// producer warpgroup streams both operands into a ring of 5-8 shared-memory stages with TMA: the
+// activations as a 128-byte-swizzled K-major tile (read by wgmma straight from shared memory), the weight
+// as packed bytes (32 per row and tile). Each consumer warpgroup expands its weight rows of a tile into
+// MMA fragments (a byte -> pair-of-codes table, one copy per lane so that random bytes never collide on
+// a bank; times the row's block scale in 16 bits), issues four k16 MMAs and waits for them; the two
+// warpgroups take turns, so one expands while the other's MMAs run. The epilogue adds the bias, rounds to
+// the activation dtype and writes out [M, N] through shared memory in 16-byte rows.
 //
 // Lane (g, t) of warp w holds, per k16 step, rows g and g + 8 of its warp's 16 and columns 2t, 2t + 1,
 // 2t + 8, 2t + 9: byte t of each 4-byte word of a row's packed codes. It reads the row's 32 bytes of
 // the tile with two 16-byte loads and selects its bytes.
+//
+// Measured on the H100 (K = N = 8192, M = 4096, fp16): the kernel takes 1166 us, 942 without the
+// expansion, 583 without the MMAs, 486 with neither. Tried and slower: 256 weight rows per CTA (fewer
+// activation bytes per MMA, twice the expansion per tile) and 2-CTA clusters sharing each activation tile
+// by TMA multicast (M = 512: 159 vs 113 us): the consumers' expansion and turn-around bound it, not L2.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
