@@ -99,6 +99,15 @@ __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2hal
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Two floats rounded to a 16-bit pair in one 32-bit word, `lo` in the low half (the layout of an MMA
+// operand register).
+template <typename T>
+__device__ __forceinline__ uint32_t pair_word(float lo, float hi) {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "a 16-bit float type");
+  const T pair[2] = {from_f32<T>(lo), from_f32<T>(hi)};
+  return *reinterpret_cast<const uint32_t*>(pair);
+}
+
 // ---- 16-byte vectors ---------------------------------------------------------------------------------
 constexpr int kVecBytes = 16;  // widest single global load/store per thread (LDG.128 / STG.128)
 

@@ -39,23 +39,6 @@ constexpr int kUnroll = 4;             // groups whose loads a warp issues befor
 constexpr int kMaxRows = 16;           // activation rows: two n8 operands
 constexpr int kPairTableWords = 256 * kWarpSize;
 
-template <typename T>
-struct Pair;
-template <>
-struct Pair<__half> {
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-template <>
-struct Pair<__nv_bfloat16> {
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-
 // d += a * b for one m16n8k16 tile (row-major A, column-major B, float32 accumulators).
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -193,7 +176,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
   for (int i = threadIdx.x; i < kPairTableWords / 4; i += Shape::kThreads) {
     const int byte = i / (kWarpSize / 4);
     // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
-    const uint32_t v = Pair<T>::pack(args.code[byte >> 4], args.code[byte & 15]);
+    const uint32_t v = cuda::pair_word<T>(args.code[byte >> 4], args.code[byte & 15]);
     reinterpret_cast<uint4*>(smem)[i] = make_uint4(v, v, v, v);
   }
   float offset = 0.0f;

@@ -88,24 +88,17 @@ struct TensorCoreArgs {
   float code[16];
 };
 
+// The 16-bit pair type of T, and a scale broadcast to both halves.
 template <typename T>
 struct Vec2;
 template <>
 struct Vec2<__half> {
   using type = __half2;
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
   __device__ static type broadcast(float v) { return __float2half2_rn(v); }
 };
 template <>
 struct Vec2<__nv_bfloat16> {
   using type = __nv_bfloat162;
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
   __device__ static type broadcast(float v) { return __float2bfloat162_rn(v); }
 };
 
@@ -171,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = threadIdx.x; i < kPairTableWords / 4; i += kThreads) {
     const int byte = i / (kWarpSize / 4);
     // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
-    const uint32_t v = V2::pack(args.code[byte >> 4], args.code[byte & 15]);
+    const uint32_t v = cuda::pair_word<T>(args.code[byte >> 4], args.code[byte & 15]);
     reinterpret_cast<uint4*>(table)[i] = make_uint4(v, v, v, v);
   }
   float offset = 0.0f;
