@@ -101,7 +101,7 @@ SIGNATURES = {
     "bnb_quantize_4bit": (_i32, (_p, _i32, _i32, _p, _p, _i64, _i64, *_stream)),
     "bnb_dequantize_4bit": (_i32, (_p, _p, _i32, _p, _i32, _i64, _i64, *_stream)),
     "bnb_int8_vectorwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, _p, *_stream)),
-    "bnb_count_set_flags": (_i32, (_p, _i64, _p, *_stream)),
+    "bnb_int8_outlier_columns": (_i32, (_p, _i64, _i64, _p, _p, _p, *_stream)),
     "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
     "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
     "bnb_gemm_4bit": (_i32, (_p, _i32, _i64, _i64, _p, _p, _p, _p, _p, _i32, _i64, _i64, _p, _p, *_stream)),

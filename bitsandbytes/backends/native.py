@@ -212,22 +212,21 @@ def _outlier_mask(device: torch.device, stream, cols: int) -> torch.Tensor:
     return mask
 
 
-def _outlier_columns(mask: torch.Tensor) -> torch.Tensor:
-    """Sorted int64 indices of the flagged columns, on the mask's device.
+def _outlier_columns(mask: torch.Tensor, zero_in: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sorted int64 indices of the flagged columns, on the mask's device; with zero_in (an int8
+    [rows, cols] matrix) those columns of it are zeroed as well.
 
     The list's length depends on the data, so the host must wait for the flags either way. The native
-    library counts them and hands the count to the host with a single wait (on CUDA one small kernel
-    writes it into pinned host memory); the list itself is built on the device by nonzero_static,
-    which needs no further synchronisation. With no outliers, the usual case, nothing more runs."""
+    library lists the columns, zeroes them and hands the count to the host with a single wait after
+    queueing all of it (on CUDA a kernel writes the count into pinned host memory), so nothing is
+    launched after the wait and the device does the zeroing while the host waits."""
     count = ct.c_int64(0)
+    columns = torch.empty(mask.numel(), device=mask.device, dtype=torch.int64)
+    rows = 0 if zero_in is None else zero_in.shape[0]
     lib, dev, stream = _exec(mask.device)
-    lib.call("bnb_count_set_flags", mask.data_ptr(), mask.numel(), ct.byref(count), dev, stream)
-    if count.value == 0:
-        return torch.empty(0, device=mask.device, dtype=torch.int64)
-    try:
-        return torch.nonzero_static(mask, size=count.value).view(-1)
-    except NotImplementedError:  # a torch without the kernel of nonzero_static
-        return torch.nonzero(mask).view(-1)
+    lib.call("bnb_int8_outlier_columns", mask.data_ptr(), rows, mask.numel(), _ptr(zero_in), columns.data_ptr(),
+             ct.byref(count), dev, stream)
+    return columns[: count.value]
 
 
 @_register("int8_vectorwise_quant")
@@ -248,9 +247,7 @@ def _(A: torch.Tensor, threshold: float = 0.0):
              _ptr(row_stats), _ptr(mask), dev, stream)
     if mask is None:
         return out, row_stats, None
-    outlier_cols = _outlier_columns(mask)
-    if rows > 1 and outlier_cols.numel() > 0:
-        out.view(rows, cols).index_fill_(1, outlier_cols, 0)
+    outlier_cols = _outlier_columns(mask, out.view(rows, cols) if rows > 1 else None)
     return out, row_stats, outlier_cols
 
 

@@ -144,16 +144,19 @@ BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtyp
   });
 }
 
-BNB_API bnb_status_t bnb_count_set_flags(const uint8_t* flags, int64_t n, int64_t* count, int32_t device,
-                                         bnb_stream_t stream) {
+BNB_API bnb_status_t bnb_int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out,
+                                              int64_t* columns, int64_t* count, int32_t device, bnb_stream_t stream) {
   return capi_guard(__func__, [&] {
-    check_count(n, "n");
-    check_ptr(flags, "flags", n);
+    check_count(rows, "rows");
+    check_count(cols, "cols");
+    check_ptr(flags, "flags", cols);
+    check_ptr(columns, "columns", cols);
     check_ptr(count, "count", 1);
+    if (out != nullptr) check_ptr(out, "out", rows * cols);
     *count = 0;
-    if (n == 0) return;
+    if (cols == 0) return;
     backend::check_device(device);
-    *count = backend::count_set_flags(flags, n, device, stream);
+    *count = backend::int8_outlier_columns(flags, rows, cols, rows > 0 ? out : nullptr, columns, device, stream);
   });
 }
 

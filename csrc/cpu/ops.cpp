@@ -88,9 +88,17 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t, bnb_stre
   parallel_for(p.rows, grain_in(p.cols), [&](int64_t r0, int64_t r1) { k.int8_vectorwise_quant(p, r0, r1); });
 }
 
-int64_t count_set_flags(const uint8_t* flags, int64_t n, int32_t, bnb_stream_t) {
+int64_t int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out, int64_t* columns,
+                             int32_t, bnb_stream_t) {
   int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) count += flags[i] != 0;
+  for (int64_t c = 0; c < cols; ++c)
+    if (flags[c] != 0) columns[count++] = c;
+  if (out != nullptr && count > 0) {
+    parallel_for(rows, grain_in(count), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < count; ++j) out[r * cols + columns[j]] = 0;
+    });
+  }
   return count;
 }
 

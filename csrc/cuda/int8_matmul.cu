@@ -15,6 +15,7 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "cuda/common.cuh"
+#include "cuda/list_flags.cuh"
 #include "cuda/cublaslt.cuh"
 #include "cuda/scratch.cuh"
 
@@ -493,33 +494,6 @@ void int32_product(const Int8MatmulParams& p, int32_t device, cudaStream_t strea
   launch_tiled(p, StoreInt32{p.out, p.N}, stream);
 }
 
-// Ascending indices of the set entries of mask [K] (one CTA; warps take 32-column slices in turn and
-// a shared prefix sum keeps the order, so the float sums over outliers are reproducible).
-constexpr int kCompactThreads = 1024;
-
-__global__ void __launch_bounds__(kCompactThreads) compact_mask(const uint8_t* __restrict__ mask, int64_t K,
-                                                                int32_t* __restrict__ indices, int32_t* count) {
-  __shared__ int32_t warp_counts[kCompactThreads / kWarpSize];
-  __shared__ int32_t total;
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  if (threadIdx.x == 0) total = 0;
-  __syncthreads();
-  for (int64_t base = 0; base < K; base += kCompactThreads) {
-    const int64_t k = base + threadIdx.x;
-    const bool set = k < K && mask[k] != 0;
-    const unsigned ballot = __ballot_sync(cuda::kFullWarpMask, set);
-    if (lane == 0) warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int32_t before = total;
-    for (int w = 0; w < warp; ++w) before += warp_counts[w];
-    if (set) indices[before + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(k);
-    __syncthreads();
-    if (threadIdx.x == kCompactThreads - 1) total = before + __popc(ballot);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *count = total;
-}
-
 constexpr size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 }  // namespace
@@ -560,8 +534,8 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
     using T = typename decltype(tag)::type;
     const T* X = static_cast<const T*>(p.X);
     if (outliers) {
-      compact_mask<<<1, kCompactThreads, 0, s>>>(mask, p.K, indices, indices + p.K);
-      BNB_CUDA_CHECK_LAUNCH("compact_mask");
+      cuda::list_flags_kernel<int32_t><<<1, cuda::kFlagThreads, 0, s>>>(mask, p.K, indices, indices + p.K);
+      BNB_CUDA_CHECK_LAUNCH("list_flags_kernel");
       const int64_t work = (p.M + p.N) * kPackedOutliers;
       pack_outliers<<<cuda::grid_for((work + 255) / 256, int64_t{cuda::sm_count(device)} * 4), 256, 0, s>>>(
           X, CA, SCA, p.CB, p.M, p.N, p.K, packed.count, packed.cols, const_cast<float*>(packed.coef),

@@ -19,6 +19,7 @@
 #include "core/backend.h"
 #include "core/formats.h"
 #include "cuda/common.cuh"
+#include "cuda/list_flags.cuh"
 
 namespace bnb::cuda {
 namespace {
@@ -166,21 +167,50 @@ __global__ void __launch_bounds__(kColThreads) int8_col_quantize_kernel(Int8Colw
   }
 }
 
-// Nonzero bytes of flags [n], by one CTA (the flag arrays are one byte per column: small).
-constexpr int kCountThreads = 1024;
-__global__ void __launch_bounds__(kCountThreads) count_flags_kernel(const uint8_t* __restrict__ flags, int64_t n,
-                                                                     int64_t* count) {
-  __shared__ int32_t warp_totals[kCountThreads / kWarpSize];
-  int32_t own = 0;
-  for (int64_t i = threadIdx.x; i < n; i += kCountThreads) own += flags[i] != 0;
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) own += __shfl_xor_sync(kFullWarpMask, own, offset);
-  if (threadIdx.x % kWarpSize == 0) warp_totals[threadIdx.x / kWarpSize] = own;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int64_t total = 0;
-    for (int w = 0; w < kCountThreads / kWarpSize; ++w) total += warp_totals[w];
-    *count = total;
+// The outlier columns of a flag mask: CTA 0 lists them (and stores their count in *count, a mapped
+// host word); when out is not null, every CTA zeroes those columns in its share of the rows, each
+// thread the flagged ones among its 16 columns (no list needed, so no second kernel).
+__global__ void __launch_bounds__(kFlagThreads)
+    outlier_columns_kernel(const uint8_t* __restrict__ flags, int64_t rows, int64_t cols, int8_t* __restrict__ out,
+                           int64_t* __restrict__ columns, int64_t* count) {
+  const int64_t rows_per_cta = (rows + gridDim.x - 1) / gridDim.x;
+  const int64_t r0 = int64_t{blockIdx.x} * rows_per_cta;
+  const int64_t r1 = min(rows, r0 + rows_per_cta);
+  const auto zero_rows = [&](int64_t first, uint32_t bits) {
+    if (out == nullptr) return;
+    for (uint32_t rest = bits; rest != 0; rest &= rest - 1) {
+      const int64_t c = first + __ffs(rest) - 1;
+      for (int64_t r = r0; r < r1; ++r) out[r * cols + c] = 0;
+    }
+  };
+  const int64_t listed = scan_flags(flags, cols, blockIdx.x == 0 ? columns : nullptr, zero_rows);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *static_cast<volatile int64_t*>(count) = listed;
+    __threadfence_system();  // on its way to the host now, not when the kernel ends
+  }
+}
+
+// Waits until a kernel queued on `stream` has stored a value >= 0 into the mapped host word and
+// returns it. The stream is queried every kSpinsPerQuery reads, so a failed kernel (or one that
+// never stores) ends in an error, never a hang.
+constexpr int kSpinsPerQuery = 1000;
+int64_t wait_for_host_word(volatile int64_t* word, cudaStream_t stream) {
+  for (;;) {
+    for (int spin = 0; spin < kSpinsPerQuery; ++spin) {
+      const int64_t value = *word;
+      if (value >= 0) return value;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      asm volatile("yield");
+#endif
+    }
+    const cudaError_t state = cudaStreamQuery(stream);
+    if (state == cudaErrorNotReady) continue;
+    if (state != cudaSuccess) throw_cuda_error(state, "cudaStreamQuery", __FILE__, __LINE__);
+    const int64_t value = *word;  // the stream is idle: every store of its kernels has landed
+    if (value >= 0) return value;
+    fail(BNB_STATUS_INTERNAL, "outlier_columns_kernel finished without storing the outlier count");
   }
 }
 
@@ -257,11 +287,20 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, b
   });
 }
 
-int64_t count_set_flags(const uint8_t* flags, int64_t n, int32_t device, bnb_stream_t stream) {
+int64_t int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out, int64_t* columns,
+                             int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
-  // One pinned, device-mapped word per thread: the kernel stores the count straight into host memory,
-  // so the host only waits for the stream (a copy would add a second operation to wait for).
+  // The host needs the count, so it must wait: not possible while the stream is being captured.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  BNB_CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
+  if (capture != cudaStreamCaptureStatusNone)
+    fail(BNB_STATUS_UNSUPPORTED, "the outlier columns of int8_vectorwise_quant (threshold > 0) are counted on the ",
+         "host, which cannot wait inside CUDA graph capture; use threshold=0 in captured code");
+  // One pinned, device-mapped word per thread: CTA 0 stores the count straight into host memory,
+  // and the host watches that word instead of synchronising the stream. It returns as soon as the
+  // count lands (the zeroing of the columns goes on, stream-ordered before anything queued later),
+  // and skips the driver's wake-up latency, which measured several microseconds per call.
   thread_local int64_t* word = nullptr;
   thread_local int64_t* word_on_device = nullptr;
   if (word == nullptr) {
@@ -277,10 +316,14 @@ int64_t count_set_flags(const uint8_t* flags, int64_t n, int32_t device, bnb_str
     word = host;
     word_on_device = static_cast<int64_t*>(mapped);
   }
-  cuda::count_flags_kernel<<<1, cuda::kCountThreads, 0, s>>>(flags, n, word_on_device);
-  BNB_CUDA_CHECK_LAUNCH("count_flags_kernel");
-  BNB_CUDA_CHECK(cudaStreamSynchronize(s));
-  return *static_cast<volatile int64_t*>(word);
+  volatile int64_t* const count = word;
+  *count = -1;  // not written yet
+  // One CTA when nothing is zeroed; with a matrix, CTAs enough to spread its rows over the device.
+  constexpr auto kernel = cuda::outlier_columns_kernel;
+  const unsigned grid = out == nullptr ? 1u : cuda::grid_for(rows, cuda::resident_ctas<kernel>(device, cuda::kFlagThreads));
+  kernel<<<grid, cuda::kFlagThreads, 0, s>>>(flags, rows, cols, out, columns, word_on_device);
+  BNB_CUDA_CHECK_LAUNCH("outlier_columns_kernel");
+  return cuda::wait_for_host_word(count, s);
 }
 
 void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t device, bnb_stream_t stream) {

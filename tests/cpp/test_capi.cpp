@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "bnb/quant.h"
 #include "core/code_search.h"
@@ -147,17 +148,34 @@ TEST(CApi, Int8AndQuantileErrors) {
   EXPECT_EQ(bnb_int8_vectorwise_quant(nullptr, BNB_DTYPE_FLOAT32, 0, 30, 6.0f, nullptr, nullptr, cols, 0, nullptr),
             BNB_STATUS_OK);
 
-  // Counting the outlier flags: every nonzero byte counts (not only 1), an empty array counts 0.
+  // Listing the outlier columns: every nonzero byte counts (not only 1), ascending; with a matrix,
+  // exactly those columns of every row become 0; an empty array lists none.
   const uint8_t flags[7] = {0, 1, 0, 2, 255, 0, 1};
+  int8_t matrix[3 * 7];
+  for (int i = 0; i < 3 * 7; ++i) matrix[i] = static_cast<int8_t>(i + 1);
+  int64_t listed[7] = {-1, -1, -1, -1, -1, -1, -1};
   int64_t count = -1;
-  EXPECT_EQ(bnb_count_set_flags(flags, 7, &count, 0, nullptr), BNB_STATUS_OK);
+  EXPECT_EQ(bnb_int8_outlier_columns(flags, 3, 7, matrix, listed, &count, 0, nullptr), BNB_STATUS_OK);
+  ASSERT_EQ(count, 4);
+  EXPECT_EQ(std::vector<int64_t>(listed, listed + 4), (std::vector<int64_t>{1, 3, 4, 6}));
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 7; ++c)
+      EXPECT_EQ(matrix[r * 7 + c], flags[c] ? 0 : r * 7 + c + 1) << "row " << r << " column " << c;
+  EXPECT_EQ(bnb_int8_outlier_columns(flags, 0, 7, nullptr, listed, &count, 0, nullptr), BNB_STATUS_OK);
   EXPECT_EQ(count, 4);
-  EXPECT_EQ(bnb_count_set_flags(nullptr, 0, &count, 0, nullptr), BNB_STATUS_OK);
+  EXPECT_EQ(bnb_int8_outlier_columns(nullptr, 0, 0, nullptr, nullptr, &count, 0, nullptr), BNB_STATUS_OK);
   EXPECT_EQ(count, 0);
-  const char* c = "bnb_count_set_flags";
-  EXPECT_FAILS(bnb_count_set_flags(nullptr, 3, &count, 0, nullptr), BNB_STATUS_INVALID_ARGUMENT, c, "flags");
-  EXPECT_FAILS(bnb_count_set_flags(flags, 7, nullptr, 0, nullptr), BNB_STATUS_INVALID_ARGUMENT, c, "count");
-  EXPECT_FAILS(bnb_count_set_flags(flags, -1, &count, 0, nullptr), BNB_STATUS_INVALID_ARGUMENT, c, "n");
+  const char* c = "bnb_int8_outlier_columns";
+  EXPECT_FAILS(bnb_int8_outlier_columns(nullptr, 1, 3, nullptr, listed, &count, 0, nullptr),
+               BNB_STATUS_INVALID_ARGUMENT, c, "flags");
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 7, nullptr, nullptr, &count, 0, nullptr),
+               BNB_STATUS_INVALID_ARGUMENT, c, "columns");
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 7, nullptr, listed, nullptr, 0, nullptr),
+               BNB_STATUS_INVALID_ARGUMENT, c, "count");
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, -1, nullptr, listed, &count, 0, nullptr),
+               BNB_STATUS_INVALID_ARGUMENT, c, "cols");
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, -1, 7, nullptr, listed, &count, 0, nullptr),
+               BNB_STATUS_INVALID_ARGUMENT, c, "rows");
 
   const char* g = "bnb_estimate_quantiles";
   float q[256];

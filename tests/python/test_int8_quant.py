@@ -215,6 +215,37 @@ def test_cuda_matches_cpu(dtype, threshold):
     assert torch.equal(F.int8_vectorwise_dequant(gpu[0], gpu[1]).cpu(), F.int8_vectorwise_dequant(cpu[0], cpu[1]))
 
 
+@needs_cuda
+def test_cuda_outlier_columns_many_rows_and_ragged_width():
+    """Columns flagged in a few rows only are zeroed in every row (rows spread over many CTAs), the
+    list is ascending and complete, also for a width that is not a multiple of the 16-flag loads."""
+    rows, cols = 3000, 4133
+    x = randn((rows, cols), torch.float32, "cpu", seed=11) * 0.5
+    flagged = [0, 15, 16, 17, 2047, 4096, 4131, 4132]
+    for j, c in enumerate(flagged):
+        x[(j * 397) % rows, c] = -7.0 if j % 2 else 9.0
+    q, stats, cols_out = F.int8_vectorwise_quant(x.cuda().half(), threshold=6.0)
+    assert cols_out.tolist() == flagged
+    q_cpu, _, cols_cpu = F.int8_vectorwise_quant(x.half(), threshold=6.0)
+    assert cols_cpu.tolist() == flagged
+    assert torch.equal(q.cpu(), q_cpu)
+    assert not q.cpu()[:, flagged].any()
+
+
+@needs_cuda
+def test_vectorwise_quant_with_threshold_refuses_graph_capture():
+    """The outlier list's length is read on the host: inside CUDA graph capture that is a clear error."""
+    x = randn((8, 64), torch.float16, "cuda", seed=3)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        F.int8_vectorwise_quant(x, 6.0)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="graph capture"):
+        with torch.cuda.graph(graph):
+            F.int8_vectorwise_quant(x, 6.0)
+
+
 # ---- empty shapes: real outputs agree with the fake kernel --------------------------------------------------
 
 

@@ -1,0 +1,83 @@
+// Ascending positions of the set bytes of a flag array (the outlier columns of LLM.int8: one byte
+// per column, so small), by one CTA.
+//
+// Each thread takes 16 consecutive flags per round (one 16-byte load when the array allows it) and
+// the CTA lists a round's positions with one prefix sum over the threads' counts, so a round costs
+// one load latency and two barriers; 8192 flags take two rounds of 256 threads. The order is
+// ascending, so sums over the listed columns are reproducible.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.cuh"
+
+namespace bnb::cuda {
+
+constexpr int kFlagThreads = 256;   // threads of a CTA that runs scan_flags
+constexpr int kFlagsPerThread = 16;  // flags per thread per round
+constexpr int64_t kFlagsPerRound = int64_t{kFlagThreads} * kFlagsPerThread;
+
+// Bit i set iff flags[first + i] != 0 (i < 16, within n).
+__device__ __forceinline__ uint32_t flag_bits(const uint8_t* __restrict__ flags, int64_t n, int64_t first,
+                                              bool vector) {
+  uint32_t bits = 0;
+  if (vector && first + kFlagsPerThread <= n) {
+    const uint4 v = *reinterpret_cast<const uint4*>(flags + first);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < kFlagsPerThread; ++i) bits |= ((words[i / 4] >> (8 * (i % 4))) & 0xffu ? 1u : 0u) << i;
+  } else {
+    for (int i = 0; i < kFlagsPerThread && first + i < n; ++i) bits |= (flags[first + i] != 0 ? 1u : 0u) << i;
+  }
+  return bits;
+}
+
+// Walks flags [n] with the whole CTA (kFlagThreads threads; contains barriers when listing):
+// on_chunk(first, bits) gets every thread's 16 flags as a bit set starting at position `first`;
+// when positions is not null, the set positions are written there in ascending order and the
+// return value is their number (in every thread).
+template <typename Index, typename OnChunk>
+__device__ int64_t scan_flags(const uint8_t* __restrict__ flags, int64_t n, Index* __restrict__ positions,
+                              OnChunk on_chunk) {
+  __shared__ int32_t warp_totals[kFlagThreads / kWarpSize];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const bool vector = (reinterpret_cast<uintptr_t>(flags) & 15u) == 0;
+  int64_t listed = 0;
+  for (int64_t round = 0; round < n; round += kFlagsPerRound) {
+    const int64_t first = round + int64_t{threadIdx.x} * kFlagsPerThread;
+    const uint32_t bits = first < n ? flag_bits(flags, n, first, vector) : 0u;
+    on_chunk(first, bits);
+    if (positions == nullptr) continue;
+    // Exclusive prefix of the threads' counts: within the warp by shuffles, across warps in smem.
+    const int own = __popc(bits);
+    int inclusive = own;
+#pragma unroll
+    for (int offset = 1; offset < kWarpSize; offset *= 2) {
+      const int up = __shfl_up_sync(kFullWarpMask, inclusive, offset);
+      if (lane >= offset) inclusive += up;
+    }
+    if (lane == kWarpSize - 1) warp_totals[warp] = inclusive;
+    __syncthreads();
+    int64_t at = listed + inclusive - own;
+    int64_t round_total = 0;
+    for (int w = 0; w < kFlagThreads / kWarpSize; ++w) {
+      if (w < warp) at += warp_totals[w];
+      round_total += warp_totals[w];
+    }
+    for (uint32_t rest = bits; rest != 0; rest &= rest - 1) positions[at++] = static_cast<Index>(first + __ffs(rest) - 1);
+    listed += round_total;
+    __syncthreads();  // warp_totals is rewritten by the next round
+  }
+  return listed;
+}
+
+// positions[0, count) = the set positions of flags [n], ascending; *count = their number.
+// One CTA of kFlagThreads.
+template <typename Index>
+__global__ void __launch_bounds__(kFlagThreads)
+    list_flags_kernel(const uint8_t* __restrict__ flags, int64_t n, Index* __restrict__ positions, Index* count) {
+  const int64_t listed = scan_flags(flags, n, positions, [](int64_t, uint32_t) {});
+  if (threadIdx.x == 0) *count = static_cast<Index>(listed);
+}
+
+}  // namespace bnb::cuda
