@@ -237,6 +237,120 @@ __device__ __forceinline__ void prefetch_next_block(const TensorTable<Cap>& tabl
 
 // ---- the kernel ------------------------------------------------------------------------------------------
 
+// One 256-element block by one warp. Full: the whole block is in range and every array is aligned
+// for chunk-wide accesses, known at compile time so that the common case carries no per-element
+// range tests. An element with a non-finite (or, with skip_zeros, zero) gradient keeps its
+// parameter and states: the update is computed for every element and the old values selected back,
+// which keeps the loop free of branches.
+template <OptimizerKind K, typename TP, int Bits, bool Full>
+__device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, int64_t b, const KernelArgs& args,
+                                             Phase phase, const std::conditional_t<Bits == 8, Smem8bit, char>& smem,
+                                             float trust, int lane, float& norm_acc) {
+  constexpr bool kTwoStates = has_second_state(K);
+  constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
+  const OptimStep& s = args.step;
+  const int64_t begin = b * kOptimBlock;   // first element of the block
+  const int64_t remaining = t.n - begin;   // >= 1
+  const auto in_range = [&](int k) { return Full || lane_offset(lane, k / kChunk, k % kChunk) < remaining; };
+
+  TP* p = static_cast<TP*>(t.p) + begin;
+  float pv[8], gv[8], m[8], v[8], m2[8];
+  load8(p, lane, Full, remaining, pv);
+  load_grad(t.g, args.g_dtype, begin, lane, Full, remaining, gv);
+  uint8_t c1[8], c2[8], c3[8];
+  const int64_t nb = (t.n + kOptimBlock - 1) / kOptimBlock;
+  if constexpr (Bits == 32) {
+    const float* s1 = static_cast<const float*>(t.state1);
+    load8(s1 + begin, lane, Full, remaining, m);
+    if (kTwoStates) load8(static_cast<const float*>(t.state2) + begin, lane, Full, remaining, v);
+    if (kSlowMoment) load8(s1 + t.n + begin, lane, Full, remaining, m2);
+  } else {
+    const uint8_t* s1 = static_cast<const uint8_t*>(t.state1);
+    load_codes(s1 + begin, lane, Full, remaining, c1);
+    if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, Full, remaining, c2);
+    if (kSlowMoment) load_codes(s1 + t.n + begin, lane, Full, remaining, c3);
+    const float a1 = t.absmax1[b];
+    const float a2 = kTwoStates ? t.absmax2[b] : 0.0f;
+    const float a3 = kSlowMoment ? t.absmax1[nb + b] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const bool in = in_range(k);
+      m[k] = in ? smem.qmap1[c1[k]] * a1 : 0.0f;
+      if (kTwoStates) v[k] = in ? smem.qmap2[c2[k]] * a2 : 0.0f;
+      if (kSlowMoment) m2[k] = in ? smem.qmap1[c3[k]] * a3 : 0.0f;
+    }
+  }
+  if constexpr (!kTwoStates) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = 0.0f;
+  }
+  if constexpr (!kSlowMoment) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) m2[k] = 0.0f;
+  }
+
+  if (phase == Phase::Norm) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      OptimElement e{pv[k], gv[k] * s.gnorm_scale, m[k], v[k], m2[k]};
+      const bool keep = !in_range(k) || optim_skip(s, e.g);
+      const float u = optim_states<K>(s, e);
+      norm_acc += keep ? 0.0f : u * u;
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    OptimElement e{pv[k], gv[k] * s.gnorm_scale, m[k], v[k], m2[k]};
+    const bool keep = !in_range(k) || optim_skip(s, e.g);
+    const float u = optim_states<K>(s, e);
+    const float p_new = optim_param<K>(s, e.p, u, trust);
+    pv[k] = keep ? pv[k] : p_new;
+    m[k] = keep ? m[k] : e.m;
+    v[k] = keep ? v[k] : e.v;
+    m2[k] = keep ? m2[k] : e.m2;
+  }
+
+  store8(p, lane, Full, remaining, pv);
+  if constexpr (Bits == 32) {
+    float* s1 = static_cast<float*>(t.state1);
+    store8(s1 + begin, lane, Full, remaining, m);
+    if (kTwoStates) store8(static_cast<float*>(t.state2) + begin, lane, Full, remaining, v);
+    if (kSlowMoment) store8(s1 + t.n + begin, lane, Full, remaining, m2);
+  } else {
+    // New block scales, then re-quantize every state against them.
+    float x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      x1 = fmaxf(x1, fabsf(m[k]));
+      x2 = fmaxf(x2, fabsf(v[k]));
+      x3 = fmaxf(x3, fabsf(m2[k]));
+    }
+    x1 = group_max<kWarpSize>(x1);
+    if (kTwoStates) x2 = group_max<kWarpSize>(x2);
+    if (kSlowMoment) x3 = group_max<kWarpSize>(x3);
+    int i1[8], i2[8], i3[8];
+    search8(smem.search1, m, inverse_absmax(x1), i1);
+    if (kTwoStates) search8(smem.search2, v, inverse_absmax(x2), i2);
+    if (kSlowMoment) search8(smem.search1, m2, inverse_absmax(x3), i3);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      c1[k] = keep_sign(smem.qmap1, i1[k], m[k]);
+      if (kTwoStates) c2[k] = static_cast<uint8_t>(i2[k]);
+      if (kSlowMoment) c3[k] = keep_sign(smem.qmap1, i3[k], m2[k]);
+    }
+    uint8_t* s1 = static_cast<uint8_t*>(t.state1);
+    store_codes(s1 + begin, lane, Full, remaining, c1);
+    if (kTwoStates) store_codes(static_cast<uint8_t*>(t.state2) + begin, lane, Full, remaining, c2);
+    if (kSlowMoment) store_codes(s1 + t.n + begin, lane, Full, remaining, c3);
+    if (lane == 0) {
+      t.absmax1[b] = x1;
+      if (kTwoStates) t.absmax2[b] = x2;
+      if (kSlowMoment) t.absmax1[nb + b] = x3;
+    }
+  }
+}
+
 // The grid-stride loop over 256-element blocks.
 template <OptimizerKind K, typename TP, int Bits, int Cap>
 __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase,
@@ -244,7 +358,6 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
                                                float trust) {
   constexpr bool kTwoStates = has_second_state(K);
   constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
-  const OptimStep& s = args.step;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   float norm_acc = 0.0f;
@@ -254,9 +367,7 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
     while (gb >= table.first_block[ti + 1]) ++ti;  // gb only grows: the cursor only moves forward
     const bnb_optimizer_tensor_t& t = table.t[ti];
     const int64_t b = gb - table.first_block[ti];
-    const int64_t nb = (t.n + kOptimBlock - 1) / kOptimBlock;
-    const int64_t begin = b * kOptimBlock;  // first element of the block
-    const int64_t remaining = t.n - begin;  // >= 1
+    const int64_t remaining = t.n - b * kOptimBlock;
     const uintptr_t state_align = Bits == 8 ? kChunk : kChunk * sizeof(float);
     const bool full = remaining >= kOptimBlock && aligned(t.p, kChunk * sizeof(TP)) &&
                       aligned(t.g, kChunk * 4) && aligned(t.state1, state_align) &&
@@ -271,97 +382,8 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
       }
       prefetch_next_block<TP>(table, gb + kPrefetchAhead * stride, ti, args.g_dtype, lane);
     }
-
-    TP* p = static_cast<TP*>(t.p) + begin;
-    float pv[8], gv[8], m[8], v[8], m2[8];
-    load8(p, lane, full, remaining, pv);
-    load_grad(t.g, args.g_dtype, begin, lane, full, remaining, gv);
-    uint8_t c1[8], c2[8], c3[8];
-    if constexpr (Bits == 32) {
-      const float* s1 = static_cast<const float*>(t.state1);
-      load8(s1 + begin, lane, full, remaining, m);
-      if (kTwoStates) load8(static_cast<const float*>(t.state2) + begin, lane, full, remaining, v);
-      if (kSlowMoment) load8(s1 + t.n + begin, lane, full, remaining, m2);
-    } else {
-      const uint8_t* s1 = static_cast<const uint8_t*>(t.state1);
-      load_codes(s1 + begin, lane, full, remaining, c1);
-      if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, full, remaining, c2);
-      if (kSlowMoment) load_codes(s1 + t.n + begin, lane, full, remaining, c3);
-      const float a1 = t.absmax1[b];
-      const float a2 = kTwoStates ? t.absmax2[b] : 0.0f;
-      const float a3 = kSlowMoment ? t.absmax1[nb + b] : 0.0f;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const bool in = lane_offset(lane, k / kChunk, k % kChunk) < remaining;
-        m[k] = in ? smem.qmap1[c1[k]] * a1 : 0.0f;
-        if (kTwoStates) v[k] = in ? smem.qmap2[c2[k]] * a2 : 0.0f;
-        if (kSlowMoment) m2[k] = in ? smem.qmap1[c3[k]] * a3 : 0.0f;
-      }
-    }
-    if constexpr (!kTwoStates) {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) v[k] = 0.0f;
-    }
-    if constexpr (!kSlowMoment) {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) m2[k] = 0.0f;
-    }
-
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      if (lane_offset(lane, k / kChunk, k % kChunk) >= remaining) continue;
-      OptimElement e{pv[k], gv[k] * s.gnorm_scale, m[k], v[k], m2[k]};
-      if (optim_skip(s, e.g)) continue;
-      const float u = optim_states<K>(s, e);
-      if (phase == Phase::Norm) {
-        norm_acc += u * u;
-        continue;
-      }
-      pv[k] = optim_param<K>(s, e.p, u, trust);
-      m[k] = e.m;
-      v[k] = e.v;
-      m2[k] = e.m2;
-    }
-    if (phase == Phase::Norm) continue;
-
-    store8(p, lane, full, remaining, pv);
-    if constexpr (Bits == 32) {
-      float* s1 = static_cast<float*>(t.state1);
-      store8(s1 + begin, lane, full, remaining, m);
-      if (kTwoStates) store8(static_cast<float*>(t.state2) + begin, lane, full, remaining, v);
-      if (kSlowMoment) store8(s1 + t.n + begin, lane, full, remaining, m2);
-    } else {
-      // New block scales, then re-quantize every state against them.
-      float x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        x1 = fmaxf(x1, fabsf(m[k]));
-        x2 = fmaxf(x2, fabsf(v[k]));
-        x3 = fmaxf(x3, fabsf(m2[k]));
-      }
-      x1 = group_max<kWarpSize>(x1);
-      if (kTwoStates) x2 = group_max<kWarpSize>(x2);
-      if (kSlowMoment) x3 = group_max<kWarpSize>(x3);
-      int i1[8], i2[8], i3[8];
-      search8(smem.search1, m, inverse_absmax(x1), i1);
-      if (kTwoStates) search8(smem.search2, v, inverse_absmax(x2), i2);
-      if (kSlowMoment) search8(smem.search1, m2, inverse_absmax(x3), i3);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        c1[k] = keep_sign(smem.qmap1, i1[k], m[k]);
-        if (kTwoStates) c2[k] = static_cast<uint8_t>(i2[k]);
-        if (kSlowMoment) c3[k] = keep_sign(smem.qmap1, i3[k], m2[k]);
-      }
-      uint8_t* s1 = static_cast<uint8_t*>(t.state1);
-      store_codes(s1 + begin, lane, full, remaining, c1);
-      if (kTwoStates) store_codes(static_cast<uint8_t*>(t.state2) + begin, lane, full, remaining, c2);
-      if (kSlowMoment) store_codes(s1 + t.n + begin, lane, full, remaining, c3);
-      if (lane == 0) {
-        t.absmax1[b] = x1;
-        if (kTwoStates) t.absmax2[b] = x2;
-        if (kSlowMoment) t.absmax1[nb + b] = x3;
-      }
-    }
+    if (full) update_block<K, TP, Bits, true>(t, b, args, phase, smem, trust, lane, norm_acc);
+    else update_block<K, TP, Bits, false>(t, b, args, phase, smem, trust, lane, norm_acc);
   }
   return norm_acc;
 }
