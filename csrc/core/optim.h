@@ -77,7 +77,11 @@ struct OptimElement {
 // the instructions in kernels whose speed is set by instruction issue.
 BNB_HD float optim_div(float a, float b) {
 #if defined(__CUDA_ARCH__)
-  return __fdividef(a, b);
+  // Flushing subnormals spares the range fix-ups around the reciprocal: the divisors here are
+  // sqrt(v) + eps, never subnormal.
+  float q;
+  asm("div.approx.ftz.f32 %0, %1, %2;" : "=f"(q) : "f"(a), "f"(b));
+  return q;
 #else
   return a / b;
 #endif
@@ -85,11 +89,12 @@ BNB_HD float optim_div(float a, float b) {
 
 // The square root of a second moment (v >= 0). On the GPU the hardware approximation (one MUFU
 // instruction, a few ulp): the IEEE sequence adds a range test, a branch and a called slow path
-// per element to kernels whose speed is set by instruction issue.
+// per element to kernels whose speed is set by instruction issue. A subnormal v is flushed to 0
+// (its root, < 1.1e-19, is lost beside any eps the rules use).
 BNB_HD float optim_sqrt(float x) {
 #if defined(__CUDA_ARCH__)
   float r;
-  asm("sqrt.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
 #else
   return std::sqrt(x);
