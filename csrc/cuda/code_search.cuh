@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/code_search.h"
+#include "core/optim.h"
 #include "cuda/common.cuh"
 
 namespace bnb::cuda {
@@ -102,6 +103,27 @@ struct FineCodeSearch {
     }
   }
 
+  // search4 for a signed state: byte 3 of idx[i] = keep_sign(code, index, x[i]) as
+  // quantize_signed_state gives it (v = the scaled values searched, x = the values themselves,
+  // whose signs keep_sign keeps). Needs tables built with signed_codes.
+  __device__ __forceinline__ void search4_signed(const float* v, const float* x, const float* code,
+                                                 uint32_t* idx) const {
+    uint32_t e[kGroup];
+    uint32_t all = kFastBit;
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i) {
+      e[i] = entry[slot(__float_as_uint(v[i]))];
+      all &= e[i];
+    }
+    if (all) {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + order_bits(__float_as_uint(v[i]));
+    } else {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(keep_sign(code, scan(v[i], e[i]), x[i])) << kIndexShift;
+    }
+  }
+
   __device__ static int count_at_most(const float* sorted, int count, float v) {
     int lo = 0, hi = count;  // first index with sorted[i] > v
     while (lo < hi) {
@@ -112,7 +134,11 @@ struct FineCodeSearch {
     return lo;
   }
 
-  __device__ void build(const float* __restrict__ code) {
+  // signed_codes: the tables serve keep_sign (signed optimizer states, search4_signed): a bucket
+  // keeps the one-comparison path only where every code it can answer has the sign of the bucket's
+  // values, so that path needs no sign fix; elsewhere (next to the zero code) the scan answers and
+  // keep_sign runs there.
+  __device__ void build(const float* __restrict__ code, bool signed_codes = false) {
     for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
       mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
     __syncthreads();
@@ -131,7 +157,14 @@ struct FineCodeSearch {
       // code book with NaN or inf entries, whose counts mean nothing, keeps the scan).
       const bool narrow = m != 0 && !top;
       uint32_t e = static_cast<uint32_t>(lo) << kIndexShift;
-      if (count == 0) {
+      bool same_sign = true;
+      if (signed_codes) {
+        for (int i = lo; i <= lo + count && i <= CodeSearch::kMidpoints; ++i)
+          same_sign = same_sign && sign_bit(__ldg(code + i)) == negative;
+      }
+      if (!same_sign) {
+        // scan only
+      } else if (count == 0) {
         e |= kCarryOnes;  // K = 0: x never carries
       } else if (count == 1 && narrow &&
                  (__float_as_uint(mid[lo]) >> kShift) == (__float_as_uint(vmin) >> kShift)) {

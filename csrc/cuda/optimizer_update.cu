@@ -74,14 +74,14 @@ __device__ float ordered_total(const float* __restrict__ partials, int count, fl
 struct Smem8bit {
   float qmap1[kCodeSize8bit];
   float qmap2[kCodeSize8bit];
-  FineCodeSearch search1;  // re-quantization of state1 (signed map)
+  FineCodeSearch search1;  // re-quantization of state1 (signed map, built for keep_sign)
   FineCodeSearch search2;  // of state2 (unsigned map)
 };
 
-// Code indices of the 8 values of a lane, each scaled by inv (rounded on its own, as the CPU
-// reference rounds it: the search compares the bits of the rounded product).
-__device__ __forceinline__ void search8(const FineCodeSearch& search, const float (&x)[8], float inv,
-                                        int (&idx)[8]) {
+// Codes of the 8 values of a lane, each scaled by inv (rounded on its own, as the CPU reference
+// rounds it: the search compares the bits of the rounded product). Unsigned: the nearest code.
+__device__ __forceinline__ void codes8(const FineCodeSearch& search, const float (&x)[8], float inv,
+                                       uint8_t (&c)[8]) {
   float v[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(x[k], inv);
@@ -89,9 +89,21 @@ __device__ __forceinline__ void search8(const FineCodeSearch& search, const floa
 #pragma unroll
   for (int k = 0; k < 8; k += FineCodeSearch::kGroup) search.search4(v + k, raw + k);
 #pragma unroll
-  for (int k = 0; k < 8; ++k) idx[k] = static_cast<int>(raw[k] >> FineCodeSearch::kIndexShift);
+  for (int k = 0; k < 8; ++k) c[k] = static_cast<uint8_t>(raw[k] >> FineCodeSearch::kIndexShift);
 }
 
+// Signed: the nearest code of the value's own sign (keep_sign), from tables built for it.
+__device__ __forceinline__ void signed_codes8(const FineCodeSearch& search, const float* qmap, const float (&x)[8],
+                                              float inv, uint8_t (&c)[8]) {
+  float v[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(x[k], inv);
+  uint32_t raw[8];
+#pragma unroll
+  for (int k = 0; k < 8; k += FineCodeSearch::kGroup) search.search4_signed(v + k, x + k, qmap, raw + k);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) c[k] = static_cast<uint8_t>(raw[k] >> FineCodeSearch::kIndexShift);
+}
 
 // ---- 8-element lane I/O ----------------------------------------------------------------------------
 // `block` points at element 0 of the 256-element block; `full` = the whole block is in range and
@@ -329,16 +341,9 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
     x1 = group_max<kWarpSize>(x1);
     if (kTwoStates) x2 = group_max<kWarpSize>(x2);
     if (kSlowMoment) x3 = group_max<kWarpSize>(x3);
-    int i1[8], i2[8], i3[8];
-    search8(smem.search1, m, inverse_absmax(x1), i1);
-    if (kTwoStates) search8(smem.search2, v, inverse_absmax(x2), i2);
-    if (kSlowMoment) search8(smem.search1, m2, inverse_absmax(x3), i3);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      c1[k] = keep_sign(smem.qmap1, i1[k], m[k]);
-      if (kTwoStates) c2[k] = static_cast<uint8_t>(i2[k]);
-      if (kSlowMoment) c3[k] = keep_sign(smem.qmap1, i3[k], m2[k]);
-    }
+    signed_codes8(smem.search1, smem.qmap1, m, inverse_absmax(x1), c1);
+    if (kTwoStates) codes8(smem.search2, v, inverse_absmax(x2), c2);
+    if (kSlowMoment) signed_codes8(smem.search1, smem.qmap1, m2, inverse_absmax(x3), c3);
     uint8_t* s1 = static_cast<uint8_t*>(t.state1);
     store_codes(s1 + begin, lane, Full, remaining, c1);
     if (kTwoStates) store_codes(static_cast<uint8_t*>(t.state2) + begin, lane, Full, remaining, c2);
@@ -402,7 +407,7 @@ __global__ void __launch_bounds__(kThreads)
       smem.qmap1[i] = args.qmap1[i];
       if (kTwoStates) smem.qmap2[i] = args.qmap2[i];
     }
-    smem.search1.build(args.qmap1);
+    smem.search1.build(args.qmap1, /*signed_codes=*/true);
     if (kTwoStates) smem.search2.build(args.qmap2);
   }
 

@@ -9,7 +9,7 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as F
 import bitsandbytes.optim.optimizer as optimizer_module
 from bitsandbytes.optim.optimizer import Optimizer1State, Optimizer2State
-from helpers import DEVICES, dtype_id
+from helpers import DEVICES, dtype_id, needs_cuda
 from test_optim_reference import RefOptimizer
 
 O = bnb.optim
@@ -309,6 +309,29 @@ def test_nonfinite_gradients_8bit(name):
     # The state of skipped elements is only re-quantized against the block's new absmax.
     scale = st["absmax1"].max()
     assert ((after_s1[..., bad] - before_s1[..., bad]).abs().max() / scale).item() < 0.05
+
+
+@needs_cuda
+def test_8bit_signed_state_codes_match_cpu_near_zero():
+    """With beta2 = 0 Lion's new momentum is the gradient itself, so after one step its 8-bit codes are
+    the signed blockwise quantization of g (nearest code of the value's own sign) on either device,
+    bit for bit. Values a few codes away from zero, of both signs, and signed zeros exercise the
+    buckets next to the zero code, where the GPU's one-comparison search must not be taken."""
+    g = torch.randn(256 * 64, generator=torch.Generator().manual_seed(5))
+    exponents = torch.randint(-9, -1, g.shape, generator=torch.Generator().manual_seed(6)).float()
+    g = torch.where(torch.arange(g.numel()) % 3 == 0, g, g * 10.0 ** exponents)
+    g[::97] = 0.0
+    g[1::97] = -0.0
+    codes = {}
+    for device in ("cpu", "cuda"):
+        p = torch.nn.Parameter(torch.zeros(g.numel(), device=device))
+        opt = O.Lion8bit([p], lr=1e-3, betas=(0.9, 0.0))
+        p.grad = g.to(device)
+        opt.step()
+        st = opt.state[p]
+        codes[device] = (st["state1"].cpu(), st["absmax1"].cpu())
+    assert torch.equal(codes["cuda"][1], codes["cpu"][1])
+    assert torch.equal(codes["cuda"][0], codes["cpu"][0])
 
 
 @pytest.mark.parametrize("cls,name", [(Optimizer2State, "adam"), (Optimizer1State, "momentum"),
