@@ -163,14 +163,16 @@ __device__ __forceinline__ void load_grad(const void* g, bnb_dtype_t dtype, int6
   }
 }
 
+// Codes as table indices: one byte permute per code extracts it zero-extended (a shift and a mask
+// otherwise), one instruction fewer per table lookup.
 __device__ __forceinline__ void load_codes(const uint8_t* __restrict__ block, int lane, bool full, int64_t remaining,
-                                           uint8_t (&q)[8]) {
+                                           uint32_t (&q)[8]) {
 #pragma unroll
   for (int c = 0; c < 2; ++c) {
     if (full) {
       const uint32_t w = *reinterpret_cast<const uint32_t*>(block + lane_offset(lane, c, 0));
 #pragma unroll
-      for (int k = 0; k < kChunk; ++k) q[c * kChunk + k] = static_cast<uint8_t>(w >> (8 * k));
+      for (int k = 0; k < kChunk; ++k) q[c * kChunk + k] = __byte_perm(w, 0u, 0x4440u + k);
     } else {
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) {
@@ -269,7 +271,8 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
   float pv[8], gv[8], m[8], v[8], m2[8];
   load8(p, lane, Full, remaining, pv);
   load_grad(t.g, args.g_dtype, begin, lane, Full, remaining, gv);
-  uint8_t c1[8], c2[8], c3[8];
+  uint32_t q1[8], q2[8], q3[8];  // the stored codes
+  uint8_t c1[8], c2[8], c3[8];   // the new ones
   const int64_t nb = (t.n + kOptimBlock - 1) / kOptimBlock;
   if constexpr (Bits == 32) {
     const float* s1 = static_cast<const float*>(t.state1);
@@ -278,18 +281,18 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
     if (kSlowMoment) load8(s1 + t.n + begin, lane, Full, remaining, m2);
   } else {
     const uint8_t* s1 = static_cast<const uint8_t*>(t.state1);
-    load_codes(s1 + begin, lane, Full, remaining, c1);
-    if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, Full, remaining, c2);
-    if (kSlowMoment) load_codes(s1 + t.n + begin, lane, Full, remaining, c3);
+    load_codes(s1 + begin, lane, Full, remaining, q1);
+    if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, Full, remaining, q2);
+    if (kSlowMoment) load_codes(s1 + t.n + begin, lane, Full, remaining, q3);
     const float a1 = t.absmax1[b];
     const float a2 = kTwoStates ? t.absmax2[b] : 0.0f;
     const float a3 = kSlowMoment ? t.absmax1[nb + b] : 0.0f;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const bool in = in_range(k);
-      m[k] = in ? smem.qmap1[c1[k]] * a1 : 0.0f;
-      if (kTwoStates) v[k] = in ? smem.qmap2[c2[k]] * a2 : 0.0f;
-      if (kSlowMoment) m2[k] = in ? smem.qmap1[c3[k]] * a3 : 0.0f;
+      m[k] = in ? smem.qmap1[q1[k]] * a1 : 0.0f;
+      if (kTwoStates) v[k] = in ? smem.qmap2[q2[k]] * a2 : 0.0f;
+      if (kSlowMoment) m2[k] = in ? smem.qmap1[q3[k]] * a3 : 0.0f;
     }
   }
   if constexpr (!kTwoStates) {
@@ -378,7 +381,7 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
                       aligned(t.g, kChunk * 4) && aligned(t.state1, state_align) &&
                       (!kTwoStates || aligned(t.state2, state_align)) && (!kSlowMoment || t.n % kChunk == 0);
 
-    if constexpr (Bits == 8) {
+    if constexpr (Bits == 8 && kPrefetchAhead > 0) {
       const int64_t stride = int64_t{gridDim.x} * kWarps;
       if (gb < stride) {  // the first block: ask for all the blocks up to the prefetch distance
 #pragma unroll
