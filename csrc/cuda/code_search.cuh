@@ -103,6 +103,32 @@ struct FineCodeSearch {
     }
   }
 
+  // search4 for values expected to be >= 0 (the second moment of Adam): with no sign bit set the
+  // slot and order bits need no sign handling, three instructions fewer per value; a group with a
+  // negative value (possible with a code book of another shape) takes the general search4.
+  __device__ __forceinline__ void search4_nonnegative(const float* v, uint32_t* idx) const {
+    uint32_t bits[kGroup];
+    uint32_t signs = 0;
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i) signs |= bits[i] = __float_as_uint(v[i]);
+    if (signs >> 31) return search4(v, idx);
+    uint32_t e[kGroup];
+    uint32_t all = kFastBit;
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i) {
+      const int m = static_cast<int>(bits[i] >> kShift) - kFirstKey + 1;
+      e[i] = entry[min(max(m, 0), kMagBuckets - 1)];
+      all &= e[i];
+    }
+    if (all) {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + (bits[i] & kLowMask);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(scan(v[i], e[i])) << kIndexShift;
+    }
+  }
+
   // search4 for a signed state: byte 3 of idx[i] = keep_sign(code, index, x[i]) as
   // quantize_signed_state gives it (v = the scaled values searched, x = the values themselves,
   // whose signs keep_sign keeps). Needs tables built with signed_codes.

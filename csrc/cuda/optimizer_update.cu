@@ -79,7 +79,8 @@ struct Smem8bit {
 };
 
 // Codes of the 8 values of a lane, each scaled by inv (rounded on its own, as the CPU reference
-// rounds it: the search compares the bits of the rounded product). Unsigned: the nearest code.
+// rounds it: the search compares the bits of the rounded product). Unsigned: the nearest code (the
+// unsigned map's states are >= 0, which the search exploits, checking it per group of four).
 __device__ __forceinline__ void codes8(const FineCodeSearch& search, const float (&x)[8], float inv,
                                        uint8_t (&c)[8]) {
   float v[8];
@@ -87,7 +88,7 @@ __device__ __forceinline__ void codes8(const FineCodeSearch& search, const float
   for (int k = 0; k < 8; ++k) v[k] = __fmul_rn(x[k], inv);
   uint32_t raw[8];
 #pragma unroll
-  for (int k = 0; k < 8; k += FineCodeSearch::kGroup) search.search4(v + k, raw + k);
+  for (int k = 0; k < 8; k += FineCodeSearch::kGroup) search.search4_nonnegative(v + k, raw + k);
 #pragma unroll
   for (int k = 0; k < 8; ++k) c[k] = static_cast<uint8_t>(raw[k] >> FineCodeSearch::kIndexShift);
 }

@@ -312,26 +312,29 @@ def test_nonfinite_gradients_8bit(name):
 
 
 @needs_cuda
-def test_8bit_signed_state_codes_match_cpu_near_zero():
-    """With beta2 = 0 Lion's new momentum is the gradient itself, so after one step its 8-bit codes are
-    the signed blockwise quantization of g (nearest code of the value's own sign) on either device,
-    bit for bit. Values a few codes away from zero, of both signs, and signed zeros exercise the
-    buckets next to the zero code, where the GPU's one-comparison search must not be taken."""
+@pytest.mark.parametrize("make", [lambda ps: O.Lion8bit(ps, lr=1e-3, betas=(0.9, 0.0)),
+                                  lambda ps: O.Adam8bit(ps, lr=1e-3, betas=(0.0, 0.0))], ids=["lion", "adam"])
+def test_8bit_state_codes_match_cpu_near_zero(make):
+    """With beta2 = 0 (Lion) or both betas 0 (Adam) the new states are g and g * g themselves, so after
+    one step their 8-bit codes are the blockwise quantization of those on either device, bit for bit:
+    signed (nearest code of the value's own sign) and unsigned. Values a few codes away from zero, of
+    both signs, and signed zeros exercise the buckets next to the zero code, where the GPU's
+    one-comparison search must not be taken for a signed state."""
     g = torch.randn(256 * 64, generator=torch.Generator().manual_seed(5))
     exponents = torch.randint(-9, -1, g.shape, generator=torch.Generator().manual_seed(6)).float()
     g = torch.where(torch.arange(g.numel()) % 3 == 0, g, g * 10.0 ** exponents)
     g[::97] = 0.0
     g[1::97] = -0.0
-    codes = {}
+    states = {}
     for device in ("cpu", "cuda"):
         p = torch.nn.Parameter(torch.zeros(g.numel(), device=device))
-        opt = O.Lion8bit([p], lr=1e-3, betas=(0.9, 0.0))
+        opt = make([p])
         p.grad = g.to(device)
         opt.step()
-        st = opt.state[p]
-        codes[device] = (st["state1"].cpu(), st["absmax1"].cpu())
-    assert torch.equal(codes["cuda"][1], codes["cpu"][1])
-    assert torch.equal(codes["cuda"][0], codes["cpu"][0])
+        states[device] = {k: v.cpu() for k, v in opt.state[p].items() if k.startswith(("state", "absmax"))}
+    assert states["cuda"].keys() == states["cpu"].keys() and "state1" in states["cpu"]
+    for key, cpu in states["cpu"].items():
+        assert torch.equal(states["cuda"][key], cpu), key
 
 
 @pytest.mark.parametrize("cls,name", [(Optimizer2State, "adam"), (Optimizer1State, "momentum"),
