@@ -87,46 +87,22 @@ struct FineCodeSearch {
   // on its own (__fmul_rn): the bits compared are those of the rounded product.
   static constexpr int kGroup = 4;
   __device__ __forceinline__ void search4(const float* v, uint32_t* idx) const {
-    uint32_t e[kGroup];
-    uint32_t all = kFastBit;
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) {
-      e[i] = entry[slot(__float_as_uint(v[i]))];
-      all &= e[i];
-    }
-    if (all) {
-#pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + order_bits(__float_as_uint(v[i]));
-    } else {
-#pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(scan(v[i], e[i])) << kIndexShift;
-    }
+    search_group(v, idx, slot, order_bits, [&](int i, uint32_t e) { return scan(v[i], e); });
   }
 
   // search4 for values expected to be >= 0 (the second moment of Adam): with no sign bit set the
   // slot and order bits need no sign handling, three instructions fewer per value; a group with a
   // negative value (possible with a code book of another shape) takes the general search4.
   __device__ __forceinline__ void search4_nonnegative(const float* v, uint32_t* idx) const {
-    uint32_t bits[kGroup];
     uint32_t signs = 0;
 #pragma unroll
-    for (int i = 0; i < kGroup; ++i) signs |= bits[i] = __float_as_uint(v[i]);
+    for (int i = 0; i < kGroup; ++i) signs |= __float_as_uint(v[i]);
     if (signs >> 31) return search4(v, idx);
-    uint32_t e[kGroup];
-    uint32_t all = kFastBit;
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) {
-      const int m = static_cast<int>(bits[i] >> kShift) - kFirstKey + 1;
-      e[i] = entry[min(max(m, 0), kMagBuckets - 1)];
-      all &= e[i];
-    }
-    if (all) {
-#pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + (bits[i] & kLowMask);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(scan(v[i], e[i])) << kIndexShift;
-    }
+    const auto slot_of = [](uint32_t bits) {
+      return min(max(static_cast<int>(bits >> kShift) - kFirstKey + 1, 0), kMagBuckets - 1);
+    };
+    const auto low_of = [](uint32_t bits) { return bits & kLowMask; };
+    search_group(v, idx, slot_of, low_of, [&](int i, uint32_t e) { return scan(v[i], e); });
   }
 
   // search4 for a signed state: byte 3 of idx[i] = keep_sign(code, index, x[i]) as
@@ -134,19 +110,29 @@ struct FineCodeSearch {
   // whose signs keep_sign keeps). Needs tables built with signed_codes.
   __device__ __forceinline__ void search4_signed(const float* v, const float* x, const float* code,
                                                  uint32_t* idx) const {
+    search_group(v, idx, slot, order_bits,
+                 [&](int i, uint32_t e) { return keep_sign(code, scan(v[i], e), x[i]); });
+  }
+
+  // The group search behind the three: slot_of(bits) is a value's table slot, low_of(bits) its
+  // bits in comparison order, scan_of(i, entry) the index of value i where one comparison is not
+  // enough.
+  template <typename SlotOf, typename LowOf, typename ScanOf>
+  __device__ __forceinline__ void search_group(const float* v, uint32_t* idx, SlotOf slot_of, LowOf low_of,
+                                               ScanOf scan_of) const {
     uint32_t e[kGroup];
     uint32_t all = kFastBit;
 #pragma unroll
     for (int i = 0; i < kGroup; ++i) {
-      e[i] = entry[slot(__float_as_uint(v[i]))];
+      e[i] = entry[slot_of(__float_as_uint(v[i]))];
       all &= e[i];
     }
     if (all) {
 #pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + order_bits(__float_as_uint(v[i]));
+      for (int i = 0; i < kGroup; ++i) idx[i] = e[i] + low_of(__float_as_uint(v[i]));
     } else {
 #pragma unroll
-      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(keep_sign(code, scan(v[i], e[i]), x[i])) << kIndexShift;
+      for (int i = 0; i < kGroup; ++i) idx[i] = static_cast<uint32_t>(scan_of(i, e[i])) << kIndexShift;
     }
   }
 
