@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: build the native libraries in-tree (CPU always, CUDA when nvcc is found),
 # run the C++ tests (ctest) and the Python tests (pytest). GPU tests skip without a GPU.
-#   BNB_CUDA_ARCHS  architectures to compile for (default: 75 and 90 machine code, enough to
-#                   catch build breaks; release builds cover sm_75..sm_120)
+#   BNB_CUDA_ARCHS  architectures to compile for (default: 75 and 90a machine code, enough to
+#                   catch build breaks, the Hopper-only kernels included; release builds cover
+#                   sm_75..sm_120)
 #   BNB_JOBS        parallel build jobs (default: all cores)
 #   PYTEST_ARGS     extra pytest arguments
 set -euo pipefail
@@ -24,7 +25,7 @@ if [ ! -e /usr/include/gtest/gtest.h ] && [ ! -e /usr/local/include/gtest/gtest.
 fi
 
 jobs="${BNB_JOBS:-$(nproc)}"
-archs="${BNB_CUDA_ARCHS:-75-real;90-real}"
+archs="${BNB_CUDA_ARCHS:-75-real;90a-real}"
 build_dir="${BNB_BUILD_DIR:-build/dev}"
 
 echo "== configure (${build_dir}, CUDA archs ${archs})"
