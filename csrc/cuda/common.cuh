@@ -229,6 +229,22 @@ inline int sm_count(int32_t device) {
   return sms;
 }
 
+// Compute capability of `device` as 10 * major + minor (90 for sm_90), memoised like sm_count: the
+// kernels that need a minimum (mma.sync, wgmma) ask on every call.
+inline int compute_capability(int32_t device) {
+  static std::atomic<int> cache[kMaxCachedDevices];
+  if (device >= 0 && device < kMaxCachedDevices) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int major = 0, minor = 0;
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const int cc = 10 * major + minor;
+  if (device >= 0 && device < kMaxCachedDevices) cache[device].store(cc, std::memory_order_relaxed);
+  return cc;
+}
+
 // CTAs that fill `device` once at the occupancy Kernel reaches with `threads` per CTA (static shared
 // memory only): persistent kernels launch this many and stride over their work, so per-CTA setup
 // (shared tables) is paid once per CTA rather than once per block of data.

@@ -280,11 +280,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
 #endif
 }
 
-bool tensor_cores_available(int32_t device) {
-  int major = 0;
-  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major >= 8;
-}
+bool tensor_cores_available(int32_t device) { return cuda::compute_capability(device) >= 80; }
 
 template <typename T, bool Nested>
 void launch(const Gemm4bitParams& p, cudaStream_t stream) {

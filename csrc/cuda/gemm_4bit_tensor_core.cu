@@ -350,12 +350,7 @@ CUtensorMap tensor_map_2d(const void* data, CUtensorMapDataType type, int elem_b
   return map;
 }
 
-bool is_sm90(int32_t device) {
-  int major = 0, minor = 0;
-  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
-}
+bool is_sm90(int32_t device) { return cuda::compute_capability(device) == 90; }
 
 template <typename T, int MB, int BM, bool Nested>
 void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {

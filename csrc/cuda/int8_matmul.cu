@@ -268,9 +268,7 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __re
 bool small_m_eligible(const Int8MatmulParams& p, int32_t device) {
   if (p.M > kMaxSmallRows || p.K % kGroup != 0 || !cuda::is_aligned(p.A, 16) || !cuda::is_aligned(p.B, 16))
     return false;
-  int major = 0;
-  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major >= 8;
+  return cuda::compute_capability(device) >= 80;
 }
 
 template <typename Epilogue>
