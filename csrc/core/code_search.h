@@ -120,4 +120,13 @@ BNB_HD int count_below(const float* sorted, int count, float v) {
   return lo;
 }
 
+// Signed states keep their sign through re-quantization: a momentum whose sign flipped through
+// rounding would push the parameter the wrong way, so such an index is nudged one code towards the
+// value's side. `idx` is the nearest-code index of `value` in the 256-entry code book `qmap`.
+BNB_HD uint8_t keep_sign(const float* qmap, int idx, float value) {
+  if (sign_bit(qmap[idx]) != sign_bit(value)) idx += value > 0.0f ? 1 : -1;
+  idx = idx < 0 ? 0 : (idx > 255 ? 255 : idx);
+  return static_cast<uint8_t>(idx);
+}
+
 }  // namespace bnb

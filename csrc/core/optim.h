@@ -182,15 +182,6 @@ void dispatch_optimizer(OptimizerKind kind, F&& f) {
   }
 }
 
-// Signed states keep their sign through re-quantization: a momentum whose sign flipped through
-// rounding would push the parameter the wrong way, so such an index is nudged one code towards the
-// value's side. `idx` is the nearest-code index of `value`.
-BNB_HD uint8_t keep_sign(const float* qmap, int idx, float value) {
-  if (sign_bit(qmap[idx]) != sign_bit(value)) idx += value > 0.0f ? 1 : -1;
-  idx = idx < 0 ? 0 : (idx > 255 ? 255 : idx);
-  return static_cast<uint8_t>(idx);
-}
-
 BNB_HD uint8_t quantize_signed_state(const CodeSearch& search, const float* qmap, float value, float inv_absmax) {
   return keep_sign(qmap, search.search(value * inv_absmax), value);
 }

@@ -3,7 +3,6 @@
 #pragma once
 
 #include "core/code_search.h"
-#include "core/optim.h"
 #include "cuda/common.cuh"
 
 namespace bnb::cuda {
