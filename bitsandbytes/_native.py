@@ -43,7 +43,7 @@ DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_UINT8, DTYPE_INT8, DTYPE_INT
 QUANT_FP4, QUANT_NF4 = 1, 2
 QUANT_TYPES = {"fp4": QUANT_FP4, "nf4": QUANT_NF4}
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # bnb_optimizer_t
 OPTIMIZERS = {"adam": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
@@ -100,8 +100,8 @@ SIGNATURES = {
     "bnb_dequantize_blockwise": (_i32, (_p, _p, _p, _p, _i32, _i64, _i64, *_stream)),
     "bnb_quantize_4bit": (_i32, (_p, _i32, _i32, _p, _p, _i64, _i64, *_stream)),
     "bnb_dequantize_4bit": (_i32, (_p, _p, _i32, _p, _i32, _i64, _i64, *_stream)),
-    "bnb_int8_vectorwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, _p, *_stream)),
-    "bnb_int8_outlier_columns": (_i32, (_p, _i64, _i64, _p, _p, _p, *_stream)),
+    "bnb_int8_vectorwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, _p, ct.c_uint8, *_stream)),
+    "bnb_int8_outlier_columns": (_i32, (_p, ct.c_uint8, _i64, _i64, _p, _p, _p, *_stream)),
     "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
     "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
     "bnb_gemm_4bit": (_i32, (_p, _i32, _i64, _i64, _p, _p, _p, _p, _p, _i32, _i64, _i64, _p, _p, *_stream)),

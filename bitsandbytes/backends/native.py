@@ -190,8 +190,10 @@ def _rows_cols(A: torch.Tensor) -> tuple:
     if A.dim() == 0:
         raise ValueError("A must have at least one dimension (rows are all leading dimensions, columns the last)")
     cols = A.shape[-1]
+    if cols:
+        return A.numel() // cols, cols
     rows = 1
-    for d in A.shape[:-1]:  # not numel // cols: that is 0 for an empty last dimension
+    for d in A.shape[:-1]:  # an empty last dimension: numel // cols cannot say how many rows
         rows *= int(d)
     return rows, cols
 
@@ -199,34 +201,42 @@ def _rows_cols(A: torch.Tensor) -> tuple:
 _mask_buffers = threading.local()
 
 
-def _outlier_mask(device: torch.device, stream, cols: int) -> torch.Tensor:
-    """A [cols] uint8 buffer for the outlier flags, kept per thread, device and stream: each call has
-    consumed its flags (counted them, listed them on the same stream) before the next call on that
-    stream can overwrite them, so the buffer is reused instead of allocated per call."""
+def _outlier_flags(device: torch.device, stream, cols: int) -> tuple:
+    """(flags, tag): a [cols] uint8 flag buffer kept per thread, device and stream, and the tag (1..255)
+    this call's outlier columns get in it. Each call takes the next tag, so flags left by earlier calls
+    never match and the buffer is not cleared per call (no clearing queued before the kernel); it is
+    cleared on the stream only when the tag wraps. Stream order makes the reuse safe: a call has listed
+    its flags before the next call on that stream writes any."""
     buffers = _mask_buffers.__dict__.setdefault("by_stream", {})
     key = (device, stream)
-    mask = buffers.get(key)
-    if mask is None or mask.numel() != cols:
-        mask = torch.empty(cols, device=device, dtype=torch.uint8)
-        buffers[key] = mask
-    return mask
+    entry = buffers.get(key)
+    if entry is None or entry[0].numel() != cols:
+        entry = [torch.zeros(cols, device=device, dtype=torch.uint8), 0]
+        buffers[key] = entry
+    tag = entry[1] + 1
+    if tag > 255:
+        entry[0].zero_()
+        tag = 1
+    entry[1] = tag  # taken before the call: a call that fails midway leaves flags no later tag matches
+    return entry[0], tag
 
 
-def _outlier_columns(mask: torch.Tensor, zero_in: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sorted int64 indices of the flagged columns, on the mask's device; with zero_in (an int8
-    [rows, cols] matrix) those columns of it are zeroed as well.
+def _outlier_columns(flags: torch.Tensor, tag: int, zero_in: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sorted int64 indices of the columns whose flag equals tag, on the flags' device; with zero_in
+    (an int8 [rows, cols] matrix) those columns of it are zeroed as well.
 
     The list's length depends on the data, so the host must wait for the flags either way. The native
     library lists the columns, zeroes them and hands the count to the host with a single wait after
     queueing all of it (on CUDA a kernel writes the count into pinned host memory), so nothing is
     launched after the wait and the device does the zeroing while the host waits."""
     count = ct.c_int64(0)
-    columns = torch.empty(mask.numel(), device=mask.device, dtype=torch.int64)
+    columns = torch.empty(flags.numel(), device=flags.device, dtype=torch.int64)
     rows = 0 if zero_in is None else zero_in.shape[0]
-    lib, dev, stream = _exec(mask.device)
-    lib.call("bnb_int8_outlier_columns", mask.data_ptr(), rows, mask.numel(), _ptr(zero_in), columns.data_ptr(),
-             ct.byref(count), dev, stream)
-    return columns[: count.value]
+    lib, dev, stream = _exec(flags.device)
+    lib.call("bnb_int8_outlier_columns", flags.data_ptr(), tag, rows, flags.numel(), _ptr(zero_in),
+             columns.data_ptr(), ct.byref(count), dev, stream)
+    # Shrunk in place (the host waits here, so every microsecond counts): cheaper than a slice's new view.
+    return columns.resize_(count.value)
 
 
 @_register("int8_vectorwise_quant")
@@ -235,19 +245,15 @@ def _(A: torch.Tensor, threshold: float = 0.0):
     rows, cols = _rows_cols(A)
     out = torch.empty_like(A, dtype=torch.int8)
     row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
+    if threshold > 0.0 and rows == 0:  # no values, so no outlier columns
+        return out, row_stats, torch.empty(0, device=A.device, dtype=torch.int64)
     lib, dev, stream = _exec(A.device)
-    # The library clears the mask itself whenever there are rows; with none it writes nothing.
-    mask = None
-    if threshold > 0.0:
-        if rows > 0:
-            mask = _outlier_mask(A.device, stream, cols)
-        else:
-            mask = torch.zeros(cols, device=A.device, dtype=torch.uint8)
+    flags, tag = _outlier_flags(A.device, stream, cols) if threshold > 0.0 else (None, 0)
     lib.call("bnb_int8_vectorwise_quant", _ptr(A), _DTYPE_CODES[A.dtype], rows, cols, float(threshold), _ptr(out),
-             _ptr(row_stats), _ptr(mask), dev, stream)
-    if mask is None:
+             _ptr(row_stats), _ptr(flags), tag, dev, stream)
+    if flags is None:
         return out, row_stats, None
-    outlier_cols = _outlier_columns(mask, out.view(rows, cols) if rows > 1 else None)
+    outlier_cols = _outlier_columns(flags, tag, out.view(rows, cols) if rows > 1 else None)
     return out, row_stats, outlier_cols
 
 

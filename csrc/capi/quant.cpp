@@ -126,7 +126,7 @@ BNB_API bnb_status_t bnb_dequantize_4bit(const uint8_t* packed, const float* abs
 
 BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtype, int64_t rows, int64_t cols,
                                                float threshold, int8_t* out, float* row_stats, uint8_t* outlier_cols,
-                                               int32_t device, bnb_stream_t stream) {
+                                               uint8_t tag, int32_t device, bnb_stream_t stream) {
   return capi_guard(__func__, [&] {
     check_count(rows, "rows");
     check_count(cols, "cols");
@@ -140,13 +140,16 @@ BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtyp
     if (rows == 0) return;
     backend::check_device(device);
     backend::int8_vectorwise_quant(
-        {A, out, row_stats, threshold > 0.0f ? outlier_cols : nullptr, rows, cols, threshold, a_dtype}, device, stream);
+        {A, out, row_stats, threshold > 0.0f ? outlier_cols : nullptr, rows, cols, threshold, a_dtype, tag}, device,
+        stream);
   });
 }
 
-BNB_API bnb_status_t bnb_int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out,
-                                              int64_t* columns, int64_t* count, int32_t device, bnb_stream_t stream) {
+BNB_API bnb_status_t bnb_int8_outlier_columns(const uint8_t* flags, uint8_t tag, int64_t rows, int64_t cols,
+                                              int8_t* out, int64_t* columns, int64_t* count, int32_t device,
+                                              bnb_stream_t stream) {
   return capi_guard(__func__, [&] {
+    BNB_CHECK_ARG(tag != 0, "tag must be 1..255 (the value flagged columns hold), got 0");
     check_count(rows, "rows");
     check_count(cols, "cols");
     check_ptr(flags, "flags", cols);
@@ -156,7 +159,7 @@ BNB_API bnb_status_t bnb_int8_outlier_columns(const uint8_t* flags, int64_t rows
     *count = 0;
     if (cols == 0) return;
     backend::check_device(device);
-    *count = backend::int8_outlier_columns(flags, rows, cols, rows > 0 ? out : nullptr, columns, device, stream);
+    *count = backend::int8_outlier_columns(flags, tag, rows, cols, rows > 0 ? out : nullptr, columns, device, stream);
   });
 }
 

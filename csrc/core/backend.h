@@ -24,10 +24,10 @@ void quantize_4bit(const Quantize4bitParams& p, int32_t device, bnb_stream_t str
 void dequantize_4bit(const Dequantize4bitParams& p, int32_t device, bnb_stream_t stream);
 void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, bnb_stream_t stream);
 void int8_colwise_quant(const Int8ColwiseQuantParams& p, int32_t device, bnb_stream_t stream);
-// Lists the set columns of an outlier mask into columns [cols] (ascending), zeroes them in out
+// Lists the columns whose flag equals tag into columns [cols] (ascending), zeroes them in out
 // [rows, cols] unless out is null, and returns their count (waits for the stream on CUDA).
-int64_t int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out, int64_t* columns,
-                             int32_t device, bnb_stream_t stream);
+int64_t int8_outlier_columns(const uint8_t* flags, uint8_t tag, int64_t rows, int64_t cols, int8_t* out,
+                             int64_t* columns, int32_t device, bnb_stream_t stream);
 void estimate_quantiles(const EstimateQuantilesParams& p, int32_t device, bnb_stream_t stream);
 void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream);
 void int8_linear_matmul(const Int8MatmulParams& p, int32_t device, bnb_stream_t stream);

@@ -54,11 +54,16 @@ struct Int8VectorwiseQuantParams {
   const void* A;         // [rows, cols] row-major, dtype = a_dtype
   int8_t* out;           // [rows, cols]
   float* row_stats;      // [rows] absmax of the non-outlier values of each row
-  uint8_t* outlier_cols; // [cols] 1 where the column holds an |x| >= threshold; null if threshold == 0
+  uint8_t* outlier_cols; // [cols] flag_value() where the column holds an |x| >= threshold; null if threshold == 0
   int64_t rows;
   int64_t cols;
   float threshold;       // 0 = no outlier handling
   bnb_dtype_t a_dtype;
+  // What an outlier column's flag is set to. 0: the backend clears outlier_cols first and flags with 1;
+  // 1..255: outlier_cols is not cleared and flagged columns get this tag (a caller that reuses one flag
+  // buffer advances the tag per call and clears only when it wraps, so no clearing per call).
+  uint8_t flag_tag = 0;
+  BNB_HD uint8_t flag_value() const { return flag_tag != 0 ? flag_tag : uint8_t{1}; }
 };
 
 struct Int8ColwiseQuantParams {

@@ -83,16 +83,16 @@ void dequantize_4bit(const Dequantize4bitParams& p, int32_t, bnb_stream_t) {
 }
 
 void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t, bnb_stream_t) {
-  if (p.outlier_cols) std::memset(p.outlier_cols, 0, static_cast<size_t>(p.cols));
+  if (p.outlier_cols && p.flag_tag == 0) std::memset(p.outlier_cols, 0, static_cast<size_t>(p.cols));
   const auto& k = active_kernels();
   parallel_for(p.rows, grain_in(p.cols), [&](int64_t r0, int64_t r1) { k.int8_vectorwise_quant(p, r0, r1); });
 }
 
-int64_t int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out, int64_t* columns,
-                             int32_t, bnb_stream_t) {
+int64_t int8_outlier_columns(const uint8_t* flags, uint8_t tag, int64_t rows, int64_t cols, int8_t* out,
+                             int64_t* columns, int32_t, bnb_stream_t) {
   int64_t count = 0;
   for (int64_t c = 0; c < cols; ++c)
-    if (flags[c] != 0) columns[count++] = c;
+    if (flags[c] == tag) columns[count++] = c;
   if (out != nullptr && count > 0) {
     parallel_for(rows, grain_in(count), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)

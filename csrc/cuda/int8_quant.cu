@@ -5,8 +5,12 @@
 // thread; longer rows are re-read for the second pass, mostly from L2), its absmax over the
 // non-outliers is reduced across the group, then every element becomes
 // rint(x * int8_scale(absmax)) or 0 for an outlier (|x| >= threshold), exactly as the CPU reference.
-// Outlier columns are flagged by plain byte stores of 1 (concurrent writers store the same value)
-// into a mask the launcher clears on the stream first.
+// Outlier columns are flagged by plain byte stores of the call's flag value (concurrent writers
+// store the same value) into a mask the launcher clears on the stream first, unless the caller
+// passed a tag (Int8VectorwiseQuantParams::flag_tag: then entries of earlier calls hold other values).
+// Outliers are rare: a packet tests all its elements without branching and only a packet holding
+// one goes back to store its flags, each store skipped when the flag already holds the value (a
+// column with outliers in every row would otherwise take one store per row at the same address).
 //
 //   R = 32  (cols <= kWarpRowMaxElems):  warp w of a CTA -> row  blockIdx * 8 + w
 //   R = 256 (longer rows):                the CTA         -> row  blockIdx
@@ -36,15 +40,19 @@ __device__ __forceinline__ int8_t round_to_int8(float v) { return static_cast<in
 // Max |x| over the non-outliers of V elements; flags the columns of outliers when kOutliers.
 template <bool kOutliers, int V>
 __device__ __forceinline__ float packet_absmax(const float (&x)[V], float amax, float threshold,
-                                               uint8_t* __restrict__ outlier_cols, int64_t col) {
+                                               uint8_t* __restrict__ outlier_cols, uint8_t flag, int64_t col) {
+  bool any = false;
 #pragma unroll
   for (int i = 0; i < V; ++i) {
     const float a = fabsf(x[i]);
-    if (kOutliers && a >= threshold) {
-      outlier_cols[col + i] = 1;
-    } else {
-      amax = fmaxf(amax, a);
-    }
+    const bool outlier = kOutliers && a >= threshold;
+    any |= outlier;
+    amax = fmaxf(amax, outlier ? 0.0f : a);  // amax >= 0, so an outlier leaves it as it is
+  }
+  if (kOutliers && any) {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (fabsf(x[i]) >= threshold && outlier_cols[col + i] != flag) outlier_cols[col + i] = flag;
   }
   return amax;
 }
@@ -67,6 +75,7 @@ __global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8Vector
   __shared__ float warp_max[2][kWarps];  // R = kRowThreads only; double-buffered by row parity
 
   const T* __restrict__ A = static_cast<const T*>(p.A);
+  const uint8_t flag = p.flag_value();
   const int t = threadIdx.x % R;
   const int64_t nvec = p.cols / V;
   int parity = 0;
@@ -93,13 +102,13 @@ __global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8Vector
       if (active && v < nvec) {
         float x[V];
         Raw::unpack(cache[c], x);
-        amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, v * V);
+        amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, flag, v * V);
       }
     }
     for (int64_t v = int64_t{kCacheVecs} * R + t; active && v < nvec; v += R) {
       float x[V];
       load_f32<T, V>(src + v * V, x);
-      amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, v * V);
+      amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, flag, v * V);
     }
 
     if constexpr (R == kRowThreads) {
@@ -167,12 +176,12 @@ __global__ void __launch_bounds__(kColThreads) int8_col_quantize_kernel(Int8Colw
   }
 }
 
-// The outlier columns of a flag mask: CTA 0 lists them (and stores their count in *count, a mapped
+// The outlier columns of a flag mask (flags equal to tag): CTA 0 lists them (and stores their count in *count, a mapped
 // host word); when out is not null, every CTA zeroes those columns in its share of the rows, each
 // thread the flagged ones among its 16 columns (no list needed, so no second kernel).
 __global__ void __launch_bounds__(kFlagThreads)
-    outlier_columns_kernel(const uint8_t* __restrict__ flags, int64_t rows, int64_t cols, int8_t* __restrict__ out,
-                           int64_t* __restrict__ columns, int64_t* count) {
+    outlier_columns_kernel(const uint8_t* __restrict__ flags, uint8_t tag, int64_t rows, int64_t cols,
+                           int8_t* __restrict__ out, int64_t* __restrict__ columns, int64_t* count) {
   const int64_t rows_per_cta = (rows + gridDim.x - 1) / gridDim.x;
   const int64_t r0 = int64_t{blockIdx.x} * rows_per_cta;
   const int64_t r1 = min(rows, r0 + rows_per_cta);
@@ -183,7 +192,7 @@ __global__ void __launch_bounds__(kFlagThreads)
       for (int64_t r = r0; r < r1; ++r) out[r * cols + c] = 0;
     }
   };
-  const int64_t listed = scan_flags(flags, cols, blockIdx.x == 0 ? columns : nullptr, zero_rows);
+  const int64_t listed = scan_flags(flags, tag, cols, blockIdx.x == 0 ? columns : nullptr, zero_rows);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     *static_cast<volatile int64_t*>(count) = listed;
     __threadfence_system();  // on its way to the host now, not when the kernel ends
@@ -234,7 +243,8 @@ void launch_rows_for(const Int8VectorwiseQuantParams& p, int32_t device, cudaStr
 
 template <typename T>
 void launch_int8_vectorwise(const Int8VectorwiseQuantParams& p, int32_t device, cudaStream_t stream) {
-  if (p.outlier_cols) BNB_CUDA_CHECK(cudaMemsetAsync(p.outlier_cols, 0, static_cast<size_t>(p.cols), stream));
+  if (p.outlier_cols && p.flag_tag == 0)
+    BNB_CUDA_CHECK(cudaMemsetAsync(p.outlier_cols, 0, static_cast<size_t>(p.cols), stream));
   if (p.cols == 0) {
     BNB_CUDA_CHECK(cudaMemsetAsync(p.row_stats, 0, static_cast<size_t>(p.rows) * sizeof(float), stream));
     return;
@@ -287,8 +297,8 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int32_t device, b
   });
 }
 
-int64_t int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out, int64_t* columns,
-                             int32_t device, bnb_stream_t stream) {
+int64_t int8_outlier_columns(const uint8_t* flags, uint8_t tag, int64_t rows, int64_t cols, int8_t* out,
+                             int64_t* columns, int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
   // The host needs the count, so it must wait: not possible while the stream is being captured.
@@ -321,7 +331,7 @@ int64_t int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, i
   // One CTA when nothing is zeroed; with a matrix, CTAs enough to spread its rows over the device.
   constexpr auto kernel = cuda::outlier_columns_kernel;
   const unsigned grid = out == nullptr ? 1u : cuda::grid_for(rows, cuda::resident_ctas<kernel>(device, cuda::kFlagThreads));
-  kernel<<<grid, cuda::kFlagThreads, 0, s>>>(flags, rows, cols, out, columns, word_on_device);
+  kernel<<<grid, cuda::kFlagThreads, 0, s>>>(flags, tag, rows, cols, out, columns, word_on_device);
   BNB_CUDA_CHECK_LAUNCH("outlier_columns_kernel");
   return cuda::wait_for_host_word(count, s);
 }

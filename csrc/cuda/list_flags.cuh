@@ -1,5 +1,5 @@
-// Ascending positions of the set bytes of a flag array (the outlier columns of LLM.int8: one byte
-// per column, so small), by one CTA.
+// Ascending positions of the bytes of a flag array that hold a given tag (the outlier columns of
+// LLM.int8: one byte per column, so small), by one CTA.
 //
 // Each thread takes 16 consecutive flags per round (one 16-byte load when the array allows it) and
 // the CTA lists a round's positions with one prefix sum over the threads' counts, so a round costs
@@ -17,35 +17,35 @@ constexpr int kFlagThreads = 256;   // threads of a CTA that runs scan_flags
 constexpr int kFlagsPerThread = 16;  // flags per thread per round
 constexpr int64_t kFlagsPerRound = int64_t{kFlagThreads} * kFlagsPerThread;
 
-// Bit i set iff flags[first + i] != 0 (i < 16, within n).
-__device__ __forceinline__ uint32_t flag_bits(const uint8_t* __restrict__ flags, int64_t n, int64_t first,
-                                              bool vector) {
+// Bit i set iff flags[first + i] == tag (i < 16, within n).
+__device__ __forceinline__ uint32_t flag_bits(const uint8_t* __restrict__ flags, uint8_t tag, int64_t n,
+                                              int64_t first, bool vector) {
   uint32_t bits = 0;
   if (vector && first + kFlagsPerThread <= n) {
     const uint4 v = *reinterpret_cast<const uint4*>(flags + first);
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int i = 0; i < kFlagsPerThread; ++i) bits |= ((words[i / 4] >> (8 * (i % 4))) & 0xffu ? 1u : 0u) << i;
+    for (int i = 0; i < kFlagsPerThread; ++i) bits |= (((words[i / 4] >> (8 * (i % 4))) & 0xffu) == tag ? 1u : 0u) << i;
   } else {
-    for (int i = 0; i < kFlagsPerThread && first + i < n; ++i) bits |= (flags[first + i] != 0 ? 1u : 0u) << i;
+    for (int i = 0; i < kFlagsPerThread && first + i < n; ++i) bits |= (flags[first + i] == tag ? 1u : 0u) << i;
   }
   return bits;
 }
 
 // Walks flags [n] with the whole CTA (kFlagThreads threads; contains barriers when listing):
-// on_chunk(first, bits) gets every thread's 16 flags as a bit set starting at position `first`;
+// on_chunk(first, bits) gets every thread's 16 flags as a bit set (flag == tag) starting at `first`;
 // when positions is not null, the set positions are written there in ascending order and the
 // return value is their number (in every thread).
 template <typename Index, typename OnChunk>
-__device__ int64_t scan_flags(const uint8_t* __restrict__ flags, int64_t n, Index* __restrict__ positions,
-                              OnChunk on_chunk) {
+__device__ int64_t scan_flags(const uint8_t* __restrict__ flags, uint8_t tag, int64_t n,
+                              Index* __restrict__ positions, OnChunk on_chunk) {
   __shared__ int32_t warp_totals[kFlagThreads / kWarpSize];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const bool vector = (reinterpret_cast<uintptr_t>(flags) & 15u) == 0;
   int64_t listed = 0;
   for (int64_t round = 0; round < n; round += kFlagsPerRound) {
     const int64_t first = round + int64_t{threadIdx.x} * kFlagsPerThread;
-    const uint32_t bits = first < n ? flag_bits(flags, n, first, vector) : 0u;
+    const uint32_t bits = first < n ? flag_bits(flags, tag, n, first, vector) : 0u;
     on_chunk(first, bits);
     if (positions == nullptr) continue;
     // Exclusive prefix of the threads' counts: within the warp by shuffles, across warps in smem.
@@ -71,12 +71,12 @@ __device__ int64_t scan_flags(const uint8_t* __restrict__ flags, int64_t n, Inde
   return listed;
 }
 
-// positions[0, count) = the set positions of flags [n], ascending; *count = their number.
-// One CTA of kFlagThreads.
+// positions[0, count) = the positions of flags [n] holding 1 (a mask cleared and then flagged),
+// ascending; *count = their number. One CTA of kFlagThreads.
 template <typename Index>
 __global__ void __launch_bounds__(kFlagThreads)
     list_flags_kernel(const uint8_t* __restrict__ flags, int64_t n, Index* __restrict__ positions, Index* count) {
-  const int64_t listed = scan_flags(flags, n, positions, [](int64_t, uint32_t) {});
+  const int64_t listed = scan_flags(flags, uint8_t{1}, n, positions, [](int64_t, uint32_t) {});
   if (threadIdx.x == 0) *count = static_cast<Index>(listed);
 }
 

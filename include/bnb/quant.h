@@ -51,21 +51,27 @@ BNB_API bnb_status_t bnb_dequantize_4bit(const uint8_t* packed, const float* abs
 /* LLM.int8() row-wise quantization of A [rows, cols]:
  *   row_stats[r] = max |A[r, :]| over the values with |x| < threshold (all when threshold == 0)
  *   out[r, c]    = round_half_even(A[r, c] * 127 / row_stats[r]), 0 where |x| >= threshold
- *   outlier_cols [cols] uint8, may be NULL when threshold == 0: set to 1 for each column
- *                holding a value with |x| >= threshold, 0 otherwise.
+ *   outlier_cols [cols] uint8, may be NULL when threshold == 0: the flags of the columns holding a
+ *                value with |x| >= threshold.
+ *   tag          0: outlier_cols is cleared first and flagged columns are set to 1.
+ *                1..255: outlier_cols is not cleared; flagged columns are set to tag. A caller that
+ *                keeps one flag buffer advances the tag per call (entries of earlier calls then no
+ *                longer match) and clears the buffer only when the tag wraps, so no clearing is
+ *                queued per call.
  * Zeroing whole outlier columns (rows > 1) is left to bnb_int8_outlier_columns, which lists them. */
 BNB_API bnb_status_t bnb_int8_vectorwise_quant(const void* A, bnb_dtype_t a_dtype, int64_t rows, int64_t cols,
                                                float threshold, int8_t* out, float* row_stats,
-                                               uint8_t* outlier_cols, int32_t device, bnb_stream_t stream);
+                                               uint8_t* outlier_cols, uint8_t tag, int32_t device,
+                                               bnb_stream_t stream);
 
 /* The outlier columns flagged by bnb_int8_vectorwise_quant: the ascending indices c with
- * flags[c] != 0 go to columns [cols] (int64; entries past the count are left as they were), their
- * number to *count on the host, and when out [rows, cols] is not NULL those columns of out are set
- * to 0 (what LLM.int8 does for rows > 1). The count is data the host needs, so on CUDA the call
- * waits for `stream`, once, after queueing all of its work (no copy: a kernel writes the host's
- * pinned word), so the zeroing runs while the host waits. */
-BNB_API bnb_status_t bnb_int8_outlier_columns(const uint8_t* flags, int64_t rows, int64_t cols, int8_t* out,
-                                              int64_t* columns, int64_t* count, int32_t device,
+ * flags[c] == tag (1..255; 1 for flags written with tag 0) go to columns [cols] (int64; entries past
+ * the count are left as they were), their number to *count on the host, and when out [rows, cols] is
+ * not NULL those columns of out are set to 0 (what LLM.int8 does for rows > 1). The count is data the
+ * host needs, so on CUDA the call waits for `stream`, once, after queueing all of its work (no copy:
+ * a kernel writes the host's pinned word), so the zeroing runs while the host waits. */
+BNB_API bnb_status_t bnb_int8_outlier_columns(const uint8_t* flags, uint8_t tag, int64_t rows, int64_t cols,
+                                              int8_t* out, int64_t* columns, int64_t* count, int32_t device,
                                               bnb_stream_t stream);
 
 /* Column-wise counterpart used by int8_double_quant:

@@ -131,51 +131,67 @@ TEST(CApi, Int8AndQuantileErrors) {
   float stats[30];
   uint8_t cols[30];
   const char* f = "bnb_int8_vectorwise_quant";
-  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, -1, 10, 0.0f, out, stats, nullptr, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, -1, 10, 0.0f, out, stats, nullptr, 0, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, f, "rows");
-  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, -1, 0.0f, out, stats, nullptr, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, -1, 0.0f, out, stats, nullptr, 0, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, f, "cols");
-  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, -1.0f, out, stats, cols, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, -1.0f, out, stats, cols, 0, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, f, "threshold");
-  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, 6.0f, out, stats, nullptr, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, 6.0f, out, stats, nullptr, 0, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, f, "outlier_cols");
-  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, 0.0f, out, nullptr, nullptr, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, 0.0f, out, nullptr, nullptr, 0, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, f, "row_stats");
-  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_UINT8, 10, 30, 0.0f, out, stats, nullptr, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_vectorwise_quant(a, BNB_DTYPE_UINT8, 10, 30, 0.0f, out, stats, nullptr, 0, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, f, "A");
-  EXPECT_EQ(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, 0.0f, out, stats, nullptr, 0, nullptr),
+  EXPECT_EQ(bnb_int8_vectorwise_quant(a, BNB_DTYPE_FLOAT32, 10, 30, 0.0f, out, stats, nullptr, 0, 0, nullptr),
             BNB_STATUS_OK);
-  EXPECT_EQ(bnb_int8_vectorwise_quant(nullptr, BNB_DTYPE_FLOAT32, 0, 30, 6.0f, nullptr, nullptr, cols, 0, nullptr),
+  EXPECT_EQ(bnb_int8_vectorwise_quant(nullptr, BNB_DTYPE_FLOAT32, 0, 30, 6.0f, nullptr, nullptr, cols, 0, 0, nullptr),
             BNB_STATUS_OK);
 
-  // Listing the outlier columns: every nonzero byte counts (not only 1), ascending; with a matrix,
-  // exactly those columns of every row become 0; an empty array lists none.
+  // Listing the outlier columns: the bytes equal to the tag count (others, zero or not, do not),
+  // ascending; with a matrix, exactly those columns of every row become 0; an empty array lists none.
   const uint8_t flags[7] = {0, 1, 0, 2, 255, 0, 1};
   int8_t matrix[3 * 7];
   for (int i = 0; i < 3 * 7; ++i) matrix[i] = static_cast<int8_t>(i + 1);
   int64_t listed[7] = {-1, -1, -1, -1, -1, -1, -1};
   int64_t count = -1;
-  EXPECT_EQ(bnb_int8_outlier_columns(flags, 3, 7, matrix, listed, &count, 0, nullptr), BNB_STATUS_OK);
-  ASSERT_EQ(count, 4);
-  EXPECT_EQ(std::vector<int64_t>(listed, listed + 4), (std::vector<int64_t>{1, 3, 4, 6}));
+  EXPECT_EQ(bnb_int8_outlier_columns(flags, 1, 3, 7, matrix, listed, &count, 0, nullptr), BNB_STATUS_OK);
+  ASSERT_EQ(count, 2);
+  EXPECT_EQ(std::vector<int64_t>(listed, listed + 2), (std::vector<int64_t>{1, 6}));
   for (int r = 0; r < 3; ++r)
     for (int c = 0; c < 7; ++c)
-      EXPECT_EQ(matrix[r * 7 + c], flags[c] ? 0 : r * 7 + c + 1) << "row " << r << " column " << c;
-  EXPECT_EQ(bnb_int8_outlier_columns(flags, 0, 7, nullptr, listed, &count, 0, nullptr), BNB_STATUS_OK);
-  EXPECT_EQ(count, 4);
-  EXPECT_EQ(bnb_int8_outlier_columns(nullptr, 0, 0, nullptr, nullptr, &count, 0, nullptr), BNB_STATUS_OK);
+      EXPECT_EQ(matrix[r * 7 + c], flags[c] == 1 ? 0 : r * 7 + c + 1) << "row " << r << " column " << c;
+  EXPECT_EQ(bnb_int8_outlier_columns(flags, 255, 0, 7, nullptr, listed, &count, 0, nullptr), BNB_STATUS_OK);
+  EXPECT_EQ(count, 1);
+  EXPECT_EQ(listed[0], 4);
+  EXPECT_EQ(bnb_int8_outlier_columns(flags, 3, 0, 7, nullptr, listed, &count, 0, nullptr), BNB_STATUS_OK);
+  EXPECT_EQ(count, 0);
+  EXPECT_EQ(bnb_int8_outlier_columns(nullptr, 1, 0, 0, nullptr, nullptr, &count, 0, nullptr), BNB_STATUS_OK);
   EXPECT_EQ(count, 0);
   const char* c = "bnb_int8_outlier_columns";
-  EXPECT_FAILS(bnb_int8_outlier_columns(nullptr, 1, 3, nullptr, listed, &count, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 0, 1, 7, nullptr, listed, &count, 0, nullptr),
+               BNB_STATUS_INVALID_ARGUMENT, c, "tag");
+  EXPECT_FAILS(bnb_int8_outlier_columns(nullptr, 1, 1, 3, nullptr, listed, &count, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, c, "flags");
-  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 7, nullptr, nullptr, &count, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 1, 7, nullptr, nullptr, &count, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, c, "columns");
-  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 7, nullptr, listed, nullptr, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 1, 7, nullptr, listed, nullptr, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, c, "count");
-  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, -1, nullptr, listed, &count, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, 1, -1, nullptr, listed, &count, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, c, "cols");
-  EXPECT_FAILS(bnb_int8_outlier_columns(flags, -1, 7, nullptr, listed, &count, 0, nullptr),
+  EXPECT_FAILS(bnb_int8_outlier_columns(flags, 1, -1, 7, nullptr, listed, &count, 0, nullptr),
                BNB_STATUS_INVALID_ARGUMENT, c, "rows");
+
+  // A tagged quantization leaves other entries of the flag buffer as they are and marks the outlier
+  // columns with the tag; untagged (0) clears the buffer and marks with 1.
+  float b[2 * 4] = {1.0f, 9.0f, 0.5f, -2.0f, 0.25f, 0.5f, -8.0f, 1.0f};
+  uint8_t tagged[4] = {7, 7, 0, 3};
+  EXPECT_EQ(bnb_int8_vectorwise_quant(b, BNB_DTYPE_FLOAT32, 2, 4, 6.0f, out, stats, tagged, 7 + 1, 0, nullptr),
+            BNB_STATUS_OK);
+  EXPECT_EQ(std::vector<uint8_t>(tagged, tagged + 4), (std::vector<uint8_t>{7, 8, 8, 3}));
+  EXPECT_EQ(bnb_int8_vectorwise_quant(b, BNB_DTYPE_FLOAT32, 2, 4, 6.0f, out, stats, tagged, 0, 0, nullptr),
+            BNB_STATUS_OK);
+  EXPECT_EQ(std::vector<uint8_t>(tagged, tagged + 4), (std::vector<uint8_t>{0, 1, 1, 0}));
 
   const char* g = "bnb_estimate_quantiles";
   float q[256];
@@ -234,13 +250,17 @@ TEST(CApi, OpsMatchReferenceThroughThreadPool) {
       std::vector<int8_t> o(static_cast<size_t>(rows * cols)), o_ref(o.size());
       std::vector<float> st(static_cast<size_t>(rows)), st_ref(st.size());
       std::vector<uint8_t> oc(static_cast<size_t>(cols), 7), oc_ref(oc.size(), 0);
-      ASSERT_EQ(bnb_int8_vectorwise_quant(A.data(), d, rows, cols, 5.0f, o.data(), st.data(), oc.data(), 0, nullptr),
+      ASSERT_EQ(bnb_int8_vectorwise_quant(A.data(), d, rows, cols, 5.0f, o.data(), st.data(), oc.data(), 0, 0, nullptr),
                 BNB_STATUS_OK);
       ref.int8_vectorwise_quant({A.data(), o_ref.data(), st_ref.data(), oc_ref.data(), rows, cols, 5.0f, d}, 0, rows);
       EXPECT_EQ(o, o_ref);
       EXPECT_EQ(std::memcmp(st.data(), st_ref.data(), st.size() * 4), 0);
       EXPECT_EQ(oc, oc_ref);
       EXPECT_GT(std::count(oc.begin(), oc.end(), 1), 0);
+      // Tagged: the same columns now hold 9, the earlier flags (1) of the others are kept.
+      ASSERT_EQ(bnb_int8_vectorwise_quant(A.data(), d, rows, cols, 5.0f, o.data(), st.data(), oc.data(), 9, 0, nullptr),
+                BNB_STATUS_OK);
+      for (size_t c = 0; c < oc.size(); ++c) EXPECT_EQ(oc[c], oc_ref[c] ? 9 : 0) << "column " << c;
     }
   }
 }

@@ -87,6 +87,22 @@ def test_vectorwise_quant_threshold_without_outliers_gives_empty_tensor(device, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_vectorwise_quant_outlier_columns_stay_right_over_many_calls(device):
+    """The flag buffer is reused from call to call (each call flags with a new tag, cleared only when
+    the tags wrap after 255 calls): over 300 calls with changing outlier columns, each call lists
+    exactly its own columns, never those of an earlier call."""
+    rows, cols = 3, 48
+    base = randn((rows, cols), torch.float32, "cpu", seed=5)
+    for call in range(300):
+        x = base.clone()
+        own = sorted({(call * 7) % cols, (call * 13 + 5) % cols}) if call % 3 else []
+        for j, c in enumerate(own):
+            x[(call + j) % rows, c] = 8.0
+        _, _, listed = F.int8_vectorwise_quant(x.to(device), threshold=6.0)
+        assert listed.tolist() == own, f"call {call}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_vectorwise_quant_rounds_half_to_even(device):
     # With absmax 127 the scale is exactly 1, so x itself is rounded.
     vals = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.4999, 3.5, 126.5]

@@ -75,7 +75,7 @@ void int8_vectorwise_quant_t(const Int8VectorwiseQuantParams& p, int64_t r0, int
     for (int64_t c = 0; c < p.cols; ++c) {
       const float a = std::fabs(to_float(row[c]));
       if (outliers && a >= p.threshold) {
-        __atomic_store_n(&p.outlier_cols[c], uint8_t{1}, __ATOMIC_RELAXED);
+        __atomic_store_n(&p.outlier_cols[c], p.flag_value(), __ATOMIC_RELAXED);
         continue;
       }
       amax = std::max(amax, a);

@@ -173,11 +173,12 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int64_t r0, int64
     return;
   }
   // Outliers: |x| >= threshold is left out of the absmax, flags its column and quantizes to 0.
-  // Several rows may flag the same column at once, hence relaxed atomic stores (all write 1).
+  // Several rows may flag the same column at once, hence relaxed atomic stores (all write the same value).
   const auto thr = S::set1(p.threshold);
+  const uint8_t flag_value = p.flag_value();
   auto flag = [&](int64_t c, unsigned bits) {
     while (bits) {
-      __atomic_store_n(&p.outlier_cols[c + __builtin_ctz(bits)], uint8_t{1}, __ATOMIC_RELAXED);
+      __atomic_store_n(&p.outlier_cols[c + __builtin_ctz(bits)], flag_value, __ATOMIC_RELAXED);
       bits &= bits - 1;
     }
   };
