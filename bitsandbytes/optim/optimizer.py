@@ -14,7 +14,9 @@ A step runs in three phases so that bad input never leaves a half-updated model:
 
 from __future__ import annotations
 
+import operator
 import os
+import weakref
 from collections import abc as container_abcs, defaultdict
 from itertools import chain
 from typing import Optional
@@ -145,7 +147,14 @@ class _Entry:
 
 class _GroupCache:
     __slots__ = ("ids", "version", "mng_version", "entries", "table", "fast", "pptrs", "s1s", "states", "step",
-                 "device_index")
+                 "device_index", "grad_refs", "gptrs", "g_dtype", "gtable")
+
+
+# Bulk per-parameter reads for the fast step: map() over these runs the loop in C.
+_grad_of = torch.Tensor.grad.__get__
+_data_ptr = torch.Tensor.data_ptr
+_state1_of = operator.itemgetter("state1")
+_deref = weakref.ref.__call__
 
 
 class Optimizer8bit(torch.optim.Optimizer):
@@ -567,6 +576,7 @@ class Optimizer8bit(torch.optim.Optimizer):
             cache.states = [e.state for e in entries]
             cache.device_index = entries[0].p.get_device()
         cache.step = None
+        cache.grad_refs = None  # the gradients (weakly: never kept alive) and table of the last validated fast step
         self._group_caches[gindex] = cache
         return cache
 
@@ -589,43 +599,65 @@ class Optimizer8bit(torch.optim.Optimizer):
             g_dtype = first.dtype if first is not None else None
             if g_dtype not in _FLOAT_DTYPES:
                 return False
-            dev = cache.device_index
-            # One pass per parameter (this loop is most of the host time of a step): its gradient must
-            # be a dense contiguous tensor of one dtype on the parameter's device, and the parameter's
-            # storage and state must still be the ones whose addresses the cached table holds.
-            gptrs = []
-            append = gptrs.append
+            # The parameters' storage and states must still be the ones whose addresses the cached table
+            # holds (map() runs these per-parameter reads in C: they are most of a step's host time).
             try:
-                for p, pptr, st, s1 in zip(params, cache.pptrs, cache.states, cache.s1s):
-                    g = p.grad
-                    # (identity test for None; is_contiguous() is False for sparse COO gradients)
-                    if (g is None or g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev
-                            or p.data_ptr() != pptr or st.get("state1") is not s1):
-                        return False
-                    append(g.data_ptr())
-            except RuntimeError:  # layouts without strides raise here: the general path reports them
+                if (list(map(_data_ptr, params)) != cache.pptrs
+                        or not all(map(operator.is_, map(_state1_of, cache.states), cache.s1s))):
+                    return False
+            except (KeyError, RuntimeError):
                 return False
+            grads = list(map(_grad_of, params))
+            if (cache.grad_refs is not None and g_dtype is cache.g_dtype
+                    and all(map(operator.is_, grads, map(_deref, cache.grad_refs)))
+                    and list(map(_data_ptr, grads)) == cache.gptrs):
+                # The same gradient tensors at the same addresses as in the last validated step (gradients
+                # kept between steps and zeroed in place): their dtype, device and layout were checked then.
+                table = cache.gtable
+            else:
+                table = self._validated_grads(cache, params, grads, g_dtype)
+                if table is None:
+                    return False
             if cache.step is None:
                 steps = {st["step"] for st in cache.states}
                 if len(steps) != 1:
                     return False
                 cache.step = steps.pop()
-            work.append((group, cache, g_dtype, gptrs))
+            work.append((group, cache, g_dtype, table))
         rule = native_rule(self.optimizer_name)
-        for group, cache, g_dtype, gptrs in work:
+        for group, cache, g_dtype, table in work:
             e0 = cache.entries[0]
             config = self._group_config(group)
             if e0.override is not None:
                 config = {**config, **e0.override}
             step = cache.step + 1
-            table = cache.table.copy()
-            table[:, _COL["g"]] = gptrs
             multi_tensor_update(rule, self._hparams(config, step), e0.bits, e0.pdtype, g_dtype, e0.qmap1, e0.qmap2,
                                 table, e0.device)
             for st in cache.states:
                 st["step"] = step
             cache.step = step
         return True
+
+    @staticmethod
+    def _validated_grads(cache, params, grads, g_dtype):
+        """The group's table with these gradients' addresses, after checking each is a dense contiguous
+        tensor of g_dtype on the group's device; None (cache unchanged) when one is not. The gradients
+        and table are remembered, so later steps with the same gradient tensors skip these checks."""
+        dev = cache.device_index
+        gptrs = []
+        append = gptrs.append
+        try:
+            for g in grads:
+                # (identity test for None; is_contiguous() is False for sparse COO gradients)
+                if g is None or g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev:
+                    return None
+                append(g.data_ptr())
+        except RuntimeError:  # layouts without strides raise here: the general path reports them
+            return None
+        table = cache.table.copy()
+        table[:, _COL["g"]] = gptrs
+        cache.grad_refs, cache.gptrs, cache.g_dtype, cache.gtable = list(map(weakref.ref, grads)), gptrs, g_dtype, table
+        return table
 
     @torch.no_grad()
     def step(self, closure=None):

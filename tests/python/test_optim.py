@@ -566,6 +566,52 @@ def test_replaced_state_and_param_storage_are_picked_up(fused):
         assert torch.equal(oa.state[pa][k], ob.state[pb][k])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_gradients_kept_between_steps_are_reread(device):
+    """Gradient tensors kept from step to step (zeroed and refilled in place) take the fused step's
+    shortcut; a gradient whose storage is replaced under the same tensor (.data =), or a new gradient
+    tensor, is picked up all the same: every step equals one with fresh gradients."""
+    gen = torch.Generator().manual_seed(4)
+    values = [torch.randn(SHAPE_8BIT, generator=gen) * 0.1 for _ in range(8)]
+
+    def run(kept):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(init_param(SHAPE_8BIT).to(device)) for _ in range(3)]
+        opt = O.AdamW8bit(params)
+        for i, v in enumerate(values):
+            for j, p in enumerate(params):
+                fresh = (v * (j + 1)).to(device)
+                if not kept or p.grad is None or i == 5:
+                    p.grad = fresh
+                elif i == 3:
+                    p.grad.data = fresh.clone()  # same tensor object, new storage
+                else:
+                    p.grad.zero_()
+                    p.grad.add_(fresh)
+            opt.step()
+        return params
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)
+
+
+def test_fused_step_keeps_no_gradient_alive():
+    """The fused step remembers gradients only weakly: one dropped by zero_grad() is freed."""
+    import gc
+    import weakref
+
+    params = [torch.nn.Parameter(torch.randn(5000)) for _ in range(2)]
+    opt = O.AdamW8bit(params)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    refs = [weakref.ref(p.grad) for p in params]
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 @pytest.mark.parametrize("layout", ["coo"])  # (torch itself refuses a compressed-layout .grad on a dense parameter)
 def test_sparse_gradients_are_refused_with_parameters_unchanged(layout):
     p = torch.nn.Parameter(torch.randn(8, 8))
