@@ -198,7 +198,7 @@ def _rows_cols(A: torch.Tensor) -> tuple:
     return rows, cols
 
 
-_mask_buffers = threading.local()
+_flag_buffers = threading.local()
 
 
 def _outlier_flags(device: torch.device, stream, cols: int) -> tuple:
@@ -207,7 +207,7 @@ def _outlier_flags(device: torch.device, stream, cols: int) -> tuple:
     never match and the buffer is not cleared per call (no clearing queued before the kernel); it is
     cleared on the stream only when the tag wraps. Stream order makes the reuse safe: a call has listed
     its flags before the next call on that stream writes any."""
-    buffers = _mask_buffers.__dict__.setdefault("by_stream", {})
+    buffers = _flag_buffers.__dict__.setdefault("by_stream", {})
     key = (device, stream)
     entry = buffers.get(key)
     if entry is None or entry[0].numel() != cols:
