@@ -326,7 +326,8 @@ class Linear8bitLt(torch.nn.Linear):
         with torch._C.DisableTorchFunctionSubclass():  # the weight must still be the state's int8 rows
             if weight.dtype != torch.int8 or weight.data_ptr() != CB.data_ptr() or weight.shape != CB.shape:
                 return None
-        fused = int8_linear_direct(x, CB, SCB, state.threshold, bias, state.__dict__.get("_outlier_mask_buffer"))
+        fused = int8_linear_direct(x, CB, SCB, state.threshold, bias, state.__dict__.get("_outlier_mask_buffer"),
+                                   memo=state.__dict__)
         if fused is None:
             return None
         out, outlier_mask = fused

@@ -239,6 +239,44 @@ def test_fused_int8_linear_without_outliers_is_bit_identical_to_the_ops(device, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_fused_int8_linear_memo_skips_checks_only_for_the_checked_tensors(device, threshold):
+    # With a memo, a call like the last checked one goes straight to the native function: its results
+    # must be those of a checked call, and any other weight, scale, bias or activation shape, dtype or
+    # device must be checked again (a mismatch is refused, not multiplied).
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    K, N = 256, 48
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=41))
+    bias = randn((N,), torch.float16, device, seed=42)
+    memo = {}
+    for seed in (43, 44, 45):  # the first call checks and memoises (CUDA), the others reuse it
+        X = randn((3, K), torch.float16, device, seed=seed)
+        X[:, 9] = 12.0
+        y, mask = int8_linear_direct(X, CB, SCB, threshold, bias, memo=memo)
+        y_ref, mask_ref = int8_linear_direct(X, CB, SCB, threshold, bias)
+        assert torch.equal(y, y_ref)
+        assert (mask is None) == (mask_ref is None) and (mask is None or torch.equal(mask, mask_ref))
+    if device == "cuda":
+        assert "_int8_direct_plan" in memo
+    # Another weight with other data, rows or K; another bias; another dtype: each checked again.
+    CB2, SCB2, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=46))
+    X = randn((3, K), torch.float16, device, seed=47)
+    assert torch.equal(int8_linear_direct(X, CB2, SCB2, threshold, bias, memo=memo)[0],
+                       int8_linear_direct(X, CB2, SCB2, threshold, bias)[0])
+    bias2 = randn((N,), torch.float16, device, seed=48)
+    assert torch.equal(int8_linear_direct(X, CB2, SCB2, threshold, bias2, memo=memo)[0],
+                       int8_linear_direct(X, CB2, SCB2, threshold, bias2)[0])
+    X5 = randn((5, K), torch.float32, device, seed=49)
+    assert torch.equal(int8_linear_direct(X5, CB2, SCB2, threshold, bias2.float(), memo=memo)[0],
+                       int8_linear_direct(X5, CB2, SCB2, threshold, bias2.float())[0])
+    short = CB2[:, : K // 2].contiguous()  # K no longer matches the activations: refused
+    assert int8_linear_direct(X5, short, SCB2, threshold, None, memo=memo) is None
+    SCB2.data = SCB2.data[: N // 2].clone()  # same tensor object, new data of the wrong size: refused
+    assert int8_linear_direct(X5, CB2, SCB2, threshold, None, memo=memo) is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("rows", [1, 5, 16, 40])
 @pytest.mark.parametrize("outlier_cols", [3, 80])
@@ -277,7 +315,7 @@ def test_layer_inference_takes_the_fused_path(device, monkeypatch):
     calls = []
     real = _int8_matmul.int8_linear_direct
     for module in (_int8_matmul, linear8bit):
-        monkeypatch.setattr(module, "int8_linear_direct", lambda *a: calls.append(1) or real(*a))
+        monkeypatch.setattr(module, "int8_linear_direct", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     layer = bnb.nn.Linear8bitLt(128, 32, has_fp16_weights=False, threshold=6.0).to(device).eval()
     x = randn((2, 128), torch.float16, device, seed=28)
     x[:, [7, 90]] = 12.0
