@@ -144,7 +144,16 @@ def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
 
 
 _DIRECT_PLAN = "_int8_direct_plan"  # the memo's entry: (key, dtype code, M, K, N, output shape, device index)
-_direct_functions: dict = {}  # CUDA device index -> the native bnb_int8_linear
+_direct_function = None  # the CUDA library's bnb_int8_linear, looked up once (memoised calls are CUDA only)
+
+
+def _mask_out(mask: Optional[torch.Tensor], threshold: float, K: int, device: torch.device):
+    """The outlier mask the call writes: none without a threshold, else the offered buffer if it fits."""
+    if threshold <= 0:
+        return None
+    if mask is None or mask.dtype != torch.uint8 or mask.numel() != K or mask.device != device:
+        return torch.empty(K, device=device, dtype=torch.uint8)
+    return mask
 
 
 def _direct_key(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, threshold: float,
@@ -177,14 +186,11 @@ def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thr
             _, code, M, K, N, out_shape, index = plan
             device = key[2]
             out = torch.empty(out_shape, device=device, dtype=key[0])
-            if threshold <= 0:
-                mask = None
-            elif mask is None or mask.dtype != torch.uint8 or mask.numel() != K or mask.device != device:
-                mask = torch.empty(K, device=device, dtype=torch.uint8)
-            fn = _direct_functions.get(index)
-            if fn is None:
-                fn = _direct_functions[index] = getattr(library(device)._dll, "bnb_int8_linear")
-            if fn(A.data_ptr(), code, M, K, CB.data_ptr(), SCB.data_ptr(), N, float(threshold), _ptr(bias),
+            mask = _mask_out(mask, threshold, K, device)
+            global _direct_function
+            if _direct_function is None:
+                _direct_function = getattr(library(device)._dll, "bnb_int8_linear")
+            if _direct_function(A.data_ptr(), code, M, K, CB.data_ptr(), SCB.data_ptr(), N, float(threshold), _ptr(bias),
                   out.data_ptr(), _ptr(mask), index, _raw_stream(index)) == _native.STATUS_OK:
                 return out, mask
             # A failed call wrote nothing: the checked path below repeats it with the error handling.
@@ -202,10 +208,7 @@ def int8_linear_direct(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, thr
     if bias is not None:
         bias = bias.to(A.dtype).contiguous()
     out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
-    if threshold <= 0:
-        mask = None
-    elif mask is None or mask.dtype != torch.uint8 or mask.numel() != K or mask.device != A.device:
-        mask = torch.empty(K, device=A.device, dtype=torch.uint8)
+    mask = _mask_out(mask, threshold, K, A.device)
     lib, dev, stream = _exec(A.device)
     try:
         lib.call("bnb_int8_linear", A2.data_ptr(), _DTYPE_CODES[A.dtype], M, K, CB.data_ptr(), SCB.data_ptr(), N,
