@@ -404,6 +404,112 @@ def test_fused_equals_per_tensor(name, bits, device):
                 assert sa[k] == sb[k]
 
 
+# Large enough that every warp of the CUDA kernels' persistent grid takes several 256-element blocks,
+# with a partial last block. A piece of PIECE elements has fewer blocks than the grid has warps: each
+# warp takes at most one.
+BIG_N = 3 * 2**20 + 77
+PIECE = 2**18
+BIG_RULES = {"adam": O.Adam8bit, "lion": O.Lion8bit, "ademamix": O.AdEMAMix8bit}
+
+
+def _big_8bit_state(rule, n, gen):
+    """Random codes and positive block scales: every block starts from a different, non-trivial state."""
+    halves = 2 if rule == "ademamix" else 1
+    blocks = -(n // -256)
+    s1 = torch.randint(0, 256, (halves * n,), generator=gen, dtype=torch.uint8)
+    a1 = torch.rand(halves * blocks, generator=gen) * 0.1 + 1e-3
+    s2 = torch.randint(128, 256, (n,), generator=gen, dtype=torch.uint8) if rule != "lion" else None
+    a2 = torch.rand(blocks, generator=gen) * 0.01 + 1e-4 if rule != "lion" else None
+    return s1, s2, a1, a2
+
+
+def _step_blockwise(rule, g, p, s1, s2, a1, a2, step):
+    q1 = F.create_dynamic_map(True).to(p.device)
+    q2 = F.create_dynamic_map(False).to(p.device) if s2 is not None else None
+    F.optimizer_update_8bit_blockwise(rule, g, p, s1, s2, 0.9, 0.99, 0.999, 5.0, 1e-8, step, 1e-3, q1, q2, a1, a2,
+                                      weight_decay=0.01)
+
+
+@needs_cuda
+@pytest.mark.parametrize("offset", [0, 4], ids=["aligned", "offset4"])
+@pytest.mark.parametrize("p_dtype,g_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                             (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+                         ids=["bf16", "fp16", "bf16-fp32grad", "fp32"])
+@pytest.mark.parametrize("rule", sorted(BIG_RULES))
+def test_8bit_step_of_a_large_tensor_equals_the_step_of_its_pieces(rule, p_dtype, g_dtype, offset):
+    """The 8-bit update is blockwise: stepping a large tensor at once (each warp striding over many
+    blocks) and stepping it in pieces of whole blocks (one block per warp) must give the same bytes.
+    The pieces are separate tensors; `offset` moves the whole tensor off 16-byte alignment (8 bytes for
+    16-bit values). Non-finite gradient elements are spread through it."""
+    gen = torch.Generator().manual_seed(11)
+    n = BIG_N
+    halves = 2 if rule == "ademamix" else 1
+    blocks = -(n // -256)
+    p_buf = (torch.randn(n + offset, generator=gen) * 0.1).to(p_dtype)
+    g_buf = (torch.randn(n + offset, generator=gen) * 0.01).to(g_dtype)
+    g_buf[offset + 1000::100003] = float("nan")
+    g_buf[offset + 5000::200003] = float("inf")
+    s1, s2, a1, a2 = _big_8bit_state(rule, n, gen)
+    whole = [t.cuda() if t is not None else None for t in (p_buf, g_buf, s1, s2, a1, a2)]
+    p, g = whole[0][offset:], whole[1][offset:]
+    for step in (1, 2):
+        _step_blockwise(rule, g, p, whole[2], whole[3], whole[4], whole[5], step)
+
+    pieces = {"p": [], "s1": [], "s2": [], "a1": [], "a2": []}
+    for lo in range(0, n, PIECE):
+        hi = min(n, lo + PIECE)
+        blo, bhi = lo // 256, -(hi // -256)
+        pp = p_buf[offset + lo:offset + hi].cuda()
+        gp = g_buf[offset + lo:offset + hi].cuda()
+        s1p = s1.view(halves, n)[:, lo:hi].contiguous().reshape(-1).cuda()
+        a1p = a1.view(halves, blocks)[:, blo:bhi].contiguous().reshape(-1).cuda()
+        s2p = s2[lo:hi].cuda() if s2 is not None else None
+        a2p = a2[blo:bhi].cuda() if a2 is not None else None
+        for step in (1, 2):
+            _step_blockwise(rule, gp, pp, s1p, s2p, a1p, a2p, step)
+        pieces["p"].append(pp)
+        pieces["s1"].append(s1p.view(halves, -1))
+        pieces["a1"].append(a1p.view(halves, -1))
+        if s2 is not None:
+            pieces["s2"].append(s2p)
+            pieces["a2"].append(a2p)
+    assert torch.equal(p, torch.cat(pieces["p"]))
+    assert torch.equal(whole[2].view(halves, n), torch.cat(pieces["s1"], dim=1))
+    assert torch.equal(whole[4].view(halves, blocks), torch.cat(pieces["a1"], dim=1))
+    if s2 is not None:
+        assert torch.equal(whole[3], torch.cat(pieces["s2"]))
+        assert torch.equal(whole[5], torch.cat(pieces["a2"]))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("rule", sorted(BIG_RULES))
+def test_fused_8bit_step_of_large_tensors_equals_per_tensor(rule, dtype):
+    """Large tensors in one fused launch (a warp's blocks run across tensor boundaries) against one
+    launch per tensor."""
+    shapes = [(BIG_N,), (2**20 + 512,), (3001,), (2**19,)]
+
+    def run(fused):
+        params = [torch.nn.Parameter((torch.randn(s, generator=torch.Generator().manual_seed(i)) * 0.1)
+                                     .to(device="cuda", dtype=dtype)) for i, s in enumerate(shapes)]
+        opt = BIG_RULES[rule](params, lr=1e-3)
+        opt._fused = fused
+        gen = torch.Generator().manual_seed(7)
+        for _ in range(3):
+            for q in params:
+                q.grad = (torch.randn(q.shape, generator=gen) * 0.01).to(device="cuda", dtype=dtype)
+            opt.step()
+        return params, opt
+
+    pa, oa = run(True)
+    pb, ob = run(False)
+    for a, b in zip(pa, pb):
+        assert torch.equal(a, b)
+        for k in ("state1", "state2", "absmax1", "absmax2"):
+            if k in oa.state[a]:
+                assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+
+
 def test_fused_switch_from_environment(monkeypatch):
     monkeypatch.setenv("BNB_OPTIM_FUSED", "0")
     assert O.Adam([torch.nn.Parameter(torch.zeros(3))])._fused is False
