@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "bnb/bnb.h"
 #include "core/dispatch.h"
@@ -212,6 +213,23 @@ __device__ __forceinline__ float warp_absmax(const T* __restrict__ A, int64_t be
   return group_max<kWarpSize>(m);
 }
 
+// ---- programmatic dependent launch (sm_90 on) -----------------------------------------------------------
+// A kernel launched by launch_after_previous() may start while the kernel before it in the stream still
+// runs, once that one has called allow_next_kernel(); it must call wait_for_previous_kernel() before
+// reading anything the previous kernel writes (the wait returns when that kernel has finished and its
+// stores are visible). Both calls are no-ops for ordinary launches and on older targets.
+__device__ __forceinline__ void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // ---- launch geometry ---------------------------------------------------------------------------------
 constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit
 
@@ -243,6 +261,24 @@ inline int compute_capability(int32_t device) {
   const int cc = 10 * major + minor;
   if (device >= 0 && device < kMaxCachedDevices) cache[device].store(cc, std::memory_order_relaxed);
   return cc;
+}
+
+// Launches kernel<<<grid, threads, 0, stream>>>(args...) so that it may overlap the end of the previous
+// kernel in the stream (see wait_for_previous_kernel), where the device supports it (compute capability
+// 9.0 on); elsewhere an ordinary launch.
+template <typename... Params, typename... Args>
+void launch_after_previous(void (*kernel)(Params...), unsigned grid, int threads, cudaStream_t stream,
+                           int32_t device, Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = compute_capability(device) >= 90 ? 1 : 0;
+  BNB_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 // CTAs that fill `device` once at the occupancy Kernel reaches with `threads` per CTA (static shared

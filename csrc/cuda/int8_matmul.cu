@@ -162,6 +162,8 @@ template <typename T>
 __global__ void pack_outliers(const T* __restrict__ X, const int8_t* __restrict__ CA, const float* __restrict__ SCA,
                               const int8_t* __restrict__ CB, int64_t M, int64_t N, int64_t K, const int32_t* count,
                               const int32_t* cols, float* coef, int8_t* cb) {
+  cuda::allow_next_kernel();         // the product after it waits for the packed outliers
+  cuda::wait_for_previous_kernel();  // launched to overlap the listing of the outlier columns
   const int32_t c = *count;
   if (c > kPackedOutliers) return;
   const int64_t total = (M + N) * c;
@@ -217,9 +219,20 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __re
   const bool has_hi = g + 8 < M;
   const int8_t* a_lo = A + int64_t{g} * K + 16 * t;
   const int8_t* a_hi = A + int64_t{g + 8} * K + 16 * t;
+  const int64_t groups = K / kGroup;
+
+  // Launched to overlap the kernel that quantizes A: the first weight bytes are asked for while that one
+  // finishes, A (and the epilogue's row scales) only read after it.
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t grp = warp + int64_t{u} * kWarps;
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j)
+      if (grp < groups) asm volatile("prefetch.global.L2 [%0];" ::"l"(b_row[j] + grp * kGroup));
+  }
+  cuda::wait_for_previous_kernel();
 
   int32_t acc[kTiles][4] = {};
-  const int64_t groups = K / kGroup;
   for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
     uint4 w[kUnroll][kTiles];
     uint4 lo[kUnroll], hi[kUnroll];
@@ -271,11 +284,20 @@ bool small_m_eligible(const Int8MatmulParams& p, int32_t device) {
   return cuda::compute_capability(device) >= 80;
 }
 
+// overlap: the kernel before it in the stream lets it start early (allow_next_kernel); otherwise an
+// ordinary launch (waiting for a kernel that never allows it costs a little time).
 template <typename Epilogue>
-void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t stream) {
+void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, int32_t device, cudaStream_t stream,
+                    bool overlap = false) {
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the int8 GEMV grid");
-  int8_gemm_small_m<<<static_cast<unsigned>(ctas), kThreads, 0, stream>>>(p.A, p.B, p.M, p.N, p.K, epilogue);
+  const unsigned grid = static_cast<unsigned>(ctas);
+  if (overlap) {
+    cuda::launch_after_previous(int8_gemm_small_m<Epilogue>, grid, kThreads, stream, device, p.A, p.B, p.M, p.N,
+                                p.K, epilogue);
+    return;
+  }
+  int8_gemm_small_m<<<grid, kThreads, 0, stream>>>(p.A, p.B, p.M, p.N, p.K, epilogue);
   BNB_CUDA_CHECK_LAUNCH("int8_gemm_small_m");
 }
 
@@ -487,7 +509,7 @@ void launch_dequant(const int32_t* acc, int64_t M, int64_t N, Epilogue epilogue,
 
 // int32 product into p.out by the best path for its shape.
 void int32_product(const Int8MatmulParams& p, int32_t device, cudaStream_t stream) {
-  if (small_m_eligible(p, device)) return launch_small_m(p, StoreInt32{p.out, p.N}, stream);
+  if (small_m_eligible(p, device)) return launch_small_m(p, StoreInt32{p.out, p.N}, device, stream);
   if (cublaslt_matmul(p, device, stream)) return;
   launch_tiled(p, StoreInt32{p.out, p.N}, stream);
 }
@@ -531,18 +553,21 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* X = static_cast<const T*>(p.X);
+    // Each kernel of the chain (quantize, list the outlier columns, pack them, multiply) lets the next one
+    // start early and waits for its predecessor's results: the launches overlap (few-row calls are
+    // a handful of microseconds each).
     if (outliers) {
-      cuda::list_flags_kernel<int32_t><<<1, cuda::kFlagThreads, 0, s>>>(mask, p.K, indices, indices + p.K);
-      BNB_CUDA_CHECK_LAUNCH("list_flags_kernel");
+      cuda::launch_after_previous(cuda::list_flags_kernel<int32_t>, 1u, cuda::kFlagThreads, s, device, mask, p.K,
+                                  indices, indices + p.K);
       const int64_t work = (p.M + p.N) * kPackedOutliers;
-      pack_outliers<<<cuda::grid_for((work + 255) / 256, int64_t{cuda::sm_count(device)} * 4), 256, 0, s>>>(
-          X, CA, SCA, p.CB, p.M, p.N, p.K, packed.count, packed.cols, const_cast<float*>(packed.coef),
-          const_cast<int8_t*>(packed.cb));
-      BNB_CUDA_CHECK_LAUNCH("pack_outliers");
+      const unsigned grid = cuda::grid_for((work + 255) / 256, int64_t{cuda::sm_count(device)} * 4);
+      cuda::launch_after_previous(pack_outliers<T>, grid, 256, s, device, X, CA, SCA, p.CB, p.M, p.N, p.K,
+                                  packed.count, packed.cols, const_cast<float*>(packed.coef),
+                                  const_cast<int8_t*>(packed.cb));
     }
     const StoreLinear<T> epilogue{SCA, p.SCB, static_cast<const T*>(p.bias), static_cast<T*>(p.out), p.N, p.K,
                                   X, CA, p.CB, packed};
-    if (small_m_eligible(mm, device)) return launch_small_m(mm, epilogue, s);
+    if (small_m_eligible(mm, device)) return launch_small_m(mm, epilogue, device, s, /*overlap=*/true);
     const cuda::Scratch acc(align_up(sizeof(int32_t) * p.M * p.N), device, s);
     mm.out = reinterpret_cast<int32_t*>(acc.get());
     int32_product(mm, device, s);
@@ -566,7 +591,7 @@ void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq, int
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
   if (small_m_eligible(mm, device)) {
-    with_dequant_epilogue(dq, [&](auto epilogue) { launch_small_m(mm, epilogue, s); });
+    with_dequant_epilogue(dq, [&](auto epilogue) { launch_small_m(mm, epilogue, device, s); });
     return;
   }
   // Many rows: the int32 product in a stream-ordered scratch buffer, then the dequantization.

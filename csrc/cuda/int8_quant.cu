@@ -70,6 +70,7 @@ __device__ __forceinline__ void quantize_packet(const float (&x)[V], float scale
 // or 1 when rows are not vector-aligned); kOutliers: threshold > 0.
 template <typename T, int R, int V, bool kOutliers>
 __global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8VectorwiseQuantParams p) {
+  allow_next_kernel();  // the int8 product after it may be scheduled now (it waits for these rows)
   constexpr int kRowsPerCta = kRowThreads / R;
   constexpr int kWarps = kRowThreads / kWarpSize;
   __shared__ float warp_max[2][kWarps];  // R = kRowThreads only; double-buffered by row parity

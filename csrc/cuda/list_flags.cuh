@@ -76,6 +76,8 @@ __device__ int64_t scan_flags(const uint8_t* __restrict__ flags, uint8_t tag, in
 template <typename Index>
 __global__ void __launch_bounds__(kFlagThreads)
     list_flags_kernel(const uint8_t* __restrict__ flags, int64_t n, Index* __restrict__ positions, Index* count) {
+  allow_next_kernel();         // a dependent launch after it waits for the list
+  wait_for_previous_kernel();  // when launched to overlap the kernel that sets the flags
   const int64_t listed = scan_flags(flags, uint8_t{1}, n, positions, [](int64_t, uint32_t) {});
   if (threadIdx.x == 0) *count = static_cast<Index>(listed);
 }

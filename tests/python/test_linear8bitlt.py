@@ -404,6 +404,49 @@ def test_load_prequantized_checkpoint_written_on_cpu_into_cuda_layer():
 # ---- Embedding8bit ------------------------------------------------------------------------------------
 
 
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
+@torch.no_grad()
+def test_stacked_layers_in_a_cuda_graph_equal_eager(threshold, rows):
+    """Few-row calls run as a chain of kernels that may start before their predecessor ends (each waits
+    for the results it reads): two layers in a row, eager and replayed from a CUDA graph with new input
+    data, give the same bytes, and match the float64 formula of the first layer."""
+    torch.manual_seed(3)
+    k, n = 512, 768
+    layers = []
+    for i in range(2):
+        w = torch.randn(n if i == 0 else k, k if i == 0 else n) * 0.05
+        layer = Linear8bitLt(w.shape[1], w.shape[0], bias=True, has_fp16_weights=False, threshold=threshold)
+        layer.weight = Int8Params(w.half(), requires_grad=False, has_fp16_weights=False)
+        layer.bias = torch.nn.Parameter(torch.randn(w.shape[0]).half() * 0.1, requires_grad=False)
+        layers.append(layer.cuda().eval())
+
+    def inputs(seed):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed)).half()
+        x[:, 7] *= 40  # outlier columns for the threshold-6 layers
+        x[:, 100] *= -30
+        return x.cuda()
+
+    static_x = inputs(0)
+    for _ in range(2):  # warm-up on the capture stream's side
+        layers[1](layers[0](static_x))
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = layers[1](layers[0](static_x))
+    for seed in (1, 2):
+        x = inputs(seed)
+        static_x.copy_(x)
+        graph.replay()
+        eager = layers[1](layers[0](x))
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, eager)
+        first = layers[0](x)
+        ref = _layer_oracle(x, layers[0].state.CB, layers[0].state.SCB, layers[0].bias, threshold)
+        assert _rel_err(first, ref) < REL_TOL[torch.float16]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 def test_embedding8bit(device, dtype):
