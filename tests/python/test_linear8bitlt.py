@@ -443,7 +443,7 @@ def test_stacked_layers_in_a_cuda_graph_equal_eager(threshold, rows):
         torch.cuda.synchronize()
         assert torch.equal(static_out, eager)
         first = layers[0](x)
-        ref = _layer_oracle(x, layers[0].state.CB, layers[0].state.SCB, layers[0].bias, threshold)
+        ref = _layer_oracle(x, layers[0].state.CB.cpu(), layers[0].state.SCB.cpu(), layers[0].bias, threshold)
         assert _rel_err(first, ref) < REL_TOL[torch.float16]
 
 
