@@ -263,12 +263,13 @@ inline int compute_capability(int32_t device) {
   return cc;
 }
 
-// Launches kernel<<<grid, threads, 0, stream>>>(args...) so that it may overlap the end of the previous
-// kernel in the stream (see wait_for_previous_kernel), where the device supports it (compute capability
-// 9.0 on); elsewhere an ordinary launch.
+// Launches kernel<<<grid, threads, 0, stream>>>(args...); with `overlap`, so that it may overlap the end
+// of the previous kernel in the stream (see wait_for_previous_kernel) where the device supports it
+// (compute capability 9.0 on). Only worth it after a kernel that calls allow_next_kernel(): waiting for
+// one that never does costs a little time.
 template <typename... Params, typename... Args>
 void launch_after_previous(void (*kernel)(Params...), unsigned grid, int threads, cudaStream_t stream,
-                           int32_t device, Args&&... args) {
+                           int32_t device, bool overlap, Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -277,7 +278,7 @@ void launch_after_previous(void (*kernel)(Params...), unsigned grid, int threads
   config.blockDim = dim3(static_cast<unsigned>(threads));
   config.stream = stream;
   config.attrs = &attribute;
-  config.numAttrs = compute_capability(device) >= 90 ? 1 : 0;
+  config.numAttrs = overlap && compute_capability(device) >= 90 ? 1 : 0;
   BNB_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 

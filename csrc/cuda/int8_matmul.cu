@@ -284,21 +284,14 @@ bool small_m_eligible(const Int8MatmulParams& p, int32_t device) {
   return cuda::compute_capability(device) >= 80;
 }
 
-// overlap: the kernel before it in the stream lets it start early (allow_next_kernel); otherwise an
-// ordinary launch (waiting for a kernel that never allows it costs a little time).
+// overlap: the kernel before it in the stream lets it start early (allow_next_kernel).
 template <typename Epilogue>
 void launch_small_m(const Int8MatmulParams& p, Epilogue epilogue, int32_t device, cudaStream_t stream,
                     bool overlap = false) {
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the int8 GEMV grid");
-  const unsigned grid = static_cast<unsigned>(ctas);
-  if (overlap) {
-    cuda::launch_after_previous(int8_gemm_small_m<Epilogue>, grid, kThreads, stream, device, p.A, p.B, p.M, p.N,
-                                p.K, epilogue);
-    return;
-  }
-  int8_gemm_small_m<<<grid, kThreads, 0, stream>>>(p.A, p.B, p.M, p.N, p.K, epilogue);
-  BNB_CUDA_CHECK_LAUNCH("int8_gemm_small_m");
+  cuda::launch_after_previous(int8_gemm_small_m<Epilogue>, static_cast<unsigned>(ctas), kThreads, stream, device,
+                              overlap, p.A, p.B, p.M, p.N, p.K, epilogue);
 }
 
 // ---- any shape: shared-memory tiles ------------------------------------------------------------------
@@ -557,11 +550,11 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
     // start early and waits for its predecessor's results: the launches overlap (few-row calls are
     // a handful of microseconds each).
     if (outliers) {
-      cuda::launch_after_previous(cuda::list_flags_kernel<int32_t>, 1u, cuda::kFlagThreads, s, device, mask, p.K,
-                                  indices, indices + p.K);
+      cuda::launch_after_previous(cuda::list_flags_kernel<int32_t>, 1u, cuda::kFlagThreads, s, device, true, mask,
+                                  p.K, indices, indices + p.K);
       const int64_t work = (p.M + p.N) * kPackedOutliers;
       const unsigned grid = cuda::grid_for((work + 255) / 256, int64_t{cuda::sm_count(device)} * 4);
-      cuda::launch_after_previous(pack_outliers<T>, grid, 256, s, device, X, CA, SCA, p.CB, p.M, p.N, p.K,
+      cuda::launch_after_previous(pack_outliers<T>, grid, 256, s, device, true, X, CA, SCA, p.CB, p.M, p.N, p.K,
                                   packed.count, packed.cols, const_cast<float*>(packed.coef),
                                   const_cast<int8_t*>(packed.cb));
     }
