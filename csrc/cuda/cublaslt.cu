@@ -60,6 +60,7 @@ const Api* load() {
     g_why = "the cuBLASLt library found lacks entry points this build needs";
     return nullptr;
   }
+  if (!bind(lib, "cublasLtMatmulAlgoConfigGetAttribute", g_api.algo_config_get)) g_api.algo_config_get = nullptr;
   return &g_api;
 }
 

@@ -58,6 +58,8 @@ struct Api {
                    const void* beta, const void* C, Layout, void* D, Layout, const Algo* algo, void* workspace,
                    size_t workspace_size, cudaStream_t stream);
   size_t (*get_version)();
+  // Optional (null when the library lacks it): reads one configuration attribute of an algorithm.
+  Status (*algo_config_get)(const Algo*, int attr, void* buf, size_t size, size_t* written);
 };
 
 // The loaded API, or null when cuBLASLt cannot be found (`why` then says what was tried).

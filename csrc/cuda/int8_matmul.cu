@@ -4,26 +4,22 @@
 // Three paths, chosen by shape:
 //  - up to 16 rows (token-by-token generation): a weight-streaming tensor-core kernel that reads B
 //    once and applies the dequantization to its int32 accumulators before anything is written;
-//  - many rows: cuBLASLt's int8 GEMM (int32 out), then the dequantization kernel;
+//  - many rows: cuBLASLt's int8 GEMM (int32 out, int8_cublaslt.cu), then the dequantization kernel;
 //  - shapes neither takes (K not a multiple of 4, unaligned rows, no cuBLASLt): a tiled kernel that
 //    accepts any shape.
 #include <algorithm>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "core/backend.h"
 #include "core/error.h"
 #include "cuda/common.cuh"
 #include "cuda/list_flags.cuh"
-#include "cuda/cublaslt.cuh"
+#include "cuda/int8_cublaslt.cuh"
 #include "cuda/scratch.cuh"
 
 namespace bnb::backend {
 namespace {
 
 using cuda::kWarpSize;
-namespace lt = cuda::lt;
 
 // ---- epilogues: what happens to the exact int32 sum of output (m, n) ---------------------------------
 struct StoreInt32 {
@@ -333,101 +329,6 @@ void launch_tiled(const Int8MatmulParams& p, Epilogue epilogue, cudaStream_t str
   BNB_CUDA_CHECK_LAUNCH("int8_gemm_tiled");
 }
 
-// ---- many rows: cuBLASLt ---------------------------------------------------------------------------------
-// In cuBLASLt's column-major terms the weight B [N, K] row-major is a K x N matrix used transposed and
-// A [M, K] a K x M matrix: D = B^T-op x A is N x M column-major, i.e. out [M, N] row-major. This "TN"
-// form is the one int8 tensor-core GEMMs support for plain layouts.
-constexpr size_t kWorkspaceBytes = size_t{32} << 20;
-constexpr size_t kMaxPlans = 256;  // cached shapes per process; beyond that the cache starts over
-
-// The largest power of two (up to 256, cuBLASLt's default requirement) dividing the address: algorithms
-// are chosen for the alignment the buffers actually have (a stricter assumption would fault).
-uint32_t alignment_of(const void* p) {
-  uint32_t a = 256;
-  while (a > 1 && !cuda::is_aligned(p, a)) a /= 2;
-  return a;
-}
-
-struct LtPlan {
-  lt::MatmulDesc desc = nullptr;
-  lt::Layout a = nullptr, b = nullptr, d = nullptr;
-  lt::Algo algo{};
-  size_t workspace = 0;
-  bool usable = false;
-};
-
-using PlanKey = std::tuple<int32_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
-
-std::mutex g_lt_mutex;
-std::map<int32_t, lt::Handle> g_handles;
-std::map<PlanKey, LtPlan> g_plans;
-
-void destroy_plans(const lt::Api& api) {
-  for (auto& [key, plan] : g_plans) {
-    if (plan.desc) api.matmul_desc_destroy(plan.desc);
-    for (lt::Layout l : {plan.a, plan.b, plan.d})
-      if (l) api.layout_destroy(l);
-  }
-  g_plans.clear();
-}
-
-const LtPlan& plan_for(const lt::Api& api, const Int8MatmulParams& p, int32_t device, lt::Handle handle) {
-  const uint32_t align_a = alignment_of(p.B), align_b = alignment_of(p.A), align_d = alignment_of(p.out);
-  const PlanKey key{device, p.M, p.N, p.K, align_a, align_b, align_d};
-  if (g_plans.size() >= kMaxPlans && g_plans.find(key) == g_plans.end()) destroy_plans(api);
-  LtPlan& plan = g_plans[key];
-  if (plan.desc) return plan;
-  bool ok = api.matmul_desc_create(&plan.desc, lt::kComputeInt32, CUDA_R_32I) == lt::kSuccess;
-  const int32_t op_t = lt::kOpT, op_n = lt::kOpN;
-  ok = ok && api.matmul_desc_set_attribute(plan.desc, lt::kDescTransA, &op_t, sizeof(op_t)) == lt::kSuccess;
-  ok = ok && api.matmul_desc_set_attribute(plan.desc, lt::kDescTransB, &op_n, sizeof(op_n)) == lt::kSuccess;
-  ok = ok && api.layout_create(&plan.a, CUDA_R_8I, p.K, p.N, p.K) == lt::kSuccess;
-  ok = ok && api.layout_create(&plan.b, CUDA_R_8I, p.K, p.M, p.K) == lt::kSuccess;
-  ok = ok && api.layout_create(&plan.d, CUDA_R_32I, p.N, p.M, p.N) == lt::kSuccess;
-  lt::Preference pref = nullptr;
-  ok = ok && api.preference_create(&pref) == lt::kSuccess;
-  const uint64_t max_ws = kWorkspaceBytes;
-  ok = ok && api.preference_set_attribute(pref, lt::kPrefMaxWorkspace, &max_ws, sizeof(max_ws)) == lt::kSuccess;
-  // In cuBLASLt's terms A is our weight B, B our activations A, and C = D our output.
-  const uint32_t alignments[4] = {align_a, align_b, align_d, align_d};
-  for (int i = 0; i < 4 && ok; ++i)
-    ok = api.preference_set_attribute(pref, lt::kPrefMinAlignmentA + i, &alignments[i], sizeof(uint32_t)) ==
-         lt::kSuccess;
-  lt::HeuristicResult result{};
-  int returned = 0;
-  ok = ok && api.algo_get_heuristic(handle, plan.desc, plan.a, plan.b, plan.d, plan.d, pref, 1, &result, &returned) ==
-                 lt::kSuccess;
-  if (pref) api.preference_destroy(pref);
-  plan.usable = ok && returned > 0 && result.state == lt::kSuccess;
-  plan.algo = result.algo;
-  plan.workspace = result.workspace_size;
-  return plan;
-}
-
-// True when cuBLASLt computed the product; false when it is unavailable or declines the shape.
-bool cublaslt_matmul(const Int8MatmulParams& p, int32_t device, cudaStream_t stream) {
-  if (p.K % 4 != 0 || p.N % 4 != 0 || !cuda::is_aligned(p.A, 4) || !cuda::is_aligned(p.B, 4) ||
-      !cuda::is_aligned(p.out, 16))
-    return false;
-  const lt::Api* api = lt::api();
-  if (!api) return false;
-  // Held while the product is enqueued: a plan (its descriptors) must not be destroyed in between.
-  std::lock_guard<std::mutex> lock(g_lt_mutex);
-  lt::Handle& handle = g_handles[device];
-  if (!handle && api->create(&handle) != lt::kSuccess) {
-    handle = nullptr;
-    return false;
-  }
-  const LtPlan& plan = plan_for(*api, p, device, handle);
-  if (!plan.usable) return false;
-  // The workspace is stream-ordered memory of this call (capturable into CUDA graphs, private to the
-  // call, so concurrent streams and threads never share one).
-  const cuda::Scratch workspace(plan.workspace, device, stream);
-  const int32_t alpha = 1, beta = 0;
-  return api->matmul(handle, plan.desc, &alpha, p.B, plan.a, p.A, plan.b, &beta, p.out, plan.d, p.out, plan.d,
-                     &plan.algo, workspace.get(), plan.workspace, stream) == lt::kSuccess;
-}
-
 // ---- dequantization of an int32 matrix ----------------------------------------------------------------
 // Rows stride over gridDim.y and columns over the threads of gridDim.x (no index division). The
 // vector kernel takes kDequantVec consecutive outputs per thread: two 16-byte loads of the int32
@@ -503,7 +404,7 @@ void launch_dequant(const int32_t* acc, int64_t M, int64_t N, Epilogue epilogue,
 // int32 product into p.out by the best path for its shape.
 void int32_product(const Int8MatmulParams& p, int32_t device, cudaStream_t stream) {
   if (small_m_eligible(p, device)) return launch_small_m(p, StoreInt32{p.out, p.N}, device, stream);
-  if (cublaslt_matmul(p, device, stream)) return;
+  if (cuda::int8_product_cublaslt(p, device, stream)) return;
   launch_tiled(p, StoreInt32{p.out, p.N}, stream);
 }
 

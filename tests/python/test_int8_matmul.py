@@ -10,7 +10,7 @@ import torch
 
 import bitsandbytes  # noqa: F401
 
-from helpers import DEVICES, FLOAT_DTYPES, dtype_id, randn
+from helpers import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda, randn
 
 ops = torch.ops.bitsandbytes
 
@@ -62,6 +62,42 @@ def test_int8_linear_matmul_out_variants(device):
     with pytest.raises(ValueError, match="contiguous"):  # written in place: a strided view is refused
         ops.int8_linear_matmul.out(A, B, out=strided)
     assert torch.all(strided == 0)
+
+
+def _exact_on_gpu(A, B):
+    # float64 sums of int8 products stay exact up to 2^53 (here |sum| <= 128^2 * K < 2^30).
+    return (A.double() @ B.double().T).long()
+
+
+@needs_cuda
+@pytest.mark.parametrize("M", [512, 320, 1000])
+def test_products_large_enough_to_time_their_algorithm_are_exact(M):
+    # The first product of a shape of >= 2^31 multiply-adds times cuBLASLt's candidates and keeps the
+    # fastest; 320 then takes the choice made for 512 (same power-of-two bucket). Whichever algorithm
+    # runs, the int32 result is exact, on the first call and on the following ones.
+    K, N = 4096, 2048
+    A, B = _int8((M, K), "cuda", 7), _int8((N, K), "cuda", 8)
+    ref = _exact_on_gpu(A, B)
+    for _ in range(3):
+        assert torch.equal(ops.int8_linear_matmul(A, B).long(), ref)
+
+
+@needs_cuda
+def test_product_first_seen_in_a_graph_capture_is_exact_in_the_graph_and_after():
+    # Captured first: no timing (it would synchronise the capturing stream); the later eager call
+    # times the candidates and may pick another algorithm, with the same exact result.
+    M, K, N = 704, 4096, 2048
+    A, B = _int8((M, K), "cuda", 9), _int8((N, K), "cuda", 10)
+    ref = _exact_on_gpu(A, B)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = ops.int8_linear_matmul(A, B)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured.long(), ref)
+    assert torch.equal(ops.int8_linear_matmul(A, B).long(), ref)
+    graph.replay()
+    assert torch.equal(captured.long(), ref)
 
 
 @pytest.mark.parametrize("device", DEVICES)
