@@ -342,6 +342,28 @@ def test_fused_int8_linear_with_outliers_gives_the_same_bits_for_unaligned_rows(
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("rows", [17, 43])
+@pytest.mark.parametrize("outlier_cols", [3, 80])
+def test_fused_int8_linear_outputs_do_not_depend_on_the_width_of_the_layer(device, dtype, rows, outlier_cols):
+    # Many rows: with N a multiple of 8 the dequantization takes vectors of 8 outputs of 4 rows at a
+    # time (the packed outlier columns read once for the 4), with N = 71 one output per thread; the
+    # first 71 outputs of every row must have the same bits either way.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    K, N = 256, 72
+    X = randn((rows, K), torch.float32, device, seed=51)
+    cols = torch.randperm(K, generator=torch.Generator().manual_seed(52))[:outlier_cols].to(device)
+    X[rows - 1, cols] = -9.0
+    X = X.to(dtype)
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=53))
+    bias = randn((N,), dtype, device, seed=54)
+    y, _ = int8_linear_direct(X, CB, SCB, 6.0, bias)
+    y_narrow, _ = int8_linear_direct(X, CB[:71].contiguous(), SCB[:71].contiguous(), 6.0, bias[:71].contiguous())
+    assert torch.equal(y[:, :71], y_narrow)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_layer_inference_takes_the_fused_path(device, monkeypatch):
     # Eager Linear8bitLt inference must reach the one-call native path (not the op-by-op one).
     import bitsandbytes as bnb

@@ -405,13 +405,15 @@ def test_load_prequantized_checkpoint_written_on_cpu_into_cuda_layer():
 
 
 @needs_cuda
-@pytest.mark.parametrize("rows", [1, 16])
+@pytest.mark.parametrize("rows", [1, 16, 96])
 @pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
 @torch.no_grad()
 def test_stacked_layers_in_a_cuda_graph_equal_eager(threshold, rows):
     """Few-row calls run as a chain of kernels that may start before their predecessor ends (each waits
-    for the results it reads): two layers in a row, eager and replayed from a CUDA graph with new input
-    data, give the same bytes, and match the float64 formula of the first layer."""
+    for the results it reads); many-row calls with outliers pack the outlier columns on a side stream
+    while the GEMM runs (a fork and join inside the capture): two layers in a row, eager and replayed
+    from a CUDA graph with new input data, give the same bytes, and match the float64 formula of the
+    first layer."""
     torch.manual_seed(3)
     k, n = 512, 768
     layers = []
