@@ -128,42 +128,20 @@ struct StoreLinear {
     }
     return bias ? plus_bias(v, cuda::to_f32(bias[n])) : v;
   }
-  // V consecutive outputs n0.. (n0 and N multiples of V): the packed outlier columns are read once
-  // per coefficient for all V outputs (one V-byte load of cb) instead of once per output. Same
-  // arithmetic as value().
-  template <int V>
-  __device__ void values(int64_t m, int64_t n0, const int32_t (&acc)[V], float (&v)[V]) const {
-    const int32_t c = outliers.count ? *outliers.count : 0;
-    if (c == 0 || c > kPackedOutliers) {
-#pragma unroll
-      for (int i = 0; i < V; ++i) v[i] = value(m, n0 + i, acc[i]);
-      return;
-    }
-    const float* coef = outliers.coef + m * kPackedOutliers;
-    float sum[V] = {};
-    for (int32_t j = 0; j < c; ++j) {
-      const float k = coef[j];
-      const auto w = *reinterpret_cast<const cuda::Packet<int8_t, V>*>(outliers.cb + j * N + n0);
-#pragma unroll
-      for (int i = 0; i < V; ++i) sum[i] = add_product(sum[i], k, static_cast<float>(w.v[i]));
-    }
-#pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const float col = col_stats[n0 + i];
-      const float x = add_product(dequant_acc(acc[i], row_stats[m], col), sum[i], col);
-      v[i] = bias ? plus_bias(x, cuda::to_f32(bias[n0 + i])) : x;
-    }
-  }
-  // values() for `rows` (<= R) consecutive rows m0.. at once: each packed column of cb is read once for
-  // all of them (with one row per thread, cb was read once per row: as many bytes as the int32 matrix
-  // at a few outlier columns). Same arithmetic, same bits.
+  // V consecutive outputs n0.. of `rows` (<= R) consecutive rows m0.. (n0 and N multiples of V): each
+  // packed outlier column is read once for all of them (one V-byte load of cb per column serves R * V
+  // outputs; with one row per thread cb was read once per row, as many bytes as the int32 matrix at a
+  // few outlier columns). Same arithmetic as value(), so the same bits.
   template <int V, int R>
   __device__ void values_rows(int64_t m0, int rows, int64_t n0, const int32_t (&acc)[R][V], float (&v)[R][V]) const {
     const int32_t c = outliers.count ? *outliers.count : 0;
     if (c == 0 || c > kPackedOutliers) {
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-        if (r < rows) values(m0 + r, n0, acc[r], v[r]);
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (r < rows) v[r][i] = value(m0 + r, n0 + i, acc[r][i]);
+      }
       return;
     }
     float sum[R][V] = {};
@@ -187,6 +165,11 @@ struct StoreLinear {
         v[r][i] = bias ? plus_bias(x, b) : x;
       }
     }
+  }
+  // One row: the dequantization kernel's vector form.
+  template <int V>
+  __device__ void values(int64_t m, int64_t n0, const int32_t (&acc)[V], float (&v)[V]) const {
+    values_rows<V, 1>(m, 1, n0, reinterpret_cast<const int32_t(&)[1][V]>(acc), reinterpret_cast<float(&)[1][V]>(v));
   }
   __device__ T* out_at(int64_t m, int64_t n) const { return out + m * N + n; }
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { *out_at(m, n) = cuda::from_f32<T>(value(m, n, acc)); }
