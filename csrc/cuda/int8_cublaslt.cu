@@ -14,6 +14,7 @@
 // save) and BNB_CUBLASLT_TUNING=0 keep the first candidate always.
 #include "cuda/int8_cublaslt.cuh"
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
