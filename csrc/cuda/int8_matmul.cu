@@ -439,10 +439,8 @@ void with_dequant_epilogue(const Int8DequantParams& p, Body body) {
 
 constexpr int kElementwiseThreads = 256;
 
-// row_groups: the epilogue has values_rows and gains from it (outlier columns to add).
 template <typename Epilogue>
-void launch_dequant(const int32_t* acc, int64_t M, int64_t N, Epilogue epilogue, int32_t device, cudaStream_t stream,
-                    bool row_groups = false) {
+void launch_dequant(const int32_t* acc, int64_t M, int64_t N, Epilogue epilogue, int32_t device, cudaStream_t stream) {
   if (M == 0 || N == 0) return;
   using Out = typename Epilogue::OutType;
   // Every row starts on a whole vector when N is a multiple of it and both bases are aligned for it.
@@ -454,7 +452,8 @@ void launch_dequant(const int32_t* acc, int64_t M, int64_t N, Epilogue epilogue,
   const int64_t y_blocks = std::max<int64_t>(1, std::min<int64_t>({M, 65535, int64_t{cuda::sm_count(device)} * 16 / x_blocks}));
   const dim3 grid(static_cast<unsigned>(x_blocks), static_cast<unsigned>(y_blocks));
   if constexpr (Epilogue::kRowValues) {
-    if (vectors && row_groups) {
+    // Row groups pay off when there are outlier columns to add (values_rows reads them once per group).
+    if (vectors && epilogue.outliers.count != nullptr) {
       const dim3 groups(grid.x, static_cast<unsigned>(std::min<int64_t>(grid.y, (M + kDequantRows - 1) / kDequantRows)));
       int8_dequant_rows_kernel<<<groups, kElementwiseThreads, 0, stream>>>(acc, M, N, epilogue);
       BNB_CUDA_CHECK_LAUNCH("int8_dequant_rows_kernel");
@@ -547,7 +546,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
       list_and_pack(side->get(), false);
       side->join();
     }
-    launch_dequant(mm.out, p.M, p.N, epilogue, device, s, /*row_groups=*/outliers);
+    launch_dequant(mm.out, p.M, p.N, epilogue, device, s);
   });
 }
 
