@@ -8,18 +8,22 @@
 // activations as a 128-byte-swizzled K-major tile (read by wgmma straight from shared memory), the weight
 // as packed bytes (32 per row and tile). Each consumer warpgroup expands its weight rows of a tile into
 // MMA fragments (a byte -> pair-of-codes table, one copy per lane so that random bytes never collide on
-// a bank; times the row's block scale in 16 bits), issues four k16 MMAs and waits for them; the two
-// warpgroups take turns, so one expands while the other's MMAs run. The epilogue adds the bias, rounds to
-// the activation dtype and writes out [M, N] through shared memory in 16-byte rows.
+// a bank; times the row's block scale in 16 bits) and issues four k16 MMAs for it without waiting: the
+// MMAs of tile k run while tile k + 1 is expanded into a second set of fragment registers, and a stage
+// goes back to the producer once the MMAs that read it have completed. The epilogue adds the bias, rounds
+// to the activation dtype and writes out [M, N] through shared memory in 16-byte rows.
 //
 // Lane (g, t) of warp w holds, per k16 step, rows g and g + 8 of its warp's 16 and columns 2t, 2t + 1,
 // 2t + 8, 2t + 9: byte t of each 4-byte word of a row's packed codes. It reads the row's 32 bytes of
 // the tile with two 16-byte loads and selects its bytes.
 //
-// Measured on the H100 (K = N = 8192, M = 4096, fp16): the kernel takes 1166 us, 942 without the
-// expansion, 583 without the MMAs, 486 with neither. Tried and slower: 256 weight rows per CTA (fewer
-// activation bytes per MMA, twice the expansion per tile) and 2-CTA clusters sharing each activation tile
-// by TMA multicast (M = 512: 159 vs 113 us): the consumers' expansion and turn-around bound it, not L2.
+// Measured on the H100 (K = N = 8192, fp16): M = 512 107 us, M = 1024 231-255 us (114 and 243-254 when
+// the two consumer warpgroups took turns on the tensor cores, each waiting for its own MMAs before
+// expanding the next tile). At M = 4096 the kernel (1030 us) loses to expanding the weight once and
+// multiplying with cuBLAS (835 us). With the turn-taking loop, M = 4096 took 1166 us, 942 without the
+// expansion, 583 without the MMAs, 486 with neither. Tried and slower: 256 weight rows per CTA (twice the
+// expansion per MMA; M = 512 136-147 us with the pipelined loop, BM = 128) and 2-CTA clusters sharing each
+// activation tile by TMA multicast (M = 512: 159 vs 113 us, turn-taking loop).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -49,13 +53,8 @@ constexpr int kSmemBudget = 227 * 1024;
 
 // Named barriers of the consumer warpgroups (0 is __syncthreads).
 constexpr int kConsumersDone = 1;
-constexpr int kTurnOf0 = 2;  // consumer warpgroup 0 may issue its MMAs
-constexpr int kTurnOf1 = 3;
 __device__ __forceinline__ void named_barrier_sync(int id) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(kConsumerThreads) : "memory");
-}
-__device__ __forceinline__ void named_barrier_arrive(int id) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(kConsumerThreads) : "memory");
 }
 
 // A CTA's tile: 128 MB rows of W (each consumer warpgroup MB blocks of 64) by BM rows of A. Larger MB
@@ -226,10 +225,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int b = 0; b < MB; ++b)
 #pragma unroll
     for (int i = 0; i < BM / 2; ++i) acc[b][i] = 0.0f;
-  // Per K tile: expand the weight, then issue this warpgroup's MMAs and wait for them (ptxas serialises
-  // MMAs whose register operands are written while earlier ones are in flight, so the overlap of
-  // expansion and MMAs is between the two warpgroups).
-  for (int kt = 0; kt < k_tiles; ++kt) {
+  // Software pipeline per consumer warpgroup: tile kt's MMAs run while tile kt + 1 is expanded into the
+  // other fragment set (wgmma.wait_group 1 leaves one group in flight); a stage is released once the
+  // MMAs that read it have completed.
+  auto expand_tile = [&](int kt, uint32_t (&frag)[MB][4][4]) {
     const int s = kt % kStages;
     typename V2::type scale[MB][2];
 #pragma unroll
@@ -245,10 +244,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sm90::mbar_wait(&full[s], (kt / kStages) & 1);
     const uint8_t* w = weight_stages + s * Shape::kWeightBytes;
-    uint32_t frag[MB][4][4];
 #pragma unroll
     for (int b = 0; b < MB; ++b) {
-      uint32_t words[2][8];  // the 32 code bytes of rows r and r + 8
+      uint32_t words[2][8];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint4 lo = *reinterpret_cast<const uint4*>(w + (r[b] + 8 * h) * 32);
@@ -258,12 +256,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
 #pragma unroll
       for (int step = 0; step < 4; ++step) {
-        frag[b][step][0] = expand(words[0][2 * step], scale[b][0]);      // row g, columns 2t, 2t + 1
-        frag[b][step][1] = expand(words[1][2 * step], scale[b][1]);      // row g + 8
-        frag[b][step][2] = expand(words[0][2 * step + 1], scale[b][0]);  // row g, columns 2t + 8, 2t + 9
+        frag[b][step][0] = expand(words[0][2 * step], scale[b][0]);
+        frag[b][step][1] = expand(words[1][2 * step], scale[b][1]);
+        frag[b][step][2] = expand(words[0][2 * step + 1], scale[b][0]);
         frag[b][step][3] = expand(words[1][2 * step + 1], scale[b][1]);
       }
     }
+  };
+  auto issue_tile = [&](int kt, uint32_t (&frag)[MB][4][4]) {
+    const int s = kt % kStages;
     uint64_t desc[4];
 #pragma unroll
     for (int step = 0; step < 4; ++step) {
@@ -273,23 +274,30 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 #pragma unroll
     for (int b = 0; b < MB; ++b) sm90::fence_accumulators(acc[b]);
-    // Take turns with the other warpgroup (consumer 0 waits for consumer 1's previous tile, consumer 1
-    // for consumer 0's current one): the tensor cores then run one warpgroup's MMAs while the other
-    // expands its next tile, instead of finishing both together and then idling.
-    if (consumer == 1 || kt > 0) named_barrier_sync(consumer == 0 ? kTurnOf0 : kTurnOf1);
     sm90::wgmma_fence();
 #pragma unroll
     for (int step = 0; step < 4; ++step)
 #pragma unroll
       for (int b = 0; b < MB; ++b) sm90::Wgmma<BM, T>::run(acc[b], frag[b][step], desc[step]);
     sm90::wgmma_commit();
-    named_barrier_arrive(consumer == 0 ? kTurnOf1 : kTurnOf0);
-    sm90::wgmma_wait<0>();
-#pragma unroll
-    for (int b = 0; b < MB; ++b) sm90::fence_accumulators(acc[b]);
-    if (lane == 0) sm90::mbar_arrive(&empty[s]);  // this warp is done with the stage
+  };
+  uint32_t frag0[MB][4][4], frag1[MB][4][4];
+  expand_tile(0, frag0);
+  for (int kt = 0; kt < k_tiles; kt += 2) {
+    issue_tile(kt, frag0);
+    sm90::wgmma_wait<1>();  // tile kt - 1 is done: frag1 and its stage are free
+    if (kt > 0 && lane == 0) sm90::mbar_arrive(&empty[(kt - 1) % kStages]);
+    if (kt + 1 < k_tiles) {
+      expand_tile(kt + 1, frag1);
+      issue_tile(kt + 1, frag1);
+      sm90::wgmma_wait<1>();  // tile kt is done
+      if (lane == 0) sm90::mbar_arrive(&empty[kt % kStages]);
+      if (kt + 2 < k_tiles) expand_tile(kt + 2, frag0);
+    }
   }
-  if (consumer == 0) named_barrier_sync(kTurnOf0);  // consumer 1's last turn
+  sm90::wgmma_wait<0>();
+#pragma unroll
+  for (int b = 0; b < MB; ++b) sm90::fence_accumulators(acc[b]);
 
   // Epilogue: every consumer is done with the stages; stage the [BM][rows] output tile there.
   named_barrier_sync(kConsumersDone);

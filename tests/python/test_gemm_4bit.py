@@ -275,3 +275,29 @@ def test_many_rows_unaligned_activations_fall_back_without_disabling_the_kernel(
     assert _rel_err(y, ref) < RTOL[torch.float16]
     if _is_hopper():
         assert torch.device("cuda", torch.cuda.current_device()) not in mm._no_cuda_tensor_core
+
+
+@needs_cuda
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+@pytest.mark.parametrize("wide", [256, 9216], ids=["one-wave", "several-waves"])
+def test_chained_few_row_products_read_the_kernel_before_them(nested, wide):
+    # The few-row kernel may be scheduled while the kernel before it in the stream still runs
+    # (programmatic dependent launch on Hopper): it must still see that kernel's results. Each product
+    # here reads the output of the one before it, and each weight is quantized right before its first
+    # use; 9216 output rows take several waves of CTAs (the variant that asks L2 ahead of its loads).
+    K = 256
+    dtype = torch.float16
+    x = randn((1, K), dtype, "cuda", seed=61) / 4
+    outs, weights = [x], []
+    for step in range(4):
+        shape = (wide, K) if step % 2 == 0 else (K, wide)
+        w = randn(shape, torch.float32, "cuda", seed=62 + step) / shape[1] ** 0.5
+        packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+        with torch.no_grad():
+            outs.append(bnb.matmul_4bit(outs[-1], packed.t(), state))
+        weights.append(F.dequantize_4bit(packed, state).double())
+    torch.cuda.synchronize()
+    for step, weight in enumerate(weights):
+        ref = outs[step].double() @ weight.T
+        assert outs[step + 1].shape == (1, weight.shape[0])
+        assert _rel_err(outs[step + 1], ref.cpu()) < RTOL[dtype]
