@@ -320,13 +320,10 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       const int64_t ctas = (p.N + Shape::kRows - 1) / Shape::kRows;
       BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the 4-bit GEMV grid");
       // One activation operand streams from L2 ahead of its loads where the grid takes several waves.
-      if (NT == 1 && ctas > int64_t{cuda::sm_count(device)} * Shape::kMinBlocks) {
-        cuda::launch_after_previous(gemm_4bit_small_m<T, Nested, NT, S, NT == 1>, static_cast<unsigned>(ctas),
-                                    Shape::kThreads, stream, device, /*overlap=*/true, args);
-      } else {
-        cuda::launch_after_previous(gemm_4bit_small_m<T, Nested, NT, S, false>, static_cast<unsigned>(ctas),
-                                    Shape::kThreads, stream, device, /*overlap=*/true, args);
-      }
+      const bool prefetch = NT == 1 && ctas > int64_t{cuda::sm_count(device)} * Shape::kMinBlocks;
+      auto* kernel = prefetch ? gemm_4bit_small_m<T, Nested, NT, S, NT == 1> : gemm_4bit_small_m<T, Nested, NT, S, false>;
+      cuda::launch_after_previous(kernel, static_cast<unsigned>(ctas), Shape::kThreads, stream, device,
+                                  /*overlap=*/true, args);
     };
     if (p.M <= 8) go(std::integral_constant<int, 1>{});
     else go(std::integral_constant<int, 2>{});

@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint8_t* w = weight_stages + s * Shape::kWeightBytes;
 #pragma unroll
     for (int b = 0; b < MB; ++b) {
-      uint32_t words[2][8];
+      uint32_t words[2][8];  // the 32 code bytes of rows r and r + 8
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint4 lo = *reinterpret_cast<const uint4*>(w + (r[b] + 8 * h) * 32);
@@ -256,9 +256,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
 #pragma unroll
       for (int step = 0; step < 4; ++step) {
-        frag[b][step][0] = expand(words[0][2 * step], scale[b][0]);
-        frag[b][step][1] = expand(words[1][2 * step], scale[b][1]);
-        frag[b][step][2] = expand(words[0][2 * step + 1], scale[b][0]);
+        frag[b][step][0] = expand(words[0][2 * step], scale[b][0]);      // row g, columns 2t, 2t + 1
+        frag[b][step][1] = expand(words[1][2 * step], scale[b][1]);      // row g + 8
+        frag[b][step][2] = expand(words[0][2 * step + 1], scale[b][0]);  // row g, columns 2t + 8, 2t + 9
         frag[b][step][3] = expand(words[1][2 * step + 1], scale[b][1]);
       }
     }
