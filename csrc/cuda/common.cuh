@@ -86,6 +86,14 @@ struct CudaType<BNB_DTYPE_BFLOAT16> {
   using type = __nv_bfloat16;
 };
 
+// The dtype tag of a CUDA element type (the inverse of CudaType).
+template <typename T>
+constexpr bnb_dtype_t dtype_of() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>,
+                "a float type");
+  return std::is_same_v<T, float> ? BNB_DTYPE_FLOAT32 : std::is_same_v<T, __half> ? BNB_DTYPE_FLOAT16 : BNB_DTYPE_BFLOAT16;
+}
+
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }

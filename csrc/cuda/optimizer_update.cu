@@ -12,7 +12,8 @@
 // A CTA of 8 warps strides over the blocks of every tensor in its table (persistent grid), so the
 // per-CTA setup (code books and their search tables in shared memory) is paid once per CTA. The
 // table travels in the kernel parameters: no device-side copy, no host synchronisation, and a
-// captured CUDA graph replays it as is.
+// captured CUDA graph replays it as is. The 8-bit update pass overlaps each warp's next block's
+// loads with the re-quantization of its current one (update_blocks_pipelined).
 #include <algorithm>
 
 #include "core/backend.h"
@@ -32,6 +33,11 @@ constexpr int kLaneElems = kOptimBlock / kWarpSize;  // elements per lane
 constexpr int kChunk = 4;                              // consecutive elements per lane per access
 constexpr int kChunkSpan = kChunk * kWarpSize;         // elements one warp-wide access covers
 static_assert(kLaneElems == 2 * kChunk, "the load helpers below move two chunks per lane");
+// The 8-bit kernels are compiled for 3 resident CTAs per SM (at most 85 registers). Left free, the
+// pipelined loop's next-block registers take 96-128; at 4 CTAs (64) the compiler spills. H100,
+// 268M elements, ms: Adam8bit bf16 1.23 (before the pipeline) -> 1.08 at 3 CTAs, 1.13 at 4, 1.12
+// at 2; Lion8bit bf16 0.89 -> 0.82; AdamW8bit fp32 1.63 -> 1.60 (1.77 at 4).
+constexpr int kMinCtas8bit = 3;
 constexpr int kSingle = 1;                                 // table capacity of single-tensor calls
 constexpr int kMulti = BNB_OPTIM_MULTI_MAX_TENSORS;        // table capacity of fused calls
 
@@ -166,14 +172,17 @@ __device__ __forceinline__ void load_grad(const void* g, bnb_dtype_t dtype, int6
 
 // Codes as table indices: one byte permute per code extracts it zero-extended (a shift and a mask
 // otherwise), one instruction fewer per table lookup.
+__device__ __forceinline__ void expand_code_word(uint32_t w, uint32_t* q) {
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) q[k] = __byte_perm(w, 0u, 0x4440u + k);
+}
+
 __device__ __forceinline__ void load_codes(const uint8_t* __restrict__ block, int lane, bool full, int64_t remaining,
                                            uint32_t (&q)[8]) {
 #pragma unroll
   for (int c = 0; c < 2; ++c) {
     if (full) {
-      const uint32_t w = *reinterpret_cast<const uint32_t*>(block + lane_offset(lane, c, 0));
-#pragma unroll
-      for (int k = 0; k < kChunk; ++k) q[c * kChunk + k] = __byte_perm(w, 0u, 0x4440u + k);
+      expand_code_word(*reinterpret_cast<const uint32_t*>(block + lane_offset(lane, c, 0)), q + c * kChunk);
     } else {
 #pragma unroll
       for (int k = 0; k < kChunk; ++k) {
@@ -213,46 +222,56 @@ __device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {
   return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
-// ---- prefetch ---------------------------------------------------------------------------------------------
-// The 8-bit update of a block is a long dependent chain (dequantize, update, block absmax, code
-// search) during which the warp has no loads in flight. Before starting it, the warp asks L2 for
-// the lines of a block it will take later (one line per lane), so that block's loads find them there.
-// Blocks ahead of the current one. One-state rules (few instructions per byte) gain from it; the
-// two-state ones are bound by instruction issue and lose the prefetch's own instructions (H100,
-// 268M elements: Lion8bit bf16 0.96 -> 0.90 ms with it, Adam8bit bf16 1.25 -> 1.27-1.30 ms and
-// AdamW8bit fp32 1.64 -> 1.86-1.88 ms). Two blocks ahead measured slower than one.
-template <OptimizerKind K>
-constexpr int kPrefetchAhead = has_second_state(K) ? 0 : 1;
-__device__ __forceinline__ void prefetch_l2(const void* ptr) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
+// ---- a whole block as loaded ------------------------------------------------------------------------------
+// A lane's share of a whole aligned block in the form it arrives in (16-bit pairs, code bytes): the
+// 8-bit loop issues the loads of a warp's next block while the current one is still being worked
+// on, and holding them packed costs the fewest registers.
+template <typename TP>
+struct RawBlock {
+  Packet<TP, kChunk> p[2];
+  Packet<TP, kChunk> g[2];  // gradients of the parameters' dtype (others take update_block's loads)
+  uint32_t q1[2], q2[2], q3[2];
+  float a1, a2, a3;
+};
+
+template <OptimizerKind K, typename TP>
+__device__ __forceinline__ void load_raw(RawBlock<TP>& r, const bnb_optimizer_tensor_t& t, int64_t b, int lane) {
+  constexpr bool kTwoStates = has_second_state(K);
+  constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
+  const int64_t begin = b * kOptimBlock;
+  const uint8_t* s1 = static_cast<const uint8_t*>(t.state1) + begin;
+  const uint8_t* s2 = static_cast<const uint8_t*>(t.state2) + begin;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int off = lane_offset(lane, c, 0);
+    r.p[c] = *reinterpret_cast<const Packet<TP, kChunk>*>(static_cast<const TP*>(t.p) + begin + off);
+    r.g[c] = *reinterpret_cast<const Packet<TP, kChunk>*>(static_cast<const TP*>(t.g) + begin + off);
+    r.q1[c] = *reinterpret_cast<const uint32_t*>(s1 + off);
+    if (kTwoStates) r.q2[c] = *reinterpret_cast<const uint32_t*>(s2 + off);
+    if (kSlowMoment) r.q3[c] = *reinterpret_cast<const uint32_t*>(s1 + t.n + off);
+  }
+  const int64_t nb = (t.n + kOptimBlock - 1) / kOptimBlock;
+  r.a1 = t.absmax1[b];
+  if (kTwoStates) r.a2 = t.absmax2[b];
+  if (kSlowMoment) r.a3 = t.absmax1[nb + b];
 }
 
-template <typename TP, int Cap>
-__device__ __forceinline__ void prefetch_next_block(const TensorTable<Cap>& table, int64_t gb, int ti,
-                                                    bnb_dtype_t g_dtype, int lane) {
-  if (gb >= table.first_block[table.count]) return;
-  while (gb >= table.first_block[ti + 1]) ++ti;
-  const bnb_optimizer_tensor_t& t = table.t[ti];
-  const int64_t begin = (gb - table.first_block[ti]) * kOptimBlock;
-  const int64_t elems_left = t.n - begin;  // >= 1
-  constexpr int kLine = 128;
-  constexpr int kParamLines = kOptimBlock * static_cast<int>(sizeof(TP)) / kLine;  // 4 (16-bit) or 8 (fp32)
-  const int g_size = g_dtype == BNB_DTYPE_FLOAT32 ? 4 : 2;
-  const int grad_lines = kOptimBlock * g_size / kLine;
-  constexpr int kStateLines = kOptimBlock / kLine;  // 2
-  int line = lane;
-  const char* at = nullptr;
-  int64_t limit = 0;  // bytes of that array left from the block's start
-  if (line < kParamLines) {
-    at = static_cast<const char*>(t.p) + begin * sizeof(TP), limit = elems_left * sizeof(TP);
-  } else if ((line -= kParamLines) < grad_lines) {
-    at = static_cast<const char*>(t.g) + begin * g_size, limit = elems_left * g_size;
-  } else if ((line -= grad_lines) < kStateLines) {
-    at = static_cast<const char*>(t.state1) + begin, limit = elems_left;
-  } else if ((line -= kStateLines) < kStateLines && t.state2 != nullptr) {
-    at = static_cast<const char*>(t.state2) + begin, limit = elems_left;
+// The two chunks of a lane as 8 floats (16-bit pairs widened by common.cuh's word unpacking).
+template <typename T>
+__device__ __forceinline__ void unpack_chunks(const Packet<T, kChunk> (&c)[2], float (&x)[8]) {
+  if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int k = 0; k < 2 * kChunk; ++k) x[k] = c[k / kChunk].v[k % kChunk];
+  } else {
+    const uint2 lo = *reinterpret_cast<const uint2*>(&c[0]);
+    const uint2 hi = *reinterpret_cast<const uint2*>(&c[1]);
+    unpack16<T>(make_uint4(lo.x, lo.y, hi.x, hi.y), x);
   }
-  if (at != nullptr && int64_t{line} * kLine < limit) prefetch_l2(at + line * kLine);
+}
+
+__device__ __forceinline__ void expand_codes(const uint32_t (&w)[2], uint32_t (&q)[8]) {
+#pragma unroll
+  for (int c = 0; c < 2; ++c) expand_code_word(w[c], q + c * kChunk);
 }
 
 // ---- the kernel ------------------------------------------------------------------------------------------
@@ -262,10 +281,20 @@ __device__ __forceinline__ void prefetch_next_block(const TensorTable<Cap>& tabl
 // range tests. An element with a non-finite (or, with skip_zeros, zero) gradient keeps its
 // parameter and states: the update is computed for every element and the old values selected back,
 // which keeps the loop free of branches.
-template <OptimizerKind K, typename TP, int Bits, bool Full>
+//
+// FromRaw: the block's values come from `raw` (loaded earlier by load_raw; whole blocks only), and
+// `between()` runs once the parameters are stored and before the states are re-quantized: the
+// pipelined 8-bit loop issues the next block's loads there.
+struct NoOp {
+  __device__ void operator()() const {}
+};
+
+template <OptimizerKind K, typename TP, int Bits, bool Full, bool FromRaw = false, typename Between = NoOp>
 __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, int64_t b, const KernelArgs& args,
                                              Phase phase, const std::conditional_t<Bits == 8, Smem8bit, char>& smem,
-                                             float trust, int lane, float& norm_acc) {
+                                             float trust, int lane, float& norm_acc,
+                                             const RawBlock<TP>* raw = nullptr, Between between = {}) {
+  static_assert(!FromRaw || (Full && Bits == 8), "raw blocks are whole 8-bit-state blocks");
   constexpr bool kTwoStates = has_second_state(K);
   constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
   const OptimStep& s = args.step;
@@ -275,8 +304,13 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
 
   TP* p = static_cast<TP*>(t.p) + begin;
   float pv[8], gv[8], m[8], v[8], m2[8];
-  load8(p, lane, Full, remaining, pv);
-  load_grad(t.g, args.g_dtype, begin, lane, Full, remaining, gv);
+  if constexpr (FromRaw) {
+    unpack_chunks(raw->p, pv);
+    unpack_chunks(raw->g, gv);
+  } else {
+    load8(p, lane, Full, remaining, pv);
+    load_grad(t.g, args.g_dtype, begin, lane, Full, remaining, gv);
+  }
   uint32_t q1[8], q2[8], q3[8];  // the stored codes
   uint8_t c1[8], c2[8], c3[8];   // the new ones
   const int64_t nb = (t.n + kOptimBlock - 1) / kOptimBlock;
@@ -286,13 +320,23 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
     if (kTwoStates) load8(static_cast<const float*>(t.state2) + begin, lane, Full, remaining, v);
     if (kSlowMoment) load8(s1 + t.n + begin, lane, Full, remaining, m2);
   } else {
-    const uint8_t* s1 = static_cast<const uint8_t*>(t.state1);
-    load_codes(s1 + begin, lane, Full, remaining, q1);
-    if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, Full, remaining, q2);
-    if (kSlowMoment) load_codes(s1 + t.n + begin, lane, Full, remaining, q3);
-    const float a1 = t.absmax1[b];
-    const float a2 = kTwoStates ? t.absmax2[b] : 0.0f;
-    const float a3 = kSlowMoment ? t.absmax1[nb + b] : 0.0f;
+    float a1, a2 = 0.0f, a3 = 0.0f;
+    if constexpr (FromRaw) {
+      expand_codes(raw->q1, q1);
+      if (kTwoStates) expand_codes(raw->q2, q2);
+      if (kSlowMoment) expand_codes(raw->q3, q3);
+      a1 = raw->a1;
+      if (kTwoStates) a2 = raw->a2;
+      if (kSlowMoment) a3 = raw->a3;
+    } else {
+      const uint8_t* s1 = static_cast<const uint8_t*>(t.state1);
+      load_codes(s1 + begin, lane, Full, remaining, q1);
+      if (kTwoStates) load_codes(static_cast<const uint8_t*>(t.state2) + begin, lane, Full, remaining, q2);
+      if (kSlowMoment) load_codes(s1 + t.n + begin, lane, Full, remaining, q3);
+      a1 = t.absmax1[b];
+      if (kTwoStates) a2 = t.absmax2[b];
+      if (kSlowMoment) a3 = t.absmax1[nb + b];
+    }
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const bool in = in_range(k);
@@ -343,6 +387,7 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
     if (kTwoStates) store8(static_cast<float*>(t.state2) + begin, lane, Full, remaining, v);
     if (kSlowMoment) store8(s1 + t.n + begin, lane, Full, remaining, m2);
   } else {
+    between();
     // New block scales, then re-quantize every state against them.
     float x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
 #pragma unroll
@@ -369,13 +414,22 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
   }
 }
 
+// Whole block: in range and every array aligned for chunk-wide accesses.
+template <OptimizerKind K, typename TP, int Bits>
+__device__ __forceinline__ bool whole_block(const bnb_optimizer_tensor_t& t, int64_t b) {
+  constexpr bool kTwoStates = has_second_state(K);
+  constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
+  const uintptr_t state_align = Bits == 8 ? kChunk : kChunk * sizeof(float);
+  return t.n - b * kOptimBlock >= kOptimBlock && aligned(t.p, kChunk * sizeof(TP)) && aligned(t.g, kChunk * 4) &&
+         aligned(t.state1, state_align) && (!kTwoStates || aligned(t.state2, state_align)) &&
+         (!kSlowMoment || t.n % kChunk == 0);
+}
+
 // The grid-stride loop over 256-element blocks.
 template <OptimizerKind K, typename TP, int Bits, int Cap>
 __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase,
                                                const std::conditional_t<Bits == 8, Smem8bit, char>& smem,
                                                float trust) {
-  constexpr bool kTwoStates = has_second_state(K);
-  constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   float norm_acc = 0.0f;
@@ -385,29 +439,61 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
     while (gb >= table.first_block[ti + 1]) ++ti;  // gb only grows: the cursor only moves forward
     const bnb_optimizer_tensor_t& t = table.t[ti];
     const int64_t b = gb - table.first_block[ti];
-    const int64_t remaining = t.n - b * kOptimBlock;
-    const uintptr_t state_align = Bits == 8 ? kChunk : kChunk * sizeof(float);
-    const bool full = remaining >= kOptimBlock && aligned(t.p, kChunk * sizeof(TP)) &&
-                      aligned(t.g, kChunk * 4) && aligned(t.state1, state_align) &&
-                      (!kTwoStates || aligned(t.state2, state_align)) && (!kSlowMoment || t.n % kChunk == 0);
-
-    if constexpr (Bits == 8 && kPrefetchAhead<K> > 0) {
-      const int64_t stride = int64_t{gridDim.x} * kWarps;
-      if (gb < stride) {  // the first block: ask for all the blocks up to the prefetch distance
-#pragma unroll
-        for (int ahead = 1; ahead < kPrefetchAhead<K>; ++ahead)
-          prefetch_next_block<TP>(table, gb + ahead * stride, ti, args.g_dtype, lane);
-      }
-      prefetch_next_block<TP>(table, gb + kPrefetchAhead<K> * stride, ti, args.g_dtype, lane);
-    }
-    if (full) update_block<K, TP, Bits, true>(t, b, args, phase, smem, trust, lane, norm_acc);
+    if (whole_block<K, TP, Bits>(t, b)) update_block<K, TP, Bits, true>(t, b, args, phase, smem, trust, lane, norm_acc);
     else update_block<K, TP, Bits, false>(t, b, args, phase, smem, trust, lane, norm_acc);
   }
   return norm_acc;
 }
 
+// The update pass of 8-bit states, software-pipelined: a whole block's loads are issued as soon as
+// the block before it no longer needs its inputs (parameters stored, before the block scales and the
+// code search), so they travel while that block is re-quantized instead of after it. Blocks that
+// are not whole take update_block's own loads.
+template <OptimizerKind K, typename TP, int Cap>
+__device__ __forceinline__ void update_blocks_pipelined(const TensorTable<Cap>& table, const KernelArgs& args,
+                                                        const Smem8bit& smem, float trust) {
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t total = table.first_block[table.count];
+  const int64_t stride = int64_t{gridDim.x} * kWarps;
+  int64_t gb = int64_t{blockIdx.x} * kWarps + warp;
+  if (gb >= total) return;
+  const bool same_dtype = args.g_dtype == dtype_of<TP>();
+  int ti = 0;
+  const auto locate = [&](int64_t g, int64_t& b) {
+    while (g >= table.first_block[ti + 1]) ++ti;  // g only grows: the cursor only moves forward
+    b = g - table.first_block[ti];
+    return same_dtype && whole_block<K, TP, 8>(table.t[ti], b);
+  };
+  float unused_norm = 0.0f;
+  RawBlock<TP> raw;
+  int64_t b;
+  bool whole = locate(gb, b);
+  int cur = ti;
+  if (whole) load_raw<K>(raw, table.t[cur], b, lane);
+  while (true) {
+    const int64_t next_gb = gb + stride;
+    int64_t next_b = 0;
+    const bool has_next = next_gb < total;
+    const bool next_whole = has_next && locate(next_gb, next_b);
+    const int next = ti;
+    const auto load_next = [&] {
+      if (next_whole) load_raw<K>(raw, table.t[next], next_b, lane);
+    };
+    const bnb_optimizer_tensor_t& t = table.t[cur];
+    if (whole) {
+      update_block<K, TP, 8, true, true>(t, b, args, Phase::Update, smem, trust, lane, unused_norm, &raw, load_next);
+    } else {
+      update_block<K, TP, 8, false>(t, b, args, Phase::Update, smem, trust, lane, unused_norm);
+      load_next();
+    }
+    if (!has_next) break;
+    gb = next_gb, b = next_b, whole = next_whole, cur = next;
+  }
+}
+
 template <OptimizerKind K, typename TP, int Bits, int Cap>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, Bits == 8 ? kMinCtas8bit : 1)
     optimizer_kernel(const __grid_constant__ TensorTable<Cap> table, const KernelArgs args, const Phase phase) {
   constexpr bool kTwoStates = has_second_state(K);
   const OptimStep& s = args.step;
@@ -432,6 +518,9 @@ __global__ void __launch_bounds__(kThreads)
     trust = optim_trust<K>(s, unorm_sq);
   }
   float norm_acc = 0.0f;
+  if constexpr (Bits == 8) {
+    if (phase == Phase::Update) return update_blocks_pipelined<K, TP, Cap>(table, args, smem, trust);
+  }
   norm_acc = update_blocks<K, TP, Bits, Cap>(table, args, phase, smem, trust);
   if (phase == Phase::Norm) {
     norm_acc = warp_sum(norm_acc);

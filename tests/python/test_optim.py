@@ -486,12 +486,22 @@ def test_8bit_step_of_a_large_tensor_equals_the_step_of_its_pieces(rule, p_dtype
 @pytest.mark.parametrize("rule", sorted(BIG_RULES))
 def test_fused_8bit_step_of_large_tensors_equals_per_tensor(rule, dtype):
     """Large tensors in one fused launch (a warp's blocks run across tensor boundaries) against one
-    launch per tensor."""
-    shapes = [(BIG_N,), (2**20 + 512,), (3001,), (2**19,)]
+    launch per tensor. One tensor starts one element past an aligned address, so the kernel's whole-block
+    path and its element-wise path alternate within a warp's sequence of blocks."""
+    shapes = [(BIG_N,), (2**20 + 512,), (3001,), (2**18 + 5,), (2**19,)]
+    misaligned = 3
+
+    def param(i, s):
+        values = (torch.randn(s, generator=torch.Generator().manual_seed(i)) * 0.1).to(dtype)
+        if i != misaligned:
+            return torch.nn.Parameter(values.cuda())
+        storage = torch.empty(values.numel() + 1, device="cuda", dtype=dtype)
+        storage[1:] = values.cuda()
+        return torch.nn.Parameter(storage[1:])
 
     def run(fused):
-        params = [torch.nn.Parameter((torch.randn(s, generator=torch.Generator().manual_seed(i)) * 0.1)
-                                     .to(device="cuda", dtype=dtype)) for i, s in enumerate(shapes)]
+        params = [param(i, s) for i, s in enumerate(shapes)]
+        assert params[misaligned].data_ptr() % 8 != 0
         opt = BIG_RULES[rule](params, lr=1e-3)
         opt._fused = fused
         gen = torch.Generator().manual_seed(7)
