@@ -55,6 +55,7 @@ struct Int8VectorwiseQuantParams {
   int8_t* out;           // [rows, cols]
   float* row_stats;      // [rows] absmax of the non-outlier values of each row
   uint8_t* outlier_cols; // [cols] flag_value() where the column holds an |x| >= threshold; null if threshold == 0
+                         // or (CUDA) when the caller finds the outlier columns itself
   int64_t rows;
   int64_t cols;
   float threshold;       // 0 = no outlier handling

@@ -198,7 +198,7 @@ __device__ __forceinline__ void store_from_f32(T* __restrict__ dst, const float 
 }
 
 
-inline bool is_aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
+__host__ __device__ inline bool is_aligned(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
 // ---- reductions --------------------------------------------------------------------------------------
 constexpr unsigned kFullWarpMask = 0xffffffffu;

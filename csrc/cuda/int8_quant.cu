@@ -49,7 +49,7 @@ __device__ __forceinline__ float packet_absmax(const float (&x)[V], float amax, 
     any |= outlier;
     amax = fmaxf(amax, outlier ? 0.0f : a);  // amax >= 0, so an outlier leaves it as it is
   }
-  if (kOutliers && any) {
+  if (kOutliers && any && outlier_cols != nullptr) {  // null: the caller takes the columns from A itself
 #pragma unroll
     for (int i = 0; i < V; ++i)
       if (fabsf(x[i]) >= threshold && outlier_cols[col + i] != flag) outlier_cols[col + i] = flag;

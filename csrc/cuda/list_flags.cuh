@@ -32,21 +32,18 @@ __device__ __forceinline__ uint32_t flag_bits(const uint8_t* __restrict__ flags,
   return bits;
 }
 
-// Walks flags [n] with the whole CTA (kFlagThreads threads; contains barriers when listing):
-// on_chunk(first, bits) gets every thread's 16 flags as a bit set (flag == tag) starting at `first`;
-// when positions is not null, the set positions are written there in ascending order and the
-// return value is their number (in every thread).
-template <typename Index, typename OnChunk>
-__device__ int64_t scan_flags(const uint8_t* __restrict__ flags, uint8_t tag, int64_t n,
-                              Index* __restrict__ positions, OnChunk on_chunk) {
+// Lists set bits with the whole CTA (kFlagThreads threads; contains barriers when listing): each
+// round, every thread takes bits_of(first), the bit set of the 16 positions starting at `first`
+// (first < n; bits at or past n must be clear). When positions is not null, the set positions are
+// written there in ascending order and the return value is their number (in every thread).
+template <typename Index, typename BitsOf>
+__device__ int64_t scan_bits(int64_t n, Index* __restrict__ positions, BitsOf bits_of) {
   __shared__ int32_t warp_totals[kFlagThreads / kWarpSize];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const bool vector = (reinterpret_cast<uintptr_t>(flags) & 15u) == 0;
   int64_t listed = 0;
   for (int64_t round = 0; round < n; round += kFlagsPerRound) {
     const int64_t first = round + int64_t{threadIdx.x} * kFlagsPerThread;
-    const uint32_t bits = first < n ? flag_bits(flags, tag, n, first, vector) : 0u;
-    on_chunk(first, bits);
+    const uint32_t bits = first < n ? bits_of(first) : 0u;
     if (positions == nullptr) continue;
     // Exclusive prefix of the threads' counts: within the warp by shuffles, across warps in smem.
     const int own = __popc(bits);
@@ -69,6 +66,19 @@ __device__ int64_t scan_flags(const uint8_t* __restrict__ flags, uint8_t tag, in
     __syncthreads();  // warp_totals is rewritten by the next round
   }
   return listed;
+}
+
+// Walks flags [n] with the whole CTA: on_chunk(first, bits) gets every thread's 16 flags as a bit
+// set (flag == tag) starting at `first`; with positions, lists them as scan_bits does.
+template <typename Index, typename OnChunk>
+__device__ int64_t scan_flags(const uint8_t* __restrict__ flags, uint8_t tag, int64_t n,
+                              Index* __restrict__ positions, OnChunk on_chunk) {
+  const bool vector = (reinterpret_cast<uintptr_t>(flags) & 15u) == 0;
+  return scan_bits(n, positions, [&](int64_t first) {
+    const uint32_t bits = flag_bits(flags, tag, n, first, vector);
+    on_chunk(first, bits);
+    return bits;
+  });
 }
 
 // positions[0, count) = the positions of flags [n] holding 1 (a mask cleared and then flagged),

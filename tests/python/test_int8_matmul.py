@@ -414,3 +414,24 @@ def test_state_idx_follows_the_last_call(device):
             x[:, cols] = 9.0
             layer(x)
             assert layer.state.idx.cpu().tolist() == cols
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows", [1, 16, 40])
+def test_fused_int8_linear_overwrites_every_byte_of_an_offered_mask(device, rows):
+    # A layer offers its outlier-mask buffer to every call; whatever the buffer holds (here a byte value
+    # no call writes), the call leaves exactly 1 at this call's outlier columns and 0 elsewhere, and the
+    # outputs are those of a call with a fresh buffer.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    K, N = 320, 24
+    X = randn((rows, K), torch.float16, device, seed=61)
+    X[rows - 1, [5, 77, 300]] = 8.0
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, device, seed=62))
+    stale = torch.full((K,), 7, dtype=torch.uint8, device=device)
+    y, mask = int8_linear_direct(X, CB, SCB, 6.0, None, stale)
+    y_ref, mask_ref = int8_linear_direct(X, CB, SCB, 6.0, None)
+    assert mask.data_ptr() == stale.data_ptr()
+    assert torch.nonzero(mask.cpu()).reshape(-1).tolist() == [5, 77, 300]
+    assert set(mask.cpu().tolist()) == {0, 1}
+    assert torch.equal(mask, mask_ref) and torch.equal(y, y_ref)
