@@ -21,7 +21,7 @@ import json
 import torch
 
 import bitsandbytes as bnb
-from gpu_timing import copy_bandwidth, time_ms
+from gpu_timing import copy_bandwidth, gpu_clock_state, time_ms
 
 BIG = 1 << 28          # one 268M-element parameter
 MANY, SMALL = 1000, 1 << 16
@@ -101,7 +101,8 @@ def run(repeats: int) -> dict:
         opt = cls(params, lr=1e-4)
         ms = step_ms(opt, repeats)
         frac = BIG * floor / ms / 1e6 / copy_gbs
-        add(f"{name} 268M bf16, fraction of copy bandwidth", frac, TARGET_BW, "fraction", {"ms": ms})
+        add(f"{name} 268M bf16, fraction of copy bandwidth", frac, TARGET_BW, "fraction",
+            {"ms": ms, "gpu_after": gpu_clock_state()})
         if name == "Lion8bit":
             add("Lion8bit state memory", state_bytes_per_param(opt, params), 1.02, "B/param")
         del opt, params
@@ -118,7 +119,8 @@ def main() -> None:
     print(f"{result['device']}: copy {result['copy_gb_per_s']:.0f} GB/s")
     for r in result["rows"]:
         target = "" if r["target"] is None else f"target {'<=' if r['unit'] == 'B/param' else '>='} {r['target']}"
-        print(f"  {r['case']:58s} {r['value']:9.3f} {r['unit']:9s} {target:16s} {'PASS' if r['pass'] else 'FAIL'}")
+        print(f"  {r['case']:58s} {r['value']:9.3f} {r['unit']:9s} {target:16s} {'PASS' if r['pass'] else 'FAIL'}"
+              + (f"  ({r['ms']:.3f} ms; GPU after: {r['gpu_after']})" if r.get("gpu_after") else ""))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

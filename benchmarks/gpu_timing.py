@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
 
 import torch
 
@@ -53,3 +54,17 @@ def graph_time_ms(fn, repeats: int, calls: int = 20) -> float:
         for _ in range(calls):
             fn()
     return time_ms(graph.replay, repeats) / calls
+
+
+def gpu_clock_state() -> str:
+    """The GPU's SM clock, temperature, power and active clock-limit reasons, read by nvidia-smi right
+    after a timing: rows bound by instruction issue move with the SM clock, so a figure that differs
+    between runs can be told apart from a code change. Empty where nvidia-smi cannot be run."""
+    query = "clocks.sm,temperature.gpu,power.draw,clocks_event_reasons.active"
+    try:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        out = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={query}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
