@@ -46,6 +46,9 @@ step "benchmarks"
 for bench in ${BENCHES:-benchmarks/bench_*.py}; do
   case "$bench" in *bench_cpu_*|none) continue ;; esac  # CPU figures are taken on the development machine
   name=$(basename "$bench" .py)
+  # The GPU's state as each benchmark starts: rows bound by instruction issue follow the SM clock.
+  echo "GPU before $name: $(nvidia-smi --query-gpu=clocks.sm,temperature.gpu,power.draw,clocks_event_reasons.active \
+    --format=csv,noheader 2>/dev/null)" >> "$OUT/benchmarks.log"
   # shellcheck disable=SC2086
   PYTHONPATH=$PWD timeout 200 python3 "$bench" --out "$OUT/$name.json" ${BENCH_ARGS:-} > "$OUT/bench_one.log" 2>&1 || status=1
   tail -40 "$OUT/bench_one.log"
