@@ -218,10 +218,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
 // ---- a whole block as loaded ------------------------------------------------------------------------------
 // A lane's share of a whole aligned block in the form it arrives in (16-bit pairs, code bytes): the
 // 8-bit loop issues the loads of a warp's next block while the current one is still being worked
@@ -420,8 +416,8 @@ __device__ __forceinline__ bool whole_block(const bnb_optimizer_tensor_t& t, int
   constexpr bool kTwoStates = has_second_state(K);
   constexpr bool kSlowMoment = K == OptimizerKind::AdEMAMix;
   const uintptr_t state_align = Bits == 8 ? kChunk : kChunk * sizeof(float);
-  return t.n - b * kOptimBlock >= kOptimBlock && aligned(t.p, kChunk * sizeof(TP)) && aligned(t.g, kChunk * 4) &&
-         aligned(t.state1, state_align) && (!kTwoStates || aligned(t.state2, state_align)) &&
+  return t.n - b * kOptimBlock >= kOptimBlock && is_aligned(t.p, kChunk * sizeof(TP)) && is_aligned(t.g, kChunk * 4) &&
+         is_aligned(t.state1, state_align) && (!kTwoStates || is_aligned(t.state2, state_align)) &&
          (!kSlowMoment || t.n % kChunk == 0);
 }
 
