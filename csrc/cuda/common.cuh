@@ -271,23 +271,31 @@ inline int compute_capability(int32_t device) {
   return cc;
 }
 
-// Launches kernel<<<grid, threads, 0, stream>>>(args...); with `overlap`, so that it may overlap the end
-// of the previous kernel in the stream (see wait_for_previous_kernel) where the device supports it
+// Launches kernel<<<grid, threads, smem_bytes, stream>>>(args...); with `overlap`, so that it may overlap
+// the end of the previous kernel in the stream (see wait_for_previous_kernel) where the device supports it
 // (compute capability 9.0 on). Only worth it after a kernel that calls allow_next_kernel(): waiting for
 // one that never does costs a little time.
 template <typename... Params, typename... Args>
-void launch_after_previous(void (*kernel)(Params...), unsigned grid, int threads, cudaStream_t stream,
-                           int32_t device, bool overlap, Args&&... args) {
+void launch_with_smem_after_previous(void (*kernel)(Params...), unsigned grid, int threads, size_t smem_bytes,
+                                     cudaStream_t stream, int32_t device, bool overlap, Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = overlap && compute_capability(device) >= 90 ? 1 : 0;
   BNB_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+// The same without dynamic shared memory.
+template <typename... Params, typename... Args>
+void launch_after_previous(void (*kernel)(Params...), unsigned grid, int threads, cudaStream_t stream,
+                           int32_t device, bool overlap, Args&&... args) {
+  launch_with_smem_after_previous(kernel, grid, threads, 0, stream, device, overlap, std::forward<Args>(args)...);
 }
 
 // CTAs that fill `device` once at the occupancy Kernel reaches with `threads` per CTA (static shared

@@ -14,8 +14,10 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "cuda/common.cuh"
-#include "cuda/list_flags.cuh"
+#include "cuda/int8_arith.cuh"
 #include "cuda/int8_cublaslt.cuh"
+#include "cuda/int8_linear_one_row.cuh"
+#include "cuda/list_flags.cuh"
 #include "cuda/scratch.cuh"
 #include "cuda/side_stream.cuh"
 
@@ -23,6 +25,14 @@ namespace bnb::backend {
 namespace {
 
 using cuda::kWarpSize;
+using namespace cuda::int8_tiles;
+using cuda::add_product;
+using cuda::add_unpacked;
+using cuda::dequant_acc;
+using cuda::kPackedOutliers;
+using cuda::mma_s8;
+using cuda::outlier_coef;
+using cuda::plus_bias;
 
 // ---- epilogues: what happens to the exact int32 sum of output (m, n) ---------------------------------
 struct StoreInt32 {
@@ -31,12 +41,6 @@ struct StoreInt32 {
   __device__ void operator()(int64_t m, int64_t n, int32_t acc) const { out[m * ld + n] = acc; }
 };
 
-// acc * SCA[m] * SCB[n] / 127^2, rounded step by step: no fused multiply-add the compiler may or may
-// not form, so every path (and every epilogue instantiation) gives the same float32 bits.
-__device__ __forceinline__ float dequant_acc(int32_t acc, float row, float col) {
-  return __fmul_rn(__fmul_rn(__fmul_rn(static_cast<float>(acc), row), col), kInt8DequantScale);
-}
-__device__ __forceinline__ float plus_bias(float v, float bias) { return __fadd_rn(v, bias); }
 
 // The dequantizing epilogues give value(m, n, acc), the finished float, and out_at(m, n), where it goes;
 // the dequantization kernel stores whole vectors of consecutive n when it can.
@@ -66,21 +70,7 @@ struct StoreDequant {
 // were zeroed in CA as values but not as whole columns: their float product replaces the int8 one,
 // so the int8 terms CA * CB of those columns are taken back out of the accumulator's value.
 //
-// The outlier columns are gathered first into small dense arrays (up to kPackedOutliers of them):
-// each output then reads a few contiguous bytes instead of one cache line per column of CB.
-constexpr int kPackedOutliers = 64;
 
-// The outlier arithmetic, rounded step by step (as dequant_acc), so the per-element and the vector
-// epilogues give the same bits. coef = X / 127 - CA * SCA / 127^2 per row and outlier column.
-__device__ __forceinline__ float outlier_coef(float x, float ca, float sca) {
-  return __fsub_rn(__fmul_rn(x, 1.0f / 127.0f), __fmul_rn(__fmul_rn(ca, sca), kInt8DequantScale));
-}
-__device__ __forceinline__ float add_product(float sum, float a, float b) { return __fadd_rn(sum, __fmul_rn(a, b)); }
-// v + (sum over outlier columns of X * CB) * SCB / 127 - (sum of CA * CB) * SCA * SCB / 127^2
-__device__ __forceinline__ float add_unpacked(float v, float extra, float int8_terms, float row, float col) {
-  return __fadd_rn(v, __fsub_rn(__fmul_rn(__fmul_rn(extra, col), 1.0f / 127.0f),
-                                __fmul_rn(__fmul_rn(__fmul_rn(int8_terms, row), col), kInt8DequantScale)));
-}
 
 struct Outliers {
   const int32_t* count;  // number of outlier columns (on the device)
@@ -247,35 +237,13 @@ __global__ void __launch_bounds__(cuda::kFlagThreads)
   cuda::wait_for_previous_kernel();  // done only once the quantization is: see above
 }
 
-// ---- few rows: stream B through the tensor cores -----------------------------------------------------
-// Same layout as the 4-bit GEMV (gemm_4bit.cu): each CTA owns 8 * kTiles rows of B, its 8 warps split
-// K in groups of 64 columns, lane (g, t) loads 16 consecutive bytes [16t, 16t + 16) of B row g and of
-// A rows g and g + 8, and the mma's k index is permuted to match: step s (0, 1) of m16n8k32 takes
-// columns 16t + 8s + {0..3} for fragment k 4t..4t+3 and 16t + 8s + {4..7} for 16 + 4t..16 + 4t+3.
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kTiles = 4;
-constexpr int kRowsPerCta = 8 * kTiles;
-constexpr int kGroup = 64;
-constexpr int kUnroll = 2;
-constexpr int kMaxSmallRows = 16;
-
-__device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                       uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
+// ---- few rows: stream B through the tensor cores (layout: int8_arith.cuh) -----------------------------
 template <typename Epilogue>
 __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __restrict__ A,
                                                               const int8_t* __restrict__ B, int64_t M, int64_t N,
                                                               int64_t K, Epilogue epilogue) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  __shared__ int32_t partial[kWarps * kTiles * 4 * kWarpSize];
+  __shared__ int32_t partial[kPartialInts];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
@@ -533,6 +501,7 @@ constexpr size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);
   const cudaStream_t s = cuda::as_cuda(stream);
+  if (int8_linear_one_row(p, device, s)) return;  // one row: one kernel, no scratch
   const bool outliers = p.threshold > 0.0f;
   // One scratch block: CA [M, K], SCA [M], and with outliers: mask [K], indices [K] + count, the packed
   // outlier arrays coef [M, kPackedOutliers] (float) and cb [kPackedOutliers, N].

@@ -23,6 +23,7 @@
 #include "core/backend.h"
 #include "core/formats.h"
 #include "cuda/common.cuh"
+#include "cuda/int8_arith.cuh"
 #include "cuda/list_flags.cuh"
 
 namespace bnb::cuda {
@@ -34,8 +35,6 @@ constexpr int kColThreads = 256;  // columns per CTA of the column-wise kernels
 constexpr int kColSlabRows = 64;  // rows one thread scans before its atomicMax
 constexpr int64_t kMaxGridY = 65535;
 
-// Round half to even, as std::nearbyint in the CPU reference; |v| <= 127 by construction.
-__device__ __forceinline__ int8_t round_to_int8(float v) { return static_cast<int8_t>(__float2int_rn(v)); }
 
 // Max |x| over the non-outliers of V elements; flags the columns of outliers when kOutliers.
 template <bool kOutliers, int V>
@@ -62,7 +61,7 @@ __device__ __forceinline__ void quantize_packet(const float (&x)[V], float scale
   Packet<int8_t, V> q;
 #pragma unroll
   for (int i = 0; i < V; ++i)
-    q.v[i] = (kOutliers && fabsf(x[i]) >= threshold) ? int8_t{0} : round_to_int8(x[i] * scale);
+    q.v[i] = quantize_int8<kOutliers>(x[i], scale, threshold);
   *reinterpret_cast<Packet<int8_t, V>*>(dst) = q;
 }
 

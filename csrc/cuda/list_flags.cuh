@@ -35,9 +35,11 @@ __device__ __forceinline__ uint32_t flag_bits(const uint8_t* __restrict__ flags,
 // Lists set bits with the whole CTA (kFlagThreads threads; contains barriers when listing): each
 // round, every thread takes bits_of(first), the bit set of the 16 positions starting at `first`
 // (first < n; bits at or past n must be clear). When positions is not null, the set positions are
-// written there in ascending order and the return value is their number (in every thread).
+// written there in ascending order and the return value is their number (in every thread); only the
+// first `capacity` positions are stored (the count is the whole number).
 template <typename Index, typename BitsOf>
-__device__ int64_t scan_bits(int64_t n, Index* __restrict__ positions, BitsOf bits_of) {
+__device__ int64_t scan_bits(int64_t n, Index* __restrict__ positions, BitsOf bits_of,
+                             int64_t capacity = INT64_MAX) {
   __shared__ int32_t warp_totals[kFlagThreads / kWarpSize];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   int64_t listed = 0;
@@ -61,7 +63,8 @@ __device__ int64_t scan_bits(int64_t n, Index* __restrict__ positions, BitsOf bi
       if (w < warp) at += warp_totals[w];
       round_total += warp_totals[w];
     }
-    for (uint32_t rest = bits; rest != 0; rest &= rest - 1) positions[at++] = static_cast<Index>(first + __ffs(rest) - 1);
+    for (uint32_t rest = bits; rest != 0 && at < capacity; rest &= rest - 1)
+      positions[at++] = static_cast<Index>(first + __ffs(rest) - 1);
     listed += round_total;
     __syncthreads();  // warp_totals is rewritten by the next round
   }

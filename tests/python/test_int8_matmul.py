@@ -314,11 +314,12 @@ def test_fused_int8_linear_memo_skips_checks_only_for_the_checked_tensors(device
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("rows", [1, 5, 16, 40])
+@pytest.mark.parametrize("rows", [1, 4, 5, 16, 40])
 @pytest.mark.parametrize("outlier_cols", [3, 80])
 def test_fused_int8_linear_with_outliers_gives_the_same_bits_for_unaligned_rows(device, dtype, rows, outlier_cols):
-    # Rows that are not 16-byte aligned are quantized element by element instead of by vectors; the
-    # outputs (few rows: the weight-streaming kernel; many: the GEMM, then the dequantization, by
+    # Rows that are not 16-byte aligned are quantized element by element instead of by vectors (and
+    # one row takes the chain of kernels instead of the one-kernel path); the outputs (one row: one
+    # kernel; up to 16: the weight-streaming kernel; many: the GEMM, then the dequantization, by
     # vectors of 8 outputs) and the outlier mask must not change by a bit, with few outlier columns
     # (packed) and more than the 64 that are packed.
     from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
@@ -343,12 +344,13 @@ def test_fused_int8_linear_with_outliers_gives_the_same_bits_for_unaligned_rows(
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
-@pytest.mark.parametrize("rows", [17, 43])
+@pytest.mark.parametrize("rows", [1, 17, 43])
 @pytest.mark.parametrize("outlier_cols", [3, 80])
 def test_fused_int8_linear_outputs_do_not_depend_on_the_width_of_the_layer(device, dtype, rows, outlier_cols):
     # Many rows: with N a multiple of 8 the dequantization takes vectors of 8 outputs of 4 rows at a
-    # time (the packed outlier columns read once for the 4), with N = 71 one output per thread; the
-    # first 71 outputs of every row must have the same bits either way.
+    # time (the packed outlier columns read once for the 4), with N = 71 one output per thread; few
+    # rows: N = 71 leaves the last CTA's weight rows partly past the end; the first 71 outputs of every
+    # row must have the same bits either way.
     from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
 
     K, N = 256, 72

@@ -1,0 +1,74 @@
+// The arithmetic every LLM.int8() kernel must share bit for bit (the quantization's rounding, the
+// dequantization of int32 sums, the outlier correction), and the few-row tensor-core tile layout of
+// int8_matmul.cu and int8_linear_one_row.cu. One definition, so every path gives the same float32 bits.
+#pragma once
+
+#include <cstdint>
+
+#include "core/formats.h"
+#include "core/params.h"
+#include "cuda/common.cuh"
+
+namespace bnb::cuda {
+
+// Round half to even, as std::nearbyint in the CPU reference; |v| <= 127 by construction.
+__device__ __forceinline__ int8_t round_to_int8(float v) { return static_cast<int8_t>(__float2int_rn(v)); }
+
+// One element of a row quantized with scale = int8_scale(absmax): an outlier (|x| >= threshold, when
+// kOutliers) becomes 0.
+template <bool kOutliers>
+__device__ __forceinline__ int8_t quantize_int8(float x, float scale, float threshold) {
+  return (kOutliers && fabsf(x) >= threshold) ? int8_t{0} : round_to_int8(x * scale);
+}
+
+// acc * SCA[m] * SCB[n] / 127^2, rounded step by step: no fused multiply-add the compiler may or may
+// not form, so every path (and every epilogue instantiation) gives the same float32 bits.
+__device__ __forceinline__ float dequant_acc(int32_t acc, float row, float col) {
+  return __fmul_rn(__fmul_rn(__fmul_rn(static_cast<float>(acc), row), col), kInt8DequantScale);
+}
+__device__ __forceinline__ float plus_bias(float v, float bias) { return __fadd_rn(v, bias); }
+
+// The outlier columns are gathered first into small dense arrays (up to kPackedOutliers of them):
+// each output then reads a few contiguous bytes instead of one cache line per column of CB.
+constexpr int kPackedOutliers = 64;
+
+// The outlier arithmetic, rounded step by step (as dequant_acc), so the per-element and the vector
+// epilogues give the same bits. coef = X / 127 - CA * SCA / 127^2 per row and outlier column.
+__device__ __forceinline__ float outlier_coef(float x, float ca, float sca) {
+  return __fsub_rn(__fmul_rn(x, 1.0f / 127.0f), __fmul_rn(__fmul_rn(ca, sca), kInt8DequantScale));
+}
+__device__ __forceinline__ float add_product(float sum, float a, float b) { return __fadd_rn(sum, __fmul_rn(a, b)); }
+// v + (sum over outlier columns of X * CB) * SCB / 127 - (sum of CA * CB) * SCA * SCB / 127^2
+__device__ __forceinline__ float add_unpacked(float v, float extra, float int8_terms, float row, float col) {
+  return __fadd_rn(v, __fsub_rn(__fmul_rn(__fmul_rn(extra, col), 1.0f / 127.0f),
+                                __fmul_rn(__fmul_rn(__fmul_rn(int8_terms, row), col), kInt8DequantScale)));
+}
+
+// ---- few rows: stream B through the tensor cores -----------------------------------------------------
+// Same layout as the 4-bit GEMV (gemm_4bit.cu): each CTA owns 8 * kTiles rows of B, its 8 warps split
+// K in groups of 64 columns, lane (g, t) loads 16 consecutive bytes [16t, 16t + 16) of B row g and of
+// A rows g and g + 8, and the mma's k index is permuted to match: step s (0, 1) of m16n8k32 takes
+// columns 16t + 8s + {0..3} for fragment k 4t..4t+3 and 16t + 8s + {4..7} for 16 + 4t..16 + 4t+3.
+namespace int8_tiles {
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kTiles = 4;
+constexpr int kRowsPerCta = 8 * kTiles;
+constexpr int kGroup = 64;
+constexpr int kUnroll = 2;
+constexpr int kMaxSmallRows = 16;
+// Shared int32 partial sums of the 8 warps, reduced by warps [0, kTiles) for the epilogue.
+constexpr int kPartialInts = kWarps * kTiles * 4 * kWarpSize;
+}  // namespace int8_tiles
+
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+}  // namespace bnb::cuda
