@@ -6,9 +6,10 @@
 // launch costs host time comparable to the kernels' GPU time.
 //
 // Every CTA reads all of X (from L2 after the first). H100, K = N = 8192, fp16, GPU time in a CUDA
-// graph against the chain: threshold 6: M = 1 32.6 us (chain 33.1-33.3), M = 4 37.7 (34.9); threshold
-// 0: M = 1 29.5-29.7 (28.5), M = 4 34.0 (29.0): each more row costs every CTA about a microsecond, so
-// only one row is taken here. At one row the host time of a call falls by a launch (threshold 0) or
+// graph against the chain (before this kernel overlapped its predecessor): threshold 6: M = 1 32.6 us
+// (chain 33.1-33.3), M = 4 37.7 (34.9); threshold 0: M = 1 29.5-29.7 (28.5), M = 4 34.0 (29.0): each
+// more row costs every CTA about a microsecond, so only one row is taken here. Overlapping the kernel
+// before it brought M = 1 to 30.6-30.7 (threshold 6) and 28.2-28.3 us (threshold 0). At one row the host time of a call falls by a launch (threshold 0) or
 // three launches and the scratch allocation (threshold 6), which is what eager generation waits on.
 // The values, the outlier columns and every rounding step are those of the chained path
 // (int8_arith.cuh), so the results are the same bits.
@@ -77,8 +78,11 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
   for (int j = 0; j < kTiles; ++j) b_row[j] = p.CB + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
   const int64_t groups = K / kGroup;
 
-  // The first weight bytes travel while the rows are quantized (the weight is never written by the
-  // kernels before this one).
+  // Launched to overlap the end of the kernel before it, and lets the kernel after it do the same
+  // (its weight prefetch): in generation the next product is often one of these. The first weight
+  // bytes travel while the rows are quantized (the weight is never written by the kernels before
+  // this one); X, the outputs and the mask are touched only after wait_for_previous_kernel.
+  cuda::allow_next_kernel();
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {  // (4 or 8 groups per warp measured slower)
     const int64_t grp = warp + int64_t{u} * kWarps;
@@ -281,7 +285,7 @@ bool int8_linear_one_row(const Int8LinearParams& p, int32_t device, cudaStream_t
                               static_cast<T*>(p.out), p.outlier_mask, p.M, p.N, p.K, p.threshold};
     auto kernel = outliers ? int8_linear_one_row<T, true> : int8_linear_one_row<T, false>;
     cuda::launch_with_smem_after_previous(kernel, static_cast<unsigned>(ctas), kThreads, smem, stream, device,
-                                          /*overlap=*/false, args);
+                                          /*overlap=*/true, args);
   });
   return true;
 }
