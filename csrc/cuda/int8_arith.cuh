@@ -71,4 +71,58 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
 #endif
 }
 
+// Lane (g, t)'s weight rows of a CTA's tile (row0 + 8j + g for tile j; the last row stands in for
+// rows past N), each from byte 16t, and what the few-row kernels do with them.
+struct WeightRows {
+  const int8_t* row[int8_tiles::kTiles];
+
+  __device__ __forceinline__ WeightRows(const int8_t* B, int64_t N, int64_t K, int64_t row0, int g, int t) {
+#pragma unroll
+    for (int j = 0; j < int8_tiles::kTiles; ++j) row[j] = B + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
+  }
+
+  // Asks L2 for the first kUnroll groups of the warp (issued early: they travel while the kernel waits
+  // for its predecessor or prepares A).
+  __device__ __forceinline__ void prefetch(int warp, int64_t groups) const {
+    using namespace int8_tiles;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t grp = warp + int64_t{u} * kWarps;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+        if (grp < groups) asm volatile("prefetch.global.L2 [%0];" ::"l"(row[j] + grp * kGroup));
+    }
+  }
+
+  // acc[j] += A rows (g, g + 8) times tile j's rows over the warp's groups warp, warp + kWarps, ...;
+  // a_at(col) gives the lane's 16 bytes of A rows g and g + 8 at column col (a uint4 pair: lo, hi).
+  template <typename LoadA>
+  __device__ __forceinline__ void multiply(int warp, int64_t groups, LoadA a_at,
+                                           int32_t (&acc)[int8_tiles::kTiles][4]) const {
+    using namespace int8_tiles;
+    for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
+      uint4 w[kUnroll][kTiles];
+      uint4 lo[kUnroll], hi[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t grp = base + int64_t{u} * kWarps;
+        if (grp >= groups) break;
+        const int64_t col = grp * kGroup;
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) w[u][j] = __ldg(reinterpret_cast<const uint4*>(row[j] + col));
+        a_at(col, lo[u], hi[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (base + int64_t{u} * kWarps >= groups) break;
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          mma_s8(acc[j], lo[u].x, hi[u].x, lo[u].y, hi[u].y, w[u][j].x, w[u][j].y);
+          mma_s8(acc[j], lo[u].z, hi[u].z, lo[u].w, hi[u].w, w[u][j].z, w[u][j].w);
+        }
+      }
+    }
+  }
+};
+
 }  // namespace bnb::cuda

@@ -73,23 +73,16 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
   const int g = lane / 4;
   const int t = lane % 4;
   const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
-  const int8_t* b_row[kTiles];
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) b_row[j] = p.CB + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
+  const cuda::WeightRows weight(p.CB, N, K, row0, g, t);
   const int64_t groups = K / kGroup;
 
   // Launched to overlap the end of the kernel before it, and lets the kernel after it do the same
   // (its weight prefetch): in generation the next product is often one of these. The first weight
   // bytes travel while the rows are quantized (the weight is never written by the kernels before
   // this one); X, the outputs and the mask are touched only after wait_for_previous_kernel.
+  // (Prefetching 4 or 8 groups per warp instead of kUnroll measured slower.)
   cuda::allow_next_kernel();
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {  // (4 or 8 groups per warp measured slower)
-    const int64_t grp = warp + int64_t{u} * kWarps;
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j)
-      if (grp < groups) asm volatile("prefetch.global.L2 [%0];" ::"l"(b_row[j] + grp * kGroup));
-  }
+  weight.prefetch(warp, groups);
   if constexpr (kOutliers) {
     for (int64_t w = threadIdx.x; w < K / 32; w += kThreads) outlier_bits[w] = 0;
     __syncthreads();
@@ -195,28 +188,10 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
   const bool has_row = g < M;
   const int8_t* a_row = ca + g * stride + 16 * t;
   int32_t acc[kTiles][4] = {};
-  for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
-    uint4 w[kUnroll][kTiles];
-    uint4 a[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t grp = base + int64_t{u} * kWarps;
-      if (grp >= groups) break;
-      const int64_t col = grp * kGroup;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) w[u][j] = __ldg(reinterpret_cast<const uint4*>(b_row[j] + col));
-      a[u] = has_row ? *reinterpret_cast<const uint4*>(a_row + col) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (base + int64_t{u} * kWarps >= groups) break;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        cuda::mma_s8(acc[j], a[u].x, 0u, a[u].y, 0u, w[u][j].x, w[u][j].y);
-        cuda::mma_s8(acc[j], a[u].z, 0u, a[u].w, 0u, w[u][j].z, w[u][j].w);
-      }
-    }
-  }
+  weight.multiply(warp, groups, [&](int64_t col, uint4& lo, uint4& hi) {
+    lo = has_row ? *reinterpret_cast<const uint4*>(a_row + col) : make_uint4(0, 0, 0, 0);
+    hi = make_uint4(0, 0, 0, 0);
+  }, acc);
 
   // The listed outlier columns of this CTA's weight rows (just streamed: mostly L2 hits).
   if (kOutliers && count <= kPackedOutliers) {

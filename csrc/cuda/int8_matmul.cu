@@ -248,10 +248,8 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __re
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
   const int t = lane % 4;
+  const cuda::WeightRows weight(B, N, K, int64_t{blockIdx.x} * kRowsPerCta, g, t);
   const int64_t row0 = int64_t{blockIdx.x} * kRowsPerCta;
-  const int8_t* b_row[kTiles];
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) b_row[j] = B + min(row0 + 8 * j + g, N - 1) * K + 16 * t;
   const bool has_lo = g < M;
   const bool has_hi = g + 8 < M;
   const int8_t* a_lo = A + int64_t{g} * K + 16 * t;
@@ -260,40 +258,15 @@ __global__ void __launch_bounds__(kThreads) int8_gemm_small_m(const int8_t* __re
 
   // Launched to overlap the kernel that quantizes A: the first weight bytes are asked for while that one
   // finishes, A (and the epilogue's row scales) only read after it.
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int64_t grp = warp + int64_t{u} * kWarps;
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j)
-      if (grp < groups) asm volatile("prefetch.global.L2 [%0];" ::"l"(b_row[j] + grp * kGroup));
-  }
+  weight.prefetch(warp, groups);
   cuda::wait_for_previous_kernel();
 
   int32_t acc[kTiles][4] = {};
-  for (int64_t base = warp; base < groups; base += int64_t{kWarps} * kUnroll) {
-    uint4 w[kUnroll][kTiles];
-    uint4 lo[kUnroll], hi[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t grp = base + int64_t{u} * kWarps;
-      if (grp >= groups) break;
-      const int64_t col = grp * kGroup;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) w[u][j] = __ldg(reinterpret_cast<const uint4*>(b_row[j] + col));
-      const uint4 zero = make_uint4(0, 0, 0, 0);
-      lo[u] = has_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col)) : zero;
-      hi[u] = has_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col)) : zero;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (base + int64_t{u} * kWarps >= groups) break;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        mma_s8(acc[j], lo[u].x, hi[u].x, lo[u].y, hi[u].y, w[u][j].x, w[u][j].y);
-        mma_s8(acc[j], lo[u].z, hi[u].z, lo[u].w, hi[u].w, w[u][j].z, w[u][j].w);
-      }
-    }
-  }
+  weight.multiply(warp, groups, [&](int64_t col, uint4& lo, uint4& hi) {
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    lo = has_lo ? __ldg(reinterpret_cast<const uint4*>(a_lo + col)) : zero;
+    hi = has_hi ? __ldg(reinterpret_cast<const uint4*>(a_hi + col)) : zero;
+  }, acc);
 
 #pragma unroll
   for (int j = 0; j < kTiles; ++j)
