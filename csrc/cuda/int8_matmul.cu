@@ -1,9 +1,11 @@
 // CUDA LLM.int8() products: int8 A [M, K] times int8 B [N, K] transposed, as exact int32 or
 // finished by the dequantization (row and column scales, bias, output dtype).
 //
-// Three paths, chosen by shape:
-//  - up to 16 rows (token-by-token generation): a weight-streaming tensor-core kernel that reads B
-//    once and applies the dequantization to its int32 accumulators before anything is written;
+// Paths, chosen by shape:
+//  - bnb_int8_linear with one row (token-by-token generation): one kernel that also quantizes the row
+//    and finds its outlier columns (int8_linear_one_row.cu);
+//  - up to 16 rows: a weight-streaming tensor-core kernel that reads B once and applies the
+//    dequantization to its int32 accumulators before anything is written;
 //  - many rows: cuBLASLt's int8 GEMM (int32 out, int8_cublaslt.cu), then the dequantization kernel
 //    (with outliers, the outlier columns are packed on a side stream while the GEMM runs);
 //  - shapes neither takes (K not a multiple of 4, unaligned rows, no cuBLASLt): a tiled kernel that
@@ -506,8 +508,9 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
   const bool few_rows = small_m_eligible(mm, device);
   // Up to kRowsScannedForOutliers rows take their outlier columns from X itself (one CTA reads X:
   // outlier_columns_of_rows), so the quantization writes no mask and the mask needs no clearing first,
-  // one operation less in the chain. H100, K = N = 8192, threshold 6, on the GPU: M = 1 35.7 -> 32.7 us;
-  // at M = 16 the one CTA's reading of X costs more than it saves (38.5 -> 43.5 us).
+  // one operation less in the chain. H100, K = N = 8192, threshold 6, on the GPU: M = 1 35.7 -> 32.7 us
+  // (one row now takes int8_linear_one_row unless it declines); at M = 16 the one CTA's reading of X
+  // costs more than it saves (38.5 -> 43.5 us).
   const bool own_columns = outliers && few_rows && p.M <= kRowsScannedForOutliers;
   backend::int8_vectorwise_quant({p.X, CA, SCA, own_columns ? nullptr : mask, p.M, p.K, p.threshold, p.x_dtype},
                                  device, stream);
