@@ -219,24 +219,19 @@ def multi_tensor_update(rule: str, hparams: _native.OptimizerHparams, state_bits
                         table: np.ndarray, device: torch.device) -> None:
     """Run one fused step over the rows of `table` (int64 [count, 7], see MULTI_COLUMNS).
 
-    All rows share the rule, hyper-parameters, dtypes, state layout and device. The table is cut
-    into chunks of at most OPTIM_MULTI_MAX_TENSORS rows (the CUDA kernel takes them by value).
-    Nothing here reads device memory, so the call never synchronises the host.
+    All rows share the rule, hyper-parameters, dtypes, state layout and device. One native call:
+    the CUDA backend copies the table to device memory and updates every tensor in one launch (in
+    launches of OPTIM_MULTI_MAX_TENSORS tensors carried by value while the stream is being
+    captured into a CUDA graph). Nothing here reads device memory, so the call never synchronises
+    the host.
     """
     lib, dev, stream = _exec(device)
     code = _native.OPTIMIZERS[rule]
     p_code, g_code = _DTYPE_CODES[p_dtype], _DTYPE_CODES[g_dtype]
     q1 = qmap1.data_ptr() if state_bits == 8 else None
     q2 = qmap2.data_ptr() if state_bits == 8 and qmap2 is not None else None
-    hp = ct.byref(hparams)
-    count = table.shape[0]
-    chunk = _native.OPTIM_MULTI_MAX_TENSORS
-    base = table.ctypes.data
-    row_bytes = table.strides[0]
-    for start in range(0, count, chunk):
-        k = min(chunk, count - start)
-        lib.call("bnb_optimizer_update_multi", code, hp, state_bits, p_code, g_code, q1, q2,
-                 base + start * row_bytes, k, dev, stream)
+    lib.call("bnb_optimizer_update_multi", code, ct.byref(hparams), state_bits, p_code, g_code, q1, q2,
+             table.ctypes.data, table.shape[0], dev, stream)
 
 
 # ---- paged memory ---------------------------------------------------------------------------------------

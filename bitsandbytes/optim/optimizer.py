@@ -585,8 +585,7 @@ class Optimizer8bit(torch.optim.Optimizer):
 
         Applies only when every group is cached as fast, every parameter has a gradient of one
         float dtype, contiguous, on its parameter's device, and all states share one step count;
-        then each group is one native call (or a few, for more than OPTIM_MULTI_MAX_TENSORS
-        tensors). Returns False, having changed nothing, whenever anything differs: the general
+        then each group is one native call. Returns False, having changed nothing, whenever anything differs: the general
         path then validates and handles it.
         """
         work = []

@@ -119,11 +119,10 @@ BNB_API bnb_status_t bnb_optimizer_update_multi(bnb_optimizer_t optimizer, const
     }
     for (int64_t i = 0; i < count; ++i) {
       const bnb_optimizer_tensor_t& t = tensors[i];
-      const std::string where = concat("tensors[", i, "].");
       check_common(kind, step, t.p, p_dtype, t.g, g_dtype, t.state1, t.state2, nullptr, t.n);
       if (state_bits == 8) {
-        BNB_CHECK_ARG(t.n == 0 || t.absmax1 != nullptr, where, "absmax1 is a null pointer");
-        if (two) BNB_CHECK_ARG(t.n == 0 || t.absmax2 != nullptr, where, "absmax2 is a null pointer");
+        BNB_CHECK_ARG(t.n == 0 || t.absmax1 != nullptr, "tensors[", i, "].absmax1 is a null pointer");
+        if (two) BNB_CHECK_ARG(t.n == 0 || t.absmax2 != nullptr, "tensors[", i, "].absmax2 is a null pointer");
       }
     }
     if (count == 0) return;

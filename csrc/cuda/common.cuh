@@ -298,6 +298,18 @@ void launch_after_previous(void (*kernel)(Params...), unsigned grid, int threads
   launch_with_smem_after_previous(kernel, grid, threads, 0, stream, device, overlap, std::forward<Args>(args)...);
 }
 
+// Whether work enqueued on `stream` now is being captured into a CUDA graph. Also true when the
+// query itself fails (e.g. the legacy stream while another stream captures): callers then take
+// their capture-safe path.
+inline bool stream_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // CTAs that fill `device` once at the occupancy Kernel reaches with `threads` per CTA (static shared
 // memory only): persistent kernels launch this many and stride over their work, so per-CTA setup
 // (shared tables) is paid once per CTA rather than once per block of data.

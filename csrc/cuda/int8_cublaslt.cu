@@ -181,15 +181,6 @@ std::vector<float> time_candidates(const lt::Api& api, lt::Handle handle, const 
   return best;
 }
 
-bool capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return true;  // e.g. the legacy stream while another stream captures: no synchronisation now
-  }
-  return status != cudaStreamCaptureStatusNone;
-}
-
 // Settles plan.chosen: from the bucket's earlier choice, or by timing the candidates.
 void choose(const lt::Api& api, lt::Handle handle, LtPlan& plan, const PlanKey& key, const Int8MatmulParams& p,
             cudaStream_t stream) {
@@ -198,7 +189,7 @@ void choose(const lt::Api& api, lt::Handle handle, LtPlan& plan, const PlanKey& 
     plan.settled = true;
     return;
   }
-  if (capturing(stream)) return;  // first candidate for now; a later ordinary call decides
+  if (stream_capturing(stream)) return;  // first candidate for now; a later ordinary call decides
   PlanKey bucket_key = key;
   std::get<1>(bucket_key) = bucket_of(M);
   AlgoConfig config{};

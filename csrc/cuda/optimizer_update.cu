@@ -11,10 +11,14 @@
 //
 // A CTA of 8 warps strides over the blocks of every tensor in its table (persistent grid), so the
 // per-CTA setup (code books and their search tables in shared memory) is paid once per CTA. The
-// table travels in the kernel parameters: no device-side copy, no host synchronisation, and a
-// captured CUDA graph replays it as is. The 8-bit update pass overlaps each warp's next block's
-// loads with the re-quantization of its current one (update_blocks_pipelined).
+// table of a fused call goes to device memory through a pinned staging copy (host_upload.cuh), so
+// one launch with small parameters covers any number of tensors; while the stream is being
+// captured it travels in the kernel parameters instead, up to kMulti tensors per launch, and the
+// graph replays it as captured. Neither way synchronises the host. The 8-bit update pass overlaps
+// each warp's next block's loads with the re-quantization of its current one
+// (update_blocks_pipelined).
 #include <algorithm>
+#include <cstring>
 
 #include "core/backend.h"
 #include "core/dispatch.h"
@@ -22,6 +26,7 @@
 #include "core/optim.h"
 #include "cuda/code_search.cuh"
 #include "cuda/common.cuh"
+#include "cuda/host_upload.cuh"
 #include "cuda/scratch.cuh"
 
 namespace bnb::cuda {
@@ -39,16 +44,42 @@ static_assert(kLaneElems == 2 * kChunk, "the load helpers below move two chunks 
 // at 2; Lion8bit bf16 0.89 -> 0.82; AdamW8bit fp32 1.63 -> 1.60 (1.77 at 4).
 constexpr int kMinCtas8bit = 3;
 constexpr int kSingle = 1;                                 // table capacity of single-tensor calls
-constexpr int kMulti = BNB_OPTIM_MULTI_MAX_TENSORS;        // table capacity of fused calls
+constexpr int kMulti = BNB_OPTIM_MULTI_MAX_TENSORS;        // table capacity of captured fused calls
 
 // Tensors of one launch. Tensor i owns the global blocks [first_block[i], first_block[i + 1]).
+// owner(ti, g, lane) moves the cursor ti forward to the tensor owning global block g (a warp's
+// blocks only grow; every lane of the warp calls it with the same g).
+
+// In the kernel parameters.
 template <int Cap>
 struct TensorTable {
   bnb_optimizer_tensor_t t[Cap];
   int64_t first_block[Cap + 1];
   int32_t count;
+  __device__ __forceinline__ int owner(int ti, int64_t g, int /*lane*/) const {
+    while (g >= first_block[ti + 1]) ++ti;  // constant-bank reads
+    return ti;
+  }
 };
 static_assert(sizeof(TensorTable<kMulti>) + 128 < 32764, "kernel parameters are limited to 32764 bytes");
+
+// In device memory.
+struct DeviceTensorTable {
+  const bnb_optimizer_tensor_t* t;
+  const int64_t* first_block;  // [count + 1]
+  int32_t count;
+  // The next 32 boundaries in one warp-wide load per round, instead of one dependent global load
+  // per tensor passed.
+  __device__ __forceinline__ int owner(int ti, int64_t g, int lane) const {
+    while (true) {
+      const int i = ti + 1 + lane;
+      const bool beyond = i > count || g < first_block[i];
+      const unsigned mask = __ballot_sync(kFullWarpMask, beyond);
+      if (mask) return ti + __ffs(mask) - 1;
+      ti += kWarpSize;
+    }
+  }
+};
 
 // The trust ratio (LAMB / LARS) needs ||update|| before any element moves: a Norm pass writes one
 // partial sum per CTA, the Update pass adds them up in a fixed order on the device (so the result
@@ -422,8 +453,8 @@ __device__ __forceinline__ bool whole_block(const bnb_optimizer_tensor_t& t, int
 }
 
 // The grid-stride loop over 256-element blocks.
-template <OptimizerKind K, typename TP, int Bits, int Cap>
-__device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase,
+template <OptimizerKind K, typename TP, int Bits, typename Table>
+__device__ __forceinline__ float update_blocks(const Table& table, const KernelArgs& args, Phase phase,
                                                const std::conditional_t<Bits == 8, Smem8bit, char>& smem,
                                                float trust) {
   const int warp = threadIdx.x / kWarpSize;
@@ -432,7 +463,7 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
   const int64_t total = table.first_block[table.count];
   int ti = 0;
   for (int64_t gb = int64_t{blockIdx.x} * kWarps + warp; gb < total; gb += int64_t{gridDim.x} * kWarps) {
-    while (gb >= table.first_block[ti + 1]) ++ti;  // gb only grows: the cursor only moves forward
+    ti = table.owner(ti, gb, lane);
     const bnb_optimizer_tensor_t& t = table.t[ti];
     const int64_t b = gb - table.first_block[ti];
     if (whole_block<K, TP, Bits>(t, b)) update_block<K, TP, Bits, true>(t, b, args, phase, smem, trust, lane, norm_acc);
@@ -445,8 +476,8 @@ __device__ __forceinline__ float update_blocks(const TensorTable<Cap>& table, co
 // the block before it no longer needs its inputs (parameters stored, before the block scales and the
 // code search), so they travel while that block is re-quantized instead of after it. Blocks that
 // are not whole take update_block's own loads.
-template <OptimizerKind K, typename TP, int Cap>
-__device__ __forceinline__ void update_blocks_pipelined(const TensorTable<Cap>& table, const KernelArgs& args,
+template <OptimizerKind K, typename TP, typename Table>
+__device__ __forceinline__ void update_blocks_pipelined(const Table& table, const KernelArgs& args,
                                                         const Smem8bit& smem, float trust) {
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
@@ -457,7 +488,7 @@ __device__ __forceinline__ void update_blocks_pipelined(const TensorTable<Cap>& 
   const bool same_dtype = args.g_dtype == dtype_of<TP>();
   int ti = 0;
   const auto locate = [&](int64_t g, int64_t& b) {
-    while (g >= table.first_block[ti + 1]) ++ti;  // g only grows: the cursor only moves forward
+    ti = table.owner(ti, g, lane);
     b = g - table.first_block[ti];
     return same_dtype && whole_block<K, TP, 8>(table.t[ti], b);
   };
@@ -488,9 +519,9 @@ __device__ __forceinline__ void update_blocks_pipelined(const TensorTable<Cap>& 
   }
 }
 
-template <OptimizerKind K, typename TP, int Bits, int Cap>
+template <OptimizerKind K, typename TP, int Bits, typename Table>
 __global__ void __launch_bounds__(kThreads, Bits == 8 ? kMinCtas8bit : 1)
-    optimizer_kernel(const __grid_constant__ TensorTable<Cap> table, const KernelArgs args, const Phase phase) {
+    optimizer_kernel(const __grid_constant__ Table table, const KernelArgs args, const Phase phase) {
   constexpr bool kTwoStates = has_second_state(K);
   const OptimStep& s = args.step;
   const int warp = threadIdx.x / kWarpSize;
@@ -515,9 +546,9 @@ __global__ void __launch_bounds__(kThreads, Bits == 8 ? kMinCtas8bit : 1)
   }
   float norm_acc = 0.0f;
   if constexpr (Bits == 8) {
-    if (phase == Phase::Update) return update_blocks_pipelined<K, TP, Cap>(table, args, smem, trust);
+    if (phase == Phase::Update) return update_blocks_pipelined<K, TP, Table>(table, args, smem, trust);
   }
-  norm_acc = update_blocks<K, TP, Bits, Cap>(table, args, phase, smem, trust);
+  norm_acc = update_blocks<K, TP, Bits, Table>(table, args, phase, smem, trust);
   if (phase == Phase::Norm) {
     norm_acc = warp_sum(norm_acc);
     if (lane == 0) norm_scratch[warp] = norm_acc;
@@ -532,47 +563,61 @@ __global__ void __launch_bounds__(kThreads, Bits == 8 ? kMinCtas8bit : 1)
 
 // ---- launchers -----------------------------------------------------------------------------------------
 
-template <OptimizerKind K, typename TP, int Bits, int Cap>
-unsigned optimizer_grid(const TensorTable<Cap>& table, int32_t device) {
-  const int64_t total_blocks = table.first_block[table.count];
+template <OptimizerKind K, typename TP, int Bits, typename Table>
+unsigned optimizer_grid(int64_t total_blocks, int32_t device) {
   // One wave: unlike the quantizers, the optimizer step measured no faster with more (H100).
-  const int64_t resident = resident_ctas<optimizer_kernel<K, TP, Bits, Cap>>(device, kThreads);
+  const int64_t resident = resident_ctas<optimizer_kernel<K, TP, Bits, Table>>(device, kThreads);
   return grid_for((total_blocks + kWarps - 1) / kWarps, resident);
 }
 
-template <OptimizerKind K, typename TP, int Bits, int Cap>
-void launch_optimizer(const TensorTable<Cap>& table, const KernelArgs& args, Phase phase, unsigned grid,
-                      cudaStream_t stream) {
-  optimizer_kernel<K, TP, Bits, Cap><<<grid, kThreads, 0, stream>>>(table, args, phase);
+template <OptimizerKind K, typename TP, int Bits, typename Table>
+void launch_optimizer(const Table& table, const KernelArgs& args, Phase phase, unsigned grid, cudaStream_t stream) {
+  optimizer_kernel<K, TP, Bits, Table><<<grid, kThreads, 0, stream>>>(table, args, phase);
   BNB_CUDA_CHECK_LAUNCH("optimizer_kernel");
 }
 
-// Runs a table (single or fused) for the runtime rule and parameter dtype; with the trust ratio
-// on, the Norm pass goes first on the same stream.
-template <int Bits, int Cap>
-void run_table(OptimizerKind kind, bnb_dtype_t p_dtype, const TensorTable<Cap>& table, const KernelArgs& args,
-               int32_t device, cudaStream_t stream) {
+// Runs a table (single or fused, `total_blocks` blocks in all) for the runtime rule and parameter
+// dtype; with the trust ratio on, the Norm pass goes first on the same stream.
+template <int Bits, typename Table>
+void run_table(OptimizerKind kind, bnb_dtype_t p_dtype, const Table& table, int64_t total_blocks,
+               const KernelArgs& args, int32_t device, cudaStream_t stream) {
+  if (total_blocks == 0) return;
   dispatch_optimizer(kind, [&](auto k) {
     dispatch_float<CudaType>(p_dtype, "p", [&](auto tp) {
       using TP = typename decltype(tp)::type;
       constexpr OptimizerKind K = decltype(k)::value;
-      if (table.first_block[table.count] == 0) return;
-      const unsigned grid = optimizer_grid<K, TP, Bits, Cap>(table, device);
+      const unsigned grid = optimizer_grid<K, TP, Bits, Table>(total_blocks, device);
       if (!args.unorm) {
-        launch_optimizer<K, TP, Bits, Cap>(table, args, Phase::Update, grid, stream);
+        launch_optimizer<K, TP, Bits, Table>(table, args, Phase::Update, grid, stream);
         return;
       }
       // Stream-ordered scratch for the per-CTA partial norms: no host synchronisation.
       const Scratch partials(grid * sizeof(float), device, stream);
       KernelArgs with_partials = args;
       with_partials.partials = partials.as<float>();
-      launch_optimizer<K, TP, Bits, Cap>(table, with_partials, Phase::Norm, grid, stream);
-      launch_optimizer<K, TP, Bits, Cap>(table, with_partials, Phase::Update, grid, stream);
+      launch_optimizer<K, TP, Bits, Table>(table, with_partials, Phase::Norm, grid, stream);
+      launch_optimizer<K, TP, Bits, Table>(table, with_partials, Phase::Update, grid, stream);
     });
   });
 }
 
+template <typename Table>
+void run_table_bits(int32_t state_bits, OptimizerKind kind, bnb_dtype_t p_dtype, const Table& table,
+                    int64_t total_blocks, const KernelArgs& args, int32_t device, cudaStream_t stream) {
+  if (state_bits == 8) run_table<8>(kind, p_dtype, table, total_blocks, args, device, stream);
+  else run_table<32>(kind, p_dtype, table, total_blocks, args, device, stream);
+}
+
 int64_t blocks_of(int64_t n) { return (n + kOptimBlock - 1) / kOptimBlock; }
+
+TensorTable<kSingle> single_table(const bnb_optimizer_tensor_t& t) {
+  TensorTable<kSingle> table{};
+  table.t[0] = t;
+  table.first_block[0] = 0;
+  table.first_block[1] = blocks_of(t.n);
+  table.count = 1;
+  return table;
+}
 
 }  // namespace
 }  // namespace bnb::cuda
@@ -584,32 +629,43 @@ using namespace bnb::cuda;
 void optimizer_update_32bit(OptimizerKind kind, const OptimStep& step, const Optimizer32bitParams& p, int32_t device,
                             bnb_stream_t stream) {
   DeviceGuard guard(device);
-  TensorTable<kSingle> table{};
-  table.t[0] = {p.p, p.g, p.state1, p.state2, nullptr, nullptr, p.n};
-  table.first_block[0] = 0;
-  table.first_block[1] = blocks_of(p.n);
-  table.count = 1;
+  const auto table = single_table({p.p, p.g, p.state1, p.state2, nullptr, nullptr, p.n});
   const KernelArgs args{step, nullptr, nullptr, step.trust_ratio ? p.unorm : nullptr, nullptr, p.g_dtype};
-  run_table<32>(kind, p.p_dtype, table, args, device, as_cuda(stream));
+  run_table<32>(kind, p.p_dtype, table, table.first_block[1], args, device, as_cuda(stream));
 }
 
 void optimizer_update_8bit_blockwise(OptimizerKind kind, const OptimStep& step, const Optimizer8bitParams& p,
                                      int32_t device, bnb_stream_t stream) {
   DeviceGuard guard(device);
-  TensorTable<kSingle> table{};
-  table.t[0] = {p.p, p.g, p.state1, p.state2, p.absmax1, p.absmax2, p.n};
-  table.first_block[0] = 0;
-  table.first_block[1] = blocks_of(p.n);
-  table.count = 1;
+  const auto table = single_table({p.p, p.g, p.state1, p.state2, p.absmax1, p.absmax2, p.n});
   const KernelArgs args{step, p.qmap1, p.qmap2, step.trust_ratio ? p.unorm : nullptr, nullptr, p.g_dtype};
-  run_table<8>(kind, p.p_dtype, table, args, device, as_cuda(stream));
+  run_table<8>(kind, p.p_dtype, table, table.first_block[1], args, device, as_cuda(stream));
 }
 
 void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const OptimizerMultiParams& m, int32_t device,
                             bnb_stream_t stream) {
   DeviceGuard guard(device);
+  const cudaStream_t s = as_cuda(stream);
   const KernelArgs args{step, m.qmap1, m.qmap2, nullptr, nullptr, m.g_dtype};
-  // Built on the host stack, copied into the launch by the runtime.
+  if (!stream_capturing(s)) {
+    // One launch for every tensor: the table (tensors, then block boundaries) in stream-ordered
+    // device memory, written through a pinned staging buffer.
+    const size_t tensor_bytes = sizeof(bnb_optimizer_tensor_t) * m.count;
+    const size_t bytes = tensor_bytes + sizeof(int64_t) * (m.count + 1);
+    StagedUpload upload(bytes, device);
+    std::memcpy(upload.host(), m.tensors, tensor_bytes);
+    int64_t* first_block = reinterpret_cast<int64_t*>(static_cast<char*>(upload.host()) + tensor_bytes);
+    first_block[0] = 0;
+    for (int64_t i = 0; i < m.count; ++i) first_block[i + 1] = first_block[i] + blocks_of(m.tensors[i].n);
+    const Scratch table_memory(bytes, device, s);
+    upload.send(table_memory.get(), s);
+    const DeviceTensorTable table{table_memory.as<bnb_optimizer_tensor_t>(),
+                                  reinterpret_cast<const int64_t*>(table_memory.get() + tensor_bytes),
+                                  static_cast<int32_t>(m.count)};
+    run_table_bits(m.state_bits, kind, m.p_dtype, table, first_block[m.count], args, device, s);
+    return;
+  }
+  // Captured: in the kernel parameters, so the graph holds its own copy.
   static thread_local TensorTable<kMulti> table;
   for (int64_t first = 0; first < m.count; first += kMulti) {
     const int count = static_cast<int>(std::min<int64_t>(kMulti, m.count - first));
@@ -619,8 +675,7 @@ void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const Opt
       table.first_block[i + 1] = table.first_block[i] + blocks_of(table.t[i].n);
     }
     table.count = count;
-    if (m.state_bits == 8) run_table<8>(kind, m.p_dtype, table, args, device, as_cuda(stream));
-    else run_table<32>(kind, m.p_dtype, table, args, device, as_cuda(stream));
+    run_table_bits(m.state_bits, kind, m.p_dtype, table, table.first_block[count], args, device, s);
   }
 }
 

@@ -72,9 +72,12 @@ typedef struct bnb_optimizer_tensor {
 } bnb_optimizer_tensor_t;
 
 /* Fused step over `count` tensors sharing the rule, hyper-parameters, dtypes and state layout.
- * `tensors` is a host array; the CUDA backend passes it to the kernel by value, one launch per
- * up to BNB_OPTIM_MULTI_MAX_TENSORS tensors, so the call never synchronises and can be captured
- * in a CUDA graph. max_unorm must be 0 (the trust ratio is per tensor: use the single-tensor call). */
+ * `tensors` is a host array (rows contiguous), free for reuse when the call returns. The CUDA
+ * backend copies it to device memory through pinned staging and updates every tensor in one
+ * launch; while the stream is being captured into a CUDA graph it passes the table by value
+ * instead, one launch per up to BNB_OPTIM_MULTI_MAX_TENSORS tensors, so the graph holds its own
+ * copy. Either way the call never synchronises. max_unorm must be 0 (the trust ratio is per
+ * tensor: use the single-tensor call). */
 #define BNB_OPTIM_MULTI_MAX_TENSORS 448
 BNB_API bnb_status_t bnb_optimizer_update_multi(bnb_optimizer_t optimizer, const bnb_optimizer_hparams_t* hparams,
                                                 int32_t state_bits, bnb_dtype_t p_dtype, bnb_dtype_t g_dtype,

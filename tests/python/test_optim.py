@@ -520,6 +520,79 @@ def test_fused_8bit_step_of_large_tensors_equals_per_tensor(rule, dtype):
                 assert torch.equal(oa.state[a][k], ob.state[b][k]), k
 
 
+@needs_cuda
+@pytest.mark.parametrize("bits", [8, 32])
+def test_fused_step_of_a_thousand_cuda_tensors_equals_per_tensor(bits):
+    """1000 tensors of uneven sizes in one fused launch (the table in device memory; a warp passes
+    hundreds of tensors between two of its blocks) against one launch per tensor."""
+    sizes = [4096 + (i * 37) % 700 for i in range(1000)]
+
+    def run(fused):
+        gen = torch.Generator().manual_seed(3)
+        params = [torch.nn.Parameter(torch.randn(n, generator=gen).cuda()) for n in sizes]
+        opt = O.AdamW(params, lr=1e-2, optim_bits=bits)
+        opt._fused = fused
+        for _ in range(2):
+            for q in params:
+                q.grad = torch.randn(q.shape, generator=gen).cuda()
+            opt.step()
+        return params, opt
+
+    pa, oa = run(True)
+    pb, ob = run(False)
+    for a, b in zip(pa, pb):
+        assert torch.equal(a, b)
+        for k in ("state1", "state2", "absmax1", "absmax2"):
+            if k in oa.state[a]:
+                assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+
+
+@needs_cuda
+def test_fused_step_captured_in_a_cuda_graph_equals_eager():
+    """A step captured in a CUDA graph (its tensor table in the kernel parameters, two launches for
+    600 tensors) replays as the eager step (table in device memory) of a twin optimizer, also after
+    other eager steps have cycled the host staging buffers."""
+    sizes = [4096 + 256 * (i % 5) + i % 3 for i in range(600)]
+
+    def make():
+        gen = torch.Generator().manual_seed(5)
+        params = [torch.nn.Parameter(torch.randn(n, generator=gen).cuda()) for n in sizes]
+        for q in params:
+            q.grad = torch.zeros_like(q)
+        return params, O.AdamW8bit(params, lr=1e-2)
+
+    def load_grads(params, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for q in params:
+            q.grad.copy_(torch.randn(q.shape, generator=gen).cuda())
+
+    (pa, oa), (pb, ob), (pc, oc) = make(), make(), make()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for seed in (1, 2):
+            load_grads(pa, seed)
+            load_grads(pb, seed)
+            oa.step()
+            ob.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        oa.step()
+    for seed in range(20):  # more eager fused steps than the staging ring has buffers
+        load_grads(pc, seed)
+        oc.step()
+    load_grads(pa, 3)
+    load_grads(pb, 3)
+    graph.replay()
+    ob.step()
+    torch.cuda.synchronize()
+    for a, b in zip(pa, pb):
+        assert torch.equal(a, b)
+        for k in ("state1", "state2", "absmax1", "absmax2"):
+            assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+
+
 def test_fused_switch_from_environment(monkeypatch):
     monkeypatch.setenv("BNB_OPTIM_FUSED", "0")
     assert O.Adam([torch.nn.Parameter(torch.zeros(3))])._fused is False
@@ -566,8 +639,8 @@ def test_fused_step_never_synchronises(monkeypatch):
         opt.step()
 
 
-def test_fused_many_tensors_are_chunked():
-    """More tensors than one native call takes (OPTIM_MULTI_MAX_TENSORS)."""
+def test_fused_many_tensors_equal_per_tensor():
+    """More tensors than one captured CUDA launch takes (OPTIM_MULTI_MAX_TENSORS), on the CPU."""
     def run(fused):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(3)) for _ in range(1000)]
