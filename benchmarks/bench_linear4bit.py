@@ -3,6 +3,9 @@
 Targets (fp16 and bf16; K = 8192, N in {8192, 28672}): M = 1 >= 3.0x, M = 16 >= 2.5x, M = 512 and
 4096 >= 1.0x; double-quantized statistics within 5% of plain ones.
 
+Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved
+(gpu_timing.time_ms_paired) so that they see the same host; "GPU only" replays a CUDA graph.
+
     PYTHONPATH=. python benchmarks/bench_linear4bit.py --out linear4bit.json
     PYTHONPATH=. python benchmarks/bench_linear4bit.py --device cpu --small   (a quick functional run)
 """
@@ -23,10 +26,11 @@ NESTED_TOLERANCE = 0.05
 
 
 def timer(device: str, repeats: int):
+    """Times a list of functions, their runs interleaved on CUDA (gpu_timing.time_ms_paired)."""
     if device == "cuda":
-        from gpu_timing import LAYER_CALLS, time_ms
+        from gpu_timing import LAYER_CALLS, time_ms_paired
 
-        return lambda fn: time_ms(fn, repeats, calls=LAYER_CALLS)
+        return lambda fns: time_ms_paired(fns, repeats, calls=LAYER_CALLS)
 
     def cpu_ms(fn):
         fn()
@@ -37,7 +41,7 @@ def timer(device: str, repeats: int):
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
-    return cpu_ms
+    return lambda fns: [cpu_ms(fn) for fn in fns]
 
 
 def linear4bit(weight: torch.Tensor, dtype: torch.dtype, nested: bool, device: str) -> torch.nn.Module:
@@ -59,9 +63,7 @@ def run(device: str, shapes, ms, dtypes, repeats: int) -> list:
             for m in ms:
                 x = torch.randn(m, k, device=device, dtype=dtype)
                 with torch.no_grad():
-                    t_dense = time_of(lambda: dense(x))
-                    t_plain = time_of(lambda: plain(x))
-                    t_nested = time_of(lambda: nested(x))
+                    t_dense, t_plain, t_nested = time_of([lambda: dense(x), lambda: plain(x), lambda: nested(x)])
                     gpu = {}
                     if device == "cuda":  # GPU time alone (CUDA graph), to tell kernel from host overhead
                         from gpu_timing import graph_time_ms

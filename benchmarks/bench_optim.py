@@ -8,7 +8,9 @@ bandwidth, all measured in this run (targets.md):
   - state memory <= 2.04 B/param (two 8-bit states), <= 1.02 (one state)
 
 Timing: CUDA events around optimizer.step() after warm-up, median of --repeats; gradients are random
-normal and stay in place (step() reads them; nothing else runs between steps).
+normal and stay in place (step() reads them; nothing else runs between steps). Ours and torch's steps
+over the same parameters are timed with their runs interleaved (gpu_timing.time_ms_paired), so both
+see the same host: at 1000 small tensors a step is paced by the host, whose speed drifts.
 
     PYTHONPATH=. python benchmarks/bench_optim.py --out optim_cuda.json
 """
@@ -21,7 +23,7 @@ import json
 import torch
 
 import bitsandbytes as bnb
-from gpu_timing import copy_bandwidth, gpu_clock_state, time_ms
+from gpu_timing import copy_bandwidth, gpu_clock_state, time_ms, time_ms_paired
 
 BIG = 1 << 28          # one 268M-element parameter
 MANY, SMALL = 1000, 1 << 16
@@ -41,6 +43,11 @@ def make_params(shapes, dtype):
 
 def step_ms(opt, repeats):
     return time_ms(opt.step, repeats, warmup=3)
+
+
+def paired_step_ms(opts, repeats):
+    """Step times of optimizers over the same parameters, their runs interleaved (time_ms_paired)."""
+    return time_ms_paired([o.step for o in opts], repeats, warmup=3)
 
 
 def state_bytes_per_param(opt, params):
@@ -67,31 +74,25 @@ def run(repeats: int) -> dict:
     # -- one large fp32 parameter
     params = make_params([(BIG,)], torch.float32)
     torch_opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
-    t_torch = step_ms(torch_opt, repeats)
-    del torch_opt
-    torch.cuda.empty_cache()
     opt = bnb.optim.AdamW8bit(params, lr=1e-3)
-    t_ours = step_ms(opt, repeats)
+    opt32 = bnb.optim.AdamW(params, lr=1e-3)  # our 32-bit kernel, for reference
+    t_torch, t_ours, t32 = paired_step_ms([torch_opt, opt, opt32], repeats)
     add("AdamW8bit 268M fp32 vs torch fused AdamW", t_torch / t_ours, TARGET_BIG, "x",
         {"ours_ms": t_ours, "torch_ms": t_torch, "fraction_of_copy": BIG * 16.06 / t_ours / 1e6 / copy_gbs})
     add("AdamW8bit state memory", state_bytes_per_param(opt, params), 2.04, "B/param")
-    opt32 = bnb.optim.AdamW(params, lr=1e-3)  # our 32-bit kernel, for reference
-    t32 = step_ms(opt32, repeats)
     rows.append({"case": "AdamW (32-bit state) 268M fp32 vs torch fused AdamW", "value": round(t_torch / t32, 4),
                  "ours_ms": t32, "torch_ms": t_torch, "target": None, "unit": "x", "pass": True})
-    del opt, opt32, params
+    del torch_opt, opt, opt32, params
     torch.cuda.empty_cache()
 
     # -- many small fp32 parameters
     params = make_params([(SMALL,)] * MANY, torch.float32)
     torch_opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
-    t_torch = step_ms(torch_opt, repeats)
-    del torch_opt
     opt = bnb.optim.AdamW8bit(params, lr=1e-3)
-    t_ours = step_ms(opt, repeats)
+    t_torch, t_ours = paired_step_ms([torch_opt, opt], repeats)
     add(f"AdamW8bit {MANY}x64K fp32 vs torch fused AdamW", t_torch / t_ours, TARGET_MANY, "x",
         {"ours_ms": t_ours, "torch_ms": t_torch})
-    del opt, params
+    del torch_opt, opt, params
     torch.cuda.empty_cache()
 
     # -- bf16 bandwidth cases

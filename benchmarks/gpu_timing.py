@@ -30,6 +30,29 @@ def time_ms(fn, repeats: int, warmup: int = 3, calls: int = 1) -> float:
     return statistics.median(start.elapsed_time(stop) for start, stop in events) / calls
 
 
+def time_ms_paired(fns, repeats: int, warmup: int = 3, calls: int = 1) -> list:
+    """time_ms of each of `fns` (e.g. a baseline and ours), their runs interleaved: run r of every
+    function is queued before run r + 1 of any, the order reversed every other run. Where the host
+    sets the pace, a slow spell of the host's then lands on all of them alike instead of on
+    whichever happened to be timed during it, so their ratio measures the code, not the moment."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+              for _ in fns]
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            start, stop = events[i][r]
+            start.record()
+            for _ in range(calls):
+                fns[i]()
+            stop.record()
+    torch.cuda.synchronize()
+    return [statistics.median(start.elapsed_time(stop) for start, stop in runs) / calls for runs in events]
+
+
 def copy_bandwidth(repeats: int, n: int = 1 << 28) -> float:
     """GB/s of a device-to-device copy of n float32 values, counting bytes read + written."""
     src = torch.randn(n, device="cuda")
