@@ -8,9 +8,10 @@
 // Every CTA reads all of X (from L2 after the first). H100, K = N = 8192, fp16, GPU time in a CUDA
 // graph against the chain (before this kernel overlapped its predecessor): threshold 6: M = 1 32.6 us
 // (chain 33.1-33.3), M = 4 37.7 (34.9); threshold 0: M = 1 29.5-29.7 (28.5), M = 4 34.0 (29.0): each
-// more row costs every CTA about a microsecond, so only one row is taken here. Overlapping the kernel
-// before it brought M = 1 to 30.6-30.7 (threshold 6) and 28.2-28.3 us (threshold 0). At one row the host time of a call falls by a launch (threshold 0) or
-// three launches and the scratch allocation (threshold 6), which is what eager generation waits on.
+// more row costs every CTA about a microsecond, so only one row is taken here. Overlapping the
+// kernel before it brought M = 1 to 30.6-30.7 (threshold 6) and 28.2-28.3 us (threshold 0). At one
+// row the host time of a call falls by a launch (threshold 0) or three launches and the scratch
+// allocation (threshold 6), which is what eager generation waits on.
 // The values, the outlier columns and every rounding step are those of the chained path
 // (int8_arith.cuh), so the results are the same bits.
 #include "cuda/int8_linear_one_row.cuh"
@@ -27,47 +28,42 @@ using namespace cuda::int8_tiles;
 using cuda::kPackedOutliers;
 using cuda::kWarpSize;
 
-constexpr int64_t kFusedRows = 1;  // rows taken (the code is written for up to 8)
-// Bytes after each quantized row in shared memory: with rows K + 64 apart (K a multiple of 64) the
-// lanes of rows g and g + 1 that share a quarter-warp's 16-byte loads fall on different banks.
-constexpr int64_t kRowPad = 64;
 // Dynamic shared memory a launch may take without the opt-in attribute (48 KiB), less the static arrays.
 constexpr size_t kMaxDynamicSmem = 40 * 1024;
 
 template <typename T>
 struct OneRowArgs {
-  const T* X;           // [M, K]
+  const T* X;           // [1, K]
   const int8_t* CB;     // [N, K]
   const float* SCB;     // [N]
   const T* bias;        // [N] or null
-  T* out;               // [M, N]
+  T* out;               // [1, N]
   uint8_t* mask;        // [K] or null: 1 at the outlier columns, 0 elsewhere (threshold > 0)
-  int64_t M, N, K;
+  int64_t N, K;
   float threshold;
 };
 
-// Shared memory before the outlier bits: the quantized rows, reused for the warps' partial sums.
-__host__ __device__ constexpr int64_t rows_region_bytes(int64_t M, int64_t K) {
-  const int64_t rows = M * (K + kRowPad);
+// Shared memory before the outlier bits: the quantized row, reused for the warps' partial sums.
+__host__ __device__ constexpr int64_t row_region_bytes(int64_t K) {
   const int64_t partial = int64_t{kPartialInts} * 4;
-  return ((rows > partial ? rows : partial) + 15) / 16 * 16;
+  return ((K > partial ? K : partial) + 15) / 16 * 16;
 }
 
 template <typename T, bool kOutliers>
 __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ uint4 dynamic_smem[];
-  __shared__ float warp_max[kWarps][kFusedRows];
+  __shared__ float warp_max[kWarps];
   __shared__ int32_t cols[kPackedOutliers];
-  __shared__ float coef[kFusedRows][kPackedOutliers];
+  __shared__ float coef[kPackedOutliers];
   __shared__ int8_t cb[kPackedOutliers][kRowsPerCta];
 
   constexpr int V = cuda::vec_elems<T>();  // elements per 16-byte load of X
-  const int64_t M = p.M, N = p.N, K = p.K, stride = K + kRowPad;
-  int8_t* ca = reinterpret_cast<int8_t*>(dynamic_smem);          // [M][stride] quantized rows
+  const int64_t N = p.N, K = p.K;
+  int8_t* ca = reinterpret_cast<int8_t*>(dynamic_smem);          // [K] the quantized row
   int32_t* partial = reinterpret_cast<int32_t*>(dynamic_smem);   // [kPartialInts] after the main loop
   uint32_t* outlier_bits = reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(dynamic_smem) +
-                                                       rows_region_bytes(M, K));  // [K / 32]
+                                                       row_region_bytes(K));  // [K / 32]
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int g = lane / 4;
@@ -78,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
 
   // Launched to overlap the end of the kernel before it, and lets the kernel after it do the same
   // (its weight prefetch): in generation the next product is often one of these. The first weight
-  // bytes travel while the rows are quantized (the weight is never written by the kernels before
+  // bytes travel while the row is quantized (the weight is never written by the kernels before
   // this one); X, the outputs and the mask are touched only after wait_for_previous_kernel.
   // (Prefetching 4 or 8 groups per warp instead of kUnroll measured slower.)
   cuda::allow_next_kernel();
@@ -89,12 +85,12 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
   }
   cuda::wait_for_previous_kernel();
 
-  // X is [M, K] contiguous: its 16-byte chunks are items 0 .. M * K / V - 1, item i at X + i * V, in
-  // row m = i * V / K. Thread j takes items j, j + kThreads, ..., kBatch of them loaded at once (one
-  // round trip for a whole row at K = 8192 and 16-bit X, where a load per iteration took four).
+  // The row's 16-byte chunks are items 0 .. K / V - 1, item i at X + i * V. Thread j takes items j,
+  // j + kThreads, ..., kBatch of them loaded at once (one round trip for a whole row at K = 8192 and
+  // 16-bit X, where a load per iteration took four).
   using Raw = cuda::RawVec<T, V>;
   constexpr int kBatch = 4;
-  const uint32_t items = static_cast<uint32_t>(M * K / V), k_elems = static_cast<uint32_t>(K);
+  const uint32_t items = static_cast<uint32_t>(K / V);
   auto for_items = [&](auto body) {
     for (uint32_t i0 = threadIdx.x; i0 < items; i0 += kThreads * kBatch) {
       typename Raw::type raw[kBatch];
@@ -109,16 +105,14 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
         if (i >= items) break;
         float x[V];
         Raw::unpack(raw[b], x);
-        const uint32_t at = i * V;
-        body(at / k_elems, at % k_elems, x);  // row, first column
+        body(i * V, x);  // first column
       }
     }
   };
 
-  // Pass 1: the rows' absmax over the non-outliers and the outlier columns (bit k: |X[m, k]| >=
-  // threshold in some row m).
-  float amax[kFusedRows] = {};
-  for_items([&](uint32_t m, uint32_t k, const float (&x)[V]) {
+  // Pass 1: the row's absmax over the non-outliers and the outlier columns (bit k: |X[k]| >= threshold).
+  float amax = 0.0f;
+  for_items([&](uint32_t k, const float (&x)[V]) {
     uint32_t bits = 0;
     float chunk_max = 0.0f;
 #pragma unroll
@@ -128,65 +122,50 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
       bits |= (outlier ? 1u : 0u) << i;
       chunk_max = fmaxf(chunk_max, outlier ? 0.0f : a);
     }
-#pragma unroll
-    for (int r = 0; r < kFusedRows; ++r)
-      if (r == static_cast<int>(m)) amax[r] = fmaxf(amax[r], chunk_max);
+    amax = fmaxf(amax, chunk_max);
     if (kOutliers && bits) atomicOr(&outlier_bits[k / 32], bits << (k % 32));
   });
-#pragma unroll
-  for (int m = 0; m < kFusedRows; ++m) {
-    const float w = cuda::group_max<kWarpSize>(amax[m]);
-    if (lane == 0) warp_max[warp][m] = w;
-  }
+  amax = cuda::group_max<kWarpSize>(amax);
+  if (lane == 0) warp_max[warp] = amax;
   __syncthreads();
-  auto row_absmax = [&](int64_t m) {  // SCA[m]: a max, so the same bits in any order
-    float v = 0.0f;
+  float sca = 0.0f;  // SCA: a max, so the same bits in any order
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) v = fmaxf(v, warp_max[w][m]);
-    return v;
-  };
+  for (int w = 0; w < kWarps; ++w) sca = fmaxf(sca, warp_max[w]);
 
-  // Pass 2: the quantized rows into shared memory (outliers 0), as int8_vectorwise_quant writes CA.
-  float scale[kFusedRows];
-#pragma unroll
-  for (int r = 0; r < kFusedRows; ++r) scale[r] = int8_scale(row_absmax(r));
-  for_items([&](uint32_t m, uint32_t k, const float (&x)[V]) {
-    float row_scale = scale[0];
-#pragma unroll
-    for (int r = 1; r < kFusedRows; ++r)
-      if (r == static_cast<int>(m)) row_scale = scale[r];
+  // Pass 2: the quantized row into shared memory (outliers 0), as int8_vectorwise_quant writes CA.
+  const float scale = int8_scale(sca);
+  for_items([&](uint32_t k, const float (&x)[V]) {
     cuda::Packet<int8_t, V> q;
 #pragma unroll
-    for (int i = 0; i < V; ++i) q.v[i] = cuda::quantize_int8<kOutliers>(x[i], row_scale, p.threshold);
-    *reinterpret_cast<cuda::Packet<int8_t, V>*>(ca + m * stride + k) = q;
+    for (int i = 0; i < V; ++i) q.v[i] = cuda::quantize_int8<kOutliers>(x[i], scale, p.threshold);
+    *reinterpret_cast<cuda::Packet<int8_t, V>*>(ca + k) = q;
   });
 
   // The outlier columns in ascending order (the first kPackedOutliers of them listed), the caller's
-  // mask, and per row and listed column what one unit of CB there adds (outlier_coef).
+  // mask, and per listed column what one unit of CB there adds (outlier_coef).
   int64_t count = 0;
   if constexpr (kOutliers) {
     count = cuda::scan_bits(
         K, cols, [&](int64_t first) { return (outlier_bits[first / 32] >> (first % 32)) & 0xffffu; },
-        kPackedOutliers);  // ends with a barrier: the quantized rows are complete as well
+        kPackedOutliers);  // ends with a barrier: the quantized row is complete as well
     if (p.mask != nullptr && blockIdx.x == 0) {
       for (int64_t k = threadIdx.x; k < K; k += kThreads)
         p.mask[k] = static_cast<uint8_t>((outlier_bits[k / 32] >> (k % 32)) & 1u);
     }
     if (count <= kPackedOutliers) {
-      for (int64_t i = threadIdx.x; i < M * count; i += kThreads) {
-        const int64_t m = i / count, j = i % count, k = cols[j];
-        coef[m][j] = cuda::outlier_coef(cuda::to_f32(p.X[m * K + k]), static_cast<float>(ca[m * stride + k]),
-                                        row_absmax(m));
+      for (int64_t j = threadIdx.x; j < count; j += kThreads) {
+        const int64_t k = cols[j];
+        coef[j] = cuda::outlier_coef(cuda::to_f32(p.X[k]), static_cast<float>(ca[k]), sca);
       }
     }
   } else {
-    __syncthreads();  // the quantized rows are complete
+    __syncthreads();  // the quantized row is complete
   }
 
-  // Main loop: the int8 product of the rows with this CTA's kRowsPerCta weight rows (as int8_gemm_small_m,
-  // A from shared memory; rows g >= M are zero, and with M <= 8 so is every row g + 8).
-  const bool has_row = g < M;
-  const int8_t* a_row = ca + g * stride + 16 * t;
+  // Main loop: the int8 product of the row with this CTA's kRowsPerCta weight rows (as int8_gemm_small_m,
+  // A from shared memory: the row is A's row 0, lanes of g = 0 load it, every other row of A is zero).
+  const bool has_row = g == 0;
+  const int8_t* a_row = ca + 16 * t;
   int32_t acc[kTiles][4] = {};
   weight.multiply(warp, groups, [&](int64_t col, uint4& lo, uint4& hi) {
     lo = has_row ? *reinterpret_cast<const uint4*>(a_row + col) : make_uint4(0, 0, 0, 0);
@@ -200,27 +179,27 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
       cb[j][r] = p.CB[min(row0 + r, N - 1) * K + cols[j]];
     }
   }
-  __syncthreads();  // every warp is done with the quantized rows: their bytes take the partial sums
+  __syncthreads();  // every warp is done with the quantized row: its bytes take the partial sums
 #pragma unroll
   for (int j = 0; j < kTiles; ++j)
 #pragma unroll
     for (int c = 0; c < 2; ++c) partial[((warp * kTiles + j) * 2 + c) * kWarpSize + lane] = acc[j][c];
   __syncthreads();
-  if (warp >= kTiles) return;
+  if (warp >= kTiles || g != 0) return;  // lanes of g = 0 hold the output row
   const int j = warp;
 #pragma unroll
-  for (int c = 0; c < 2; ++c) {  // accumulator entries 2 and 3 are rows g + 8 >= M
+  for (int c = 0; c < 2; ++c) {  // accumulator entries 2 and 3 are row 8 of A: zero
     uint32_t sum = 0;  // modulo 2^32, as the int32 GEMMs wrap
     for (int w = 0; w < kWarps; ++w) sum += static_cast<uint32_t>(partial[((w * kTiles + j) * 2 + c) * kWarpSize + lane]);
-    const int64_t r = 8 * j + 2 * t + c, n = row0 + r, m = g;
-    if (n >= N || m >= M) continue;
-    const float col = p.SCB[n], sca = row_absmax(m);
+    const int64_t r = 8 * j + 2 * t + c, n = row0 + r;
+    if (n >= N) continue;
+    const float col = p.SCB[n];
     float v = cuda::dequant_acc(static_cast<int32_t>(sum), sca, col);
     if constexpr (kOutliers) {
       if (count <= kPackedOutliers) {
         float outlier_sum = 0.0f;
         for (int64_t i = 0; i < count; ++i)
-          outlier_sum = cuda::add_product(outlier_sum, coef[m][i], static_cast<float>(cb[i][r]));
+          outlier_sum = cuda::add_product(outlier_sum, coef[i], static_cast<float>(cb[i][r]));
         v = cuda::add_product(v, outlier_sum, col);
       } else {
         // More outlier columns than listed: walk the bits in ascending order, CA requantized from X.
@@ -229,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
         for (int64_t word = 0; word < K / 32; ++word) {
           for (uint32_t rest = outlier_bits[word]; rest != 0; rest &= rest - 1) {
             const int64_t k = word * 32 + __ffs(rest) - 1;
-            const float w8 = static_cast<float>(p.CB[n * K + k]), x = cuda::to_f32(p.X[m * K + k]);
+            const float w8 = static_cast<float>(p.CB[n * K + k]), x = cuda::to_f32(p.X[k]);
             extra = cuda::add_product(extra, x, w8);
             int8_terms = cuda::add_product(
                 int8_terms, static_cast<float>(cuda::quantize_int8<true>(x, scale, p.threshold)), w8);
@@ -239,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
       }
     }
     if (p.bias != nullptr) v = cuda::plus_bias(v, cuda::to_f32(p.bias[n]));
-    p.out[m * N + n] = cuda::from_f32<T>(v);
+    p.out[n] = cuda::from_f32<T>(v);
   }
 #endif
 }
@@ -247,17 +226,17 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
 }  // namespace
 
 bool int8_linear_one_row(const Int8LinearParams& p, int32_t device, cudaStream_t stream) {
-  if (p.M < 1 || p.M > kFusedRows || p.K % kGroup != 0 || !cuda::is_aligned(p.X, cuda::kVecBytes) ||
+  if (p.M != 1 || p.K % kGroup != 0 || !cuda::is_aligned(p.X, cuda::kVecBytes) ||
       !cuda::is_aligned(p.CB, 16) || cuda::compute_capability(device) < 80)
     return false;
   const bool outliers = p.threshold > 0.0f;
-  const size_t smem = static_cast<size_t>(rows_region_bytes(p.M, p.K)) + (outliers ? static_cast<size_t>(p.K / 8) : 0);
+  const size_t smem = static_cast<size_t>(row_region_bytes(p.K)) + (outliers ? static_cast<size_t>(p.K / 8) : 0);
   const int64_t ctas = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   if (smem > kMaxDynamicSmem || ctas > cuda::kMaxGridX) return false;
   dispatch_float<cuda::CudaType>(p.x_dtype, "X", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const OneRowArgs<T> args{static_cast<const T*>(p.X), p.CB, p.SCB, static_cast<const T*>(p.bias),
-                              static_cast<T*>(p.out), p.outlier_mask, p.M, p.N, p.K, p.threshold};
+                              static_cast<T*>(p.out), p.outlier_mask, p.N, p.K, p.threshold};
     auto kernel = outliers ? int8_linear_one_row<T, true> : int8_linear_one_row<T, false>;
     cuda::launch_with_smem_after_previous(kernel, static_cast<unsigned>(ctas), kThreads, smem, stream, device,
                                           /*overlap=*/true, args);
