@@ -481,6 +481,32 @@ def test_8bit_step_of_a_large_tensor_equals_the_step_of_its_pieces(rule, p_dtype
         assert torch.equal(whole[5], torch.cat(pieces["a2"]))
 
 
+def assert_same_params_and_states(pa, oa, pb, ob):
+    """Parameters pa (optimizer oa) and pb (ob) hold the same bits, and so do their states."""
+    for a, b in zip(pa, pb, strict=True):
+        assert torch.equal(a, b)
+        for k in ("state1", "state2", "absmax1", "absmax2"):
+            if k in oa.state[a]:
+                assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+
+
+def assert_fused_equals_per_tensor(make_params, make_optimizer, grad_of, steps):
+    """`steps` steps of the fused path and of the per-tensor path from the same parameters and
+    gradients (grad_of(param, generator)) end with the same bits."""
+    def run(fused):
+        params = make_params()
+        opt = make_optimizer(params)
+        opt._fused = fused
+        gen = torch.Generator().manual_seed(7)
+        for _ in range(steps):
+            for q in params:
+                q.grad = grad_of(q, gen)
+            opt.step()
+        return params, opt
+
+    assert_same_params_and_states(*run(True), *run(False))
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("rule", sorted(BIG_RULES))
@@ -499,25 +525,14 @@ def test_fused_8bit_step_of_large_tensors_equals_per_tensor(rule, dtype):
         storage[1:] = values.cuda()
         return torch.nn.Parameter(storage[1:])
 
-    def run(fused):
-        params = [param(i, s) for i, s in enumerate(shapes)]
-        assert params[misaligned].data_ptr() % 8 != 0
-        opt = BIG_RULES[rule](params, lr=1e-3)
-        opt._fused = fused
-        gen = torch.Generator().manual_seed(7)
-        for _ in range(3):
-            for q in params:
-                q.grad = (torch.randn(q.shape, generator=gen) * 0.01).to(device="cuda", dtype=dtype)
-            opt.step()
-        return params, opt
+    def params():
+        ps = [param(i, s) for i, s in enumerate(shapes)]
+        assert ps[misaligned].data_ptr() % 8 != 0
+        return ps
 
-    pa, oa = run(True)
-    pb, ob = run(False)
-    for a, b in zip(pa, pb):
-        assert torch.equal(a, b)
-        for k in ("state1", "state2", "absmax1", "absmax2"):
-            if k in oa.state[a]:
-                assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+    assert_fused_equals_per_tensor(
+        params, lambda ps: BIG_RULES[rule](ps, lr=1e-3),
+        lambda q, gen: (torch.randn(q.shape, generator=gen) * 0.01).to(device="cuda", dtype=dtype), steps=3)
 
 
 @needs_cuda
@@ -527,24 +542,12 @@ def test_fused_step_of_a_thousand_cuda_tensors_equals_per_tensor(bits):
     hundreds of tensors between two of its blocks) against one launch per tensor."""
     sizes = [4096 + (i * 37) % 700 for i in range(1000)]
 
-    def run(fused):
+    def params():
         gen = torch.Generator().manual_seed(3)
-        params = [torch.nn.Parameter(torch.randn(n, generator=gen).cuda()) for n in sizes]
-        opt = O.AdamW(params, lr=1e-2, optim_bits=bits)
-        opt._fused = fused
-        for _ in range(2):
-            for q in params:
-                q.grad = torch.randn(q.shape, generator=gen).cuda()
-            opt.step()
-        return params, opt
+        return [torch.nn.Parameter(torch.randn(n, generator=gen).cuda()) for n in sizes]
 
-    pa, oa = run(True)
-    pb, ob = run(False)
-    for a, b in zip(pa, pb):
-        assert torch.equal(a, b)
-        for k in ("state1", "state2", "absmax1", "absmax2"):
-            if k in oa.state[a]:
-                assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+    assert_fused_equals_per_tensor(params, lambda ps: O.AdamW(ps, lr=1e-2, optim_bits=bits),
+                                   lambda q, gen: torch.randn(q.shape, generator=gen).cuda(), steps=2)
 
 
 @needs_cuda
@@ -587,10 +590,7 @@ def test_fused_step_captured_in_a_cuda_graph_equals_eager():
     graph.replay()
     ob.step()
     torch.cuda.synchronize()
-    for a, b in zip(pa, pb):
-        assert torch.equal(a, b)
-        for k in ("state1", "state2", "absmax1", "absmax2"):
-            assert torch.equal(oa.state[a][k], ob.state[b][k]), k
+    assert_same_params_and_states(pa, oa, pb, ob)
 
 
 def test_fused_switch_from_environment(monkeypatch):
