@@ -4,8 +4,9 @@ Targets (K = 8192, N in {8192, 28672}, M in {1, 16, 512, 4096}; fp16 and bf16 ac
 int8_linear_matmul 4096x8192x8192 >= 1200 TOPS; Linear8bitLt threshold 0 >= 1.5x nn.Linear at M = 1, 16
 and 4096 (>= 1.0x at every M); threshold 6.0 >= 1.3x at M = 1 and 4096 (>= 1.0x at every M).
 
-Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved
-(gpu_timing.time_ms_paired) so that they see the same host; "GPU only" replays a CUDA graph.
+Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved in
+blocks of LAYER_BLOCK (gpu_timing.time_ms_paired) so that they see the same host, each block after one untimed
+run so that it runs at its own clock; "GPU only" replays a CUDA graph.
 
     PYTHONPATH=. python benchmarks/bench_int8.py --out int8.json
 """
@@ -18,7 +19,7 @@ import json
 import torch
 
 import bitsandbytes as bnb
-from gpu_timing import LAYER_CALLS, graph_time_ms, time_ms, time_ms_paired
+from gpu_timing import LAYER_BLOCK, LAYER_CALLS, graph_time_ms, time_ms, time_ms_paired
 
 ops = torch.ops.bitsandbytes
 TOPS_TARGET = 1200.0
@@ -60,7 +61,7 @@ def layers(repeats: int, shapes, ms, dtypes, thresholds) -> list:
                         x[:, :: k // 8] *= 10  # a few outlier features, as in LLM activations
                     with torch.no_grad():
                         t_dense, t_int8 = time_ms_paired([lambda: dense(x), lambda: layer(x)], repeats,
-                                                         calls=LAYER_CALLS)
+                                                         calls=LAYER_CALLS, block=LAYER_BLOCK)
                         g_dense = graph_time_ms(lambda: dense(x), repeats)
                         g_int8 = graph_time_ms(lambda: layer(x), repeats)
                     speedup = t_dense / t_int8

@@ -3,8 +3,9 @@
 Targets (fp16 and bf16; K = 8192, N in {8192, 28672}): M = 1 >= 3.0x, M = 16 >= 2.5x, M = 512 and
 4096 >= 1.0x; double-quantized statistics within 5% of plain ones.
 
-Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved
-(gpu_timing.time_ms_paired) so that they see the same host; "GPU only" replays a CUDA graph.
+Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved in
+blocks of LAYER_BLOCK (gpu_timing.time_ms_paired) so that they see the same host, each block after one untimed
+run so that it runs at its own clock; "GPU only" replays a CUDA graph.
 
     PYTHONPATH=. python benchmarks/bench_linear4bit.py --out linear4bit.json
     PYTHONPATH=. python benchmarks/bench_linear4bit.py --device cpu --small   (a quick functional run)
@@ -28,9 +29,9 @@ NESTED_TOLERANCE = 0.05
 def timer(device: str, repeats: int):
     """Times a list of functions, their runs interleaved on CUDA (gpu_timing.time_ms_paired)."""
     if device == "cuda":
-        from gpu_timing import LAYER_CALLS, time_ms_paired
+        from gpu_timing import LAYER_BLOCK, LAYER_CALLS, time_ms_paired
 
-        return lambda fns: time_ms_paired(fns, repeats, calls=LAYER_CALLS)
+        return lambda fns: time_ms_paired(fns, repeats, calls=LAYER_CALLS, block=LAYER_BLOCK)
 
     def cpu_ms(fn):
         fn()

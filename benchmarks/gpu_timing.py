@@ -8,6 +8,7 @@ import subprocess
 import torch
 
 LAYER_CALLS = 10  # back-to-back calls per timed run when timing a layer's eager calls (time_ms)
+LAYER_BLOCK = 5   # timed runs per block when layers are timed interleaved (time_ms_paired)
 
 
 def time_ms(fn, repeats: int, warmup: int = 3, calls: int = 1) -> float:
@@ -30,25 +31,32 @@ def time_ms(fn, repeats: int, warmup: int = 3, calls: int = 1) -> float:
     return statistics.median(start.elapsed_time(stop) for start, stop in events) / calls
 
 
-def time_ms_paired(fns, repeats: int, warmup: int = 3, calls: int = 1) -> list:
-    """time_ms of each of `fns` (e.g. a baseline and ours), their runs interleaved: run r of every
-    function is queued before run r + 1 of any, the order reversed every other run. Where the host
-    sets the pace, a slow spell of the host's then lands on all of them alike instead of on
-    whichever happened to be timed during it, so their ratio measures the code, not the moment."""
+def time_ms_paired(fns, repeats: int, warmup: int = 3, calls: int = 1, block: int = 1) -> list:
+    """time_ms of each of `fns` (e.g. a baseline and ours), their runs interleaved in blocks of `block`
+    runs: block b of every function is queued before block b + 1 of any, the order reversed every
+    other round. Where the host sets the pace, a slow spell of the host's then lands on all of them
+    alike instead of on whichever happened to be timed during it, so their ratio measures the code,
+    not the moment. With block > 1 each block starts with one untimed run: a GPU-bound function then
+    runs at the clock its own work sets, not at the one the function before it left (a dense GEMM
+    that reaches the power cap slows the first runs after it)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     torch.cuda.synchronize()
     events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
               for _ in fns]
-    for r in range(repeats):
+    rounds = (repeats + block - 1) // block
+    for r in range(rounds):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for i in order:
-            start, stop = events[i][r]
-            start.record()
-            for _ in range(calls):
-                fns[i]()
-            stop.record()
+            if block > 1:
+                for _ in range(calls):
+                    fns[i]()
+            for start, stop in events[i][r * block:(r + 1) * block]:
+                start.record()
+                for _ in range(calls):
+                    fns[i]()
+                stop.record()
     torch.cuda.synchronize()
     return [statistics.median(start.elapsed_time(stop) for start, stop in runs) / calls for runs in events]
 
