@@ -18,6 +18,7 @@
 // each warp's next block's loads with the re-quantization of its current one
 // (update_blocks_pipelined).
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "core/backend.h"
@@ -647,6 +648,7 @@ void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const Opt
   DeviceGuard guard(device);
   const cudaStream_t s = as_cuda(stream);
   const KernelArgs args{step, m.qmap1, m.qmap2, nullptr, nullptr, m.g_dtype};
+  BNB_CHECK_SUPPORTED(m.count <= INT32_MAX, "a fused CUDA step takes at most ", INT32_MAX, " tensors, got ", m.count);
   if (!stream_capturing(s)) {
     // One launch for every tensor: the table (tensors, then block boundaries) in stream-ordered
     // device memory, written through a pinned staging buffer.
