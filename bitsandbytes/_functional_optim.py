@@ -221,7 +221,7 @@ def multi_tensor_update(rule: str, hparams: _native.OptimizerHparams, state_bits
 
     All rows share the rule, hyper-parameters, dtypes, state layout and device. One native call:
     the CUDA backend copies the table to device memory and updates every tensor in one launch (in
-    launches of OPTIM_MULTI_MAX_TENSORS tensors carried by value while the stream is being
+    launches of BNB_OPTIM_MULTI_MAX_TENSORS (bnb/optim.h) tensors carried by value while the stream is being
     captured into a CUDA graph). Nothing here reads device memory, so the call never synchronises
     the host.
     """

@@ -83,8 +83,6 @@ class OptimizerTensor(ct.Structure):
     ]
 
 
-OPTIM_MULTI_MAX_TENSORS = 448
-
 _p, _f, _i32, _i64, _u8p = ct.c_void_p, ct.c_float, ct.c_int32, ct.c_int64, ct.c_void_p
 _stream = (_i32, _p)  # device, stream: the tail of every op
 

@@ -611,11 +611,17 @@ void run_table_bits(int32_t state_bits, OptimizerKind kind, bnb_dtype_t p_dtype,
 
 int64_t blocks_of(int64_t n) { return (n + kOptimBlock - 1) / kOptimBlock; }
 
+// first_block[0 .. count] of tensors t[0 .. count - 1]; returns their total block count.
+int64_t write_boundaries(const bnb_optimizer_tensor_t* t, int64_t count, int64_t* first_block) {
+  first_block[0] = 0;
+  for (int64_t i = 0; i < count; ++i) first_block[i + 1] = first_block[i] + blocks_of(t[i].n);
+  return first_block[count];
+}
+
 TensorTable<kSingle> single_table(const bnb_optimizer_tensor_t& t) {
   TensorTable<kSingle> table{};
   table.t[0] = t;
-  table.first_block[0] = 0;
-  table.first_block[1] = blocks_of(t.n);
+  write_boundaries(table.t, 1, table.first_block);
   table.count = 1;
   return table;
 }
@@ -654,30 +660,29 @@ void optimizer_update_multi(OptimizerKind kind, const OptimStep& step, const Opt
     // device memory, written through a pinned staging buffer.
     const size_t tensor_bytes = sizeof(bnb_optimizer_tensor_t) * m.count;
     const size_t bytes = tensor_bytes + sizeof(int64_t) * (m.count + 1);
-    StagedUpload upload(bytes, device);
-    std::memcpy(upload.host(), m.tensors, tensor_bytes);
-    int64_t* first_block = reinterpret_cast<int64_t*>(static_cast<char*>(upload.host()) + tensor_bytes);
-    first_block[0] = 0;
-    for (int64_t i = 0; i < m.count; ++i) first_block[i + 1] = first_block[i] + blocks_of(m.tensors[i].n);
     const Scratch table_memory(bytes, device, s);
-    upload.send(table_memory.get(), s);
+    int64_t total_blocks = 0;
+    {  // the staging ring is locked only while its buffer is written and sent
+      StagedUpload upload(bytes, device);
+      std::memcpy(upload.host(), m.tensors, tensor_bytes);
+      total_blocks = write_boundaries(
+          m.tensors, m.count, reinterpret_cast<int64_t*>(static_cast<char*>(upload.host()) + tensor_bytes));
+      upload.send(table_memory.get(), s);
+    }
     const DeviceTensorTable table{table_memory.as<bnb_optimizer_tensor_t>(),
                                   reinterpret_cast<const int64_t*>(table_memory.get() + tensor_bytes),
                                   static_cast<int32_t>(m.count)};
-    run_table_bits(m.state_bits, kind, m.p_dtype, table, first_block[m.count], args, device, s);
+    run_table_bits(m.state_bits, kind, m.p_dtype, table, total_blocks, args, device, s);
     return;
   }
   // Captured: in the kernel parameters, so the graph holds its own copy.
   static thread_local TensorTable<kMulti> table;
   for (int64_t first = 0; first < m.count; first += kMulti) {
     const int count = static_cast<int>(std::min<int64_t>(kMulti, m.count - first));
-    table.first_block[0] = 0;
-    for (int i = 0; i < count; ++i) {
-      table.t[i] = m.tensors[first + i];
-      table.first_block[i + 1] = table.first_block[i] + blocks_of(table.t[i].n);
-    }
+    std::copy(m.tensors + first, m.tensors + first + count, table.t);
+    const int64_t total_blocks = write_boundaries(table.t, count, table.first_block);
     table.count = count;
-    run_table_bits(m.state_bits, kind, m.p_dtype, table, table.first_block[count], args, device, s);
+    run_table_bits(m.state_bits, kind, m.p_dtype, table, total_blocks, args, device, s);
   }
 }
 

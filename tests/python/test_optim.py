@@ -640,7 +640,7 @@ def test_fused_step_never_synchronises(monkeypatch):
 
 
 def test_fused_many_tensors_equal_per_tensor():
-    """More tensors than one captured CUDA launch takes (OPTIM_MULTI_MAX_TENSORS), on the CPU."""
+    """More tensors than one captured CUDA launch takes (BNB_OPTIM_MULTI_MAX_TENSORS), on the CPU."""
     def run(fused):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(3)) for _ in range(1000)]
