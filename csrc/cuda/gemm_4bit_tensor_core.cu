@@ -17,7 +17,11 @@
 // 2t + 8, 2t + 9: byte t of each 4-byte word of a row's packed codes. It reads the row's 32 bytes of
 // the tile with two 16-byte loads and selects its bytes.
 //
-// Measured on the H100 (K = N = 8192, fp16): M = 512 107 us, M = 1024 231-255 us (114 and 243-254 when
+// Measured on the H100 (K = 8192, graph replays, same-run pairs): with the stages and the table read by
+// LDS and the scale rows resolved once (below), N = 8192 M = 512 114-123 -> 93-107 us, M = 1024 248-264 ->
+// 194-212 us; N = 28672 M = 1024 843-886 -> 729-751 us. A profile before that (M = 512) had the consumers
+// issuing 200 instructions per K tile, stalled on generic loads, and the tensor pipe busy 70% of the time.
+// Earlier (K = N = 8192, fp16): M = 512 107 us, M = 1024 231-255 us (114 and 243-254 when
 // the two consumer warpgroups took turns on the tensor cores, each waiting for its own MMAs before
 // expanding the next tile). At M = 4096 the kernel (1030 us) loses to expanding the weight once and
 // multiplying with cuBLAS (835 us). With the turn-taking loop, M = 4096 took 1166 us, 942 without the
@@ -66,10 +70,12 @@ struct TileShape {
   static constexpr int kActBytes = BM * kTileK * 2;
   static constexpr int kWeightBytes = kWeightRows * kTileK / 2;
   static constexpr int kStageBytes = kActBytes + kWeightBytes;
-  static constexpr int kFixedBytes = 1024 /* alignment */ + kPairTableWords * 4 + 256 * 4 + 2 * 8 * 8;
+  // Dynamic shared memory besides the stages; the pair table is a static array (kTableBytes).
+  static constexpr int kFixedBytes = 1024 /* alignment */ + 256 * 4 + 2 * 8 * 8;
+  static constexpr int kTableBytes = kPairTableWords * 4;
   // As many stages as fit (at most 8).
-  static constexpr int kStages =
-      (kSmemBudget - kFixedBytes) / kStageBytes > 8 ? 8 : (kSmemBudget - kFixedBytes) / kStageBytes;
+  static constexpr int kRoom = kSmemBudget - kTableBytes - kFixedBytes;
+  static constexpr int kStages = kRoom / kStageBytes > 8 ? 8 : kRoom / kStageBytes;
   static constexpr int kOutStride = kWeightRows + 8;  // elements per staged output row (no bank conflicts)
   static_assert(BM * kOutStride * 2 <= kStages * kActBytes, "the output tile fits in the activation stages");
   static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;
@@ -102,18 +108,35 @@ struct Vec2<__nv_bfloat16> {
 };
 
 // One row's block scale for a K tile, fetched a tile ahead: plain scales directly, nested ones as
-// their code and second-level scale (decoded when used, as dequantize_blockwise + offset rounds).
+// their code and second-level scale (decoded when used, as dequantize_blockwise + offset rounds). The
+// row's first block is resolved once: a fetch is one load at a small offset from it (the 64-bit
+// index arithmetic per tile and row was a fifth of the consumers' instructions).
 template <bool Nested>
 struct RowScale {
+  const float* scales = nullptr;    // plain: the row's first scale; nested: unused
+  const uint8_t* codes = nullptr;   // nested: the row's first code
+  int64_t first = 0;                // nested: the row's first block (its second-level scale index)
   float v = 0.0f;
   uint32_t q = 0;
 
-  __device__ __forceinline__ void fetch(const TensorCoreArgs& args, int64_t block) {
+  __device__ __forceinline__ void init(const TensorCoreArgs& args, int64_t first_block) {
     if constexpr (Nested) {
-      q = __ldg(args.absmax_q + block);
-      v = __ldg(args.absmax + (block >> 8));
+      codes = args.absmax_q + first_block;
+      first = first_block;
+      asm volatile("" : "+l"(codes), "+l"(first));
     } else {
-      v = __ldg(args.absmax + block);
+      scales = args.absmax + first_block;
+      // Opaque to the compiler, which otherwise recomputed the row's address from the thread index
+      // at every tile (about 30 instructions per tile on the consumers' critical path).
+      asm volatile("" : "+l"(scales));
+    }
+  }
+  __device__ __forceinline__ void fetch(const TensorCoreArgs& args, int block) {
+    if constexpr (Nested) {
+      q = __ldg(codes + block);
+      v = __ldg(args.absmax + ((first + block) >> 8));
+    } else {
+      v = __ldg(scales + block);
     }
   }
   __device__ __forceinline__ float value(const float* nested_code, float offset) const {
@@ -131,12 +154,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kStages = Shape::kStages;
   constexpr int kWeightRows = Shape::kWeightRows;
   using V2 = Vec2<T>;
+  // The pair table sits at a fixed shared address, which the compiler folds into each lookup's offset.
+  __shared__ __align__(16) uint32_t table[kPairTableWords];
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  // Aligned by an offset from the shared array itself: a pointer rebuilt from an integer is generic to
+  // the compiler, and every read of the stages then compiled to a generic load (address-space check,
+  // 64-bit address, the long scoreboard) instead of an LDS (K = N = 8192, M = 512: 123 -> 104 us).
+  uint8_t* smem = smem_raw + ((1024 - (sm90::smem_addr(smem_raw) & 1023)) & 1023);
   uint8_t* act_stages = smem;                                        // kStages x [BM][64] swizzled
   uint8_t* weight_stages = act_stages + kStages * Shape::kActBytes;  // kStages x [rows][32] bytes
-  uint32_t* table = reinterpret_cast<uint32_t*>(weight_stages + kStages * Shape::kWeightBytes);
-  float* nested_code = reinterpret_cast<float*>(table + kPairTableWords);
+  float* nested_code = reinterpret_cast<float*>(weight_stages + kStages * Shape::kWeightBytes);
   uint64_t* full = reinterpret_cast<uint64_t*>(nested_code + 256);
   uint64_t* empty = full + kStages;
 
@@ -218,7 +245,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int b = 0; b < MB; ++b)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) next[b][h].fetch(args, row[b][h] * blocks_per_row);
+    for (int h = 0; h < 2; ++h) {
+      next[b][h].init(args, row[b][h] * blocks_per_row);
+      next[b][h].fetch(args, 0);
+    }
 
   float acc[MB][BM / 2];
 #pragma unroll
@@ -236,11 +266,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int h = 0; h < 2; ++h) scale[b][h] = V2::broadcast(next[b][h].value(nested_code, offset));
     if (kt + 1 < k_tiles) {
-      const int64_t block = (static_cast<int64_t>(kt + 1) * kTileK) >> args.log2_blocksize;
+      const int block = ((kt + 1) * kTileK) >> args.log2_blocksize;
 #pragma unroll
       for (int b = 0; b < MB; ++b)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) next[b][h].fetch(args, row[b][h] * blocks_per_row + block);
+        for (int h = 0; h < 2; ++h) next[b][h].fetch(args, block);
     }
     sm90::mbar_wait(&full[s], (kt / kStages) & 1);
     const uint8_t* w = weight_stages + s * Shape::kWeightBytes;
