@@ -2,7 +2,7 @@
 
 Three paths, chosen by shape: for few activation rows the native kernel streams the 4-bit weight and
 never materialises it (CPU: up to 128 rows, any shape; CUDA: up to 16 rows of fp16/bf16 with K a
-multiple of 256 and of the blocksize, on tensor cores); on Hopper GPUs 17..1024 rows go to a native
+multiple of 256 and of the blocksize, on tensor cores); on Hopper GPUs 17..4096 rows go to a native
 warpgroup tensor-core GEMM that expands the codes on the way (fp16/bf16, K a multiple of 64 and of
 the blocksize, N of 8); otherwise the weight is expanded once by the native dequantize_4bit kernel
 into the activation dtype and multiplied by the platform BLAS (cuBLAS on CUDA, oneDNN/MKL on CPU).
@@ -33,8 +33,9 @@ _no_cuda_streaming: set = set()
 # K in tiles of 64 inside one quantization block, output rows written 8 elements at a time.
 CUDA_TENSOR_CORE_K_MULTIPLE = 64
 CUDA_TENSOR_CORE_N_MULTIPLE = 8
-# Beyond this many rows, expanding the weight once and multiplying with cuBLAS is faster (H100, K = 8192).
-CUDA_TENSOR_CORE_MAX_ROWS = 1024
+# Beyond this many rows, expanding the weight once and multiplying with cuBLAS is faster (H100, K = 8192;
+# the native kernel's header has the figures).
+CUDA_TENSOR_CORE_MAX_ROWS = 4096
 # Devices where it is not available (other GPUs, or a library without the sm_90a image).
 _no_cuda_tensor_core: set = set()
 

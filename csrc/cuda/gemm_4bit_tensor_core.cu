@@ -1,4 +1,4 @@
-// CUDA product of 17..1024 activation rows with a 4-bit weight W [N, K] on Hopper's warpgroup tensor
+// CUDA product of 17..4096 activation rows with a 4-bit weight W [N, K] on Hopper's warpgroup tensor
 // cores (sm_90a), expanding the codes on the way: W is never written out in 16 bits.
 //
 // The product is computed transposed, out^T = W A^T, so that the weight is the MMA's A operand, which

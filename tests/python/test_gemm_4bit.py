@@ -236,7 +236,8 @@ def _is_hopper() -> bool:
     (17, 256, 64, 64, "nf4"),       # one K tile
     (100, 136, 192, 64, "fp4"),     # N not a multiple of the 128-row tile, 64-row activation tiles
     (300, 1000, 1024, 128, "nf4"),  # activation rows spanning partial 128/256-row tiles
-    (1024, 264, 4096, 4096, "nf4"),  # the largest row count the kernel serves, one block per row
+    (1024, 264, 4096, 4096, "nf4"),  # one block per row
+    (4096, 136, 128, 64, "fp4"),    # the largest row count the kernel serves
 ])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
