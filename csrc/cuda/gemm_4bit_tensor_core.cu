@@ -78,7 +78,7 @@ struct TileShape {
   static constexpr int kStages = kRoom / kStageBytes > 8 ? 8 : kRoom / kStageBytes;
   static constexpr int kOutStride = kWeightRows + 8;  // elements per staged output row (no bank conflicts)
   static_assert(BM * kOutStride * 2 <= kStages * kActBytes, "the output tile fits in the activation stages");
-  static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;
+  static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;  // dynamic; the table is static
 };
 
 struct TensorCoreArgs {
@@ -154,7 +154,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kStages = Shape::kStages;
   constexpr int kWeightRows = Shape::kWeightRows;
   using V2 = Vec2<T>;
-  // The pair table sits at a fixed shared address, which the compiler folds into each lookup's offset.
+  // The pair table is a static array: its base stays in a uniform register and each lookup's address is
+  // one multiply-add from the byte (a dynamic-memory table cost an extra add per lookup).
   __shared__ __align__(16) uint32_t table[kPairTableWords];
   extern __shared__ uint8_t smem_raw[];
   // Aligned by an offset from the shared array itself: a pointer rebuilt from an integer is generic to
