@@ -4,10 +4,11 @@
 //
 // Tensor cores do the arithmetic (mma.sync m16n8k16, float32 accumulation) with the weight as the
 // 16-row operand and up to 8 activation rows per 8-column operand, so one activation row costs no
-// more than eight; the CUDA cores only expand codes. Each CTA owns 16 or 32 rows of W and its warps
-// split K between them in groups of 64 columns (interleaved, so the CTA reads each row as one
-// contiguous stream), then add their partial sums through shared memory. Each warp requests the
-// codes and scales of kUnroll groups before it uses any, so that many bytes are in flight per SM.
+// more than eight; the CUDA cores only expand codes. Each warp owns 16 or 32 rows of W; the warps of
+// a CTA on the same rows split K between them in groups of 64 columns (interleaved, so the CTA reads
+// each row as one contiguous stream), then add their partial sums through shared memory. Each warp
+// requests the codes and scales of kUnroll groups before it uses any, so that many bytes are in flight
+// per SM.
 //
 // Within a 64-column group, lane (g, t) = (lane / 4, lane % 4) loads 16 consecutive codes
 // [16t, 16t + 16) of weight rows g and g + 8 of a tile (8 bytes each) and the same 16 columns of
@@ -125,16 +126,22 @@ __device__ __forceinline__ uint32_t pair_offset(uint32_t w, uint32_t lane4) {
   else return ((w >> (8 * B - 7)) & 0x7f80u) | lane4;
 }
 
-// Launch shape: Tiles 16-row tiles of W per CTA, Warps warps splitting K, MinBlocks CTAs per SM
-// (the register budget). Measured on the H100 (K = 8192, N = 8192 and 28672): one activation
-// operand streams fastest with small CTAs, four per SM; two operands need the registers of two.
-template <int NTiles>
+// Launch shape: Tiles 16-row tiles of W per warp; RowGroups groups of warps per CTA, each on its own
+// rows, whose KSplit warps split K; MinBlocks CTAs per SM (the register budget). Warps of different
+// row groups read the same activation columns at the same time, so L1 serves all but the first:
+// several row groups divide the activation's L2 -> SM traffic, which at 16 rows is twice the codes'.
+// Measured on the H100 (K = 8192, N = 8192 and 28672): one activation operand streams fastest with
+// small CTAs, four per SM; two operands need the registers of two.
+template <int NTiles, int RowGroups>
 struct GemvShape {
   static constexpr int kTiles = NTiles == 1 ? 1 : 2;
-  static constexpr int kWarps = NTiles == 1 ? 4 : 8;
-  static constexpr int kMinBlocks = NTiles == 1 ? 4 : 2;
+  static constexpr int kRowGroups = RowGroups;
+  static constexpr int kKSplit = NTiles == 1 ? 4 : 8;
+  static constexpr int kWarps = kKSplit * kRowGroups;
+  static constexpr int kMinBlocks = (NTiles == 1 ? 4 : 2) / kRowGroups;
   static constexpr int kThreads = kWarps * kWarpSize;
-  static constexpr int kRows = 16 * kTiles;
+  static constexpr int kWarpRows = 16 * kTiles;
+  static constexpr int kRows = kWarpRows * kRowGroups;
 };
 
 // Rounds of batches ahead that L2Prefetch kernels ask for. Measured on the H100 (K = 8192, M = 1): N =
@@ -142,25 +149,28 @@ struct GemvShape {
 // without it: its instructions alone cost N = 8192 0.5 us.
 constexpr int kPrefetchRounds = 2;
 
-template <typename T, bool Nested, int NTiles, int ScalesPerBatch, bool L2Prefetch>
-__global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>::kMinBlocks)
+template <typename T, bool Nested, int NTiles, int RowGroups, int ScalesPerBatch, bool L2Prefetch>
+__global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvShape<NTiles, RowGroups>::kMinBlocks)
     gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using Shape = GemvShape<NTiles>;
-  constexpr int kTiles = Shape::kTiles, kWarps = Shape::kWarps;
+  using Shape = GemvShape<NTiles, RowGroups>;
+  constexpr int kTiles = Shape::kTiles, kKSplit = Shape::kKSplit;
   __shared__ __align__(16) uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
   __shared__ float nested_code[Nested ? 256 : 1];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
+  const int row_group = RowGroups == 1 ? 0 : warp / kKSplit;
+  const int k_part = RowGroups == 1 ? warp : warp % kKSplit;
   const int g = lane / 4;
   const int t = lane % 4;
   const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
 
   const T* A = static_cast<const T*>(args.A);
   const int64_t K = args.K;
-  // Work unit: a batch of kUnroll consecutive 64-column groups; warps take batches in turn.
+  // Work unit: a batch of kUnroll consecutive 64-column groups; a row group's warps take batches in turn.
   const int64_t batches = K / (kGroup * kUnroll);
   const int64_t row0 = int64_t{blockIdx.x} * Shape::kRows;
+  const int64_t warp_row0 = row0 + row_group * Shape::kWarpRows;
   // Lane (g, t) reads rows g and g + 8 of each tile (h = 0, 1): their codes from byte 8t of each
   // group, and their block scales. Rows past N read row N - 1 (in bounds) and are never stored.
   const uint8_t* codes_at[kTiles][2];
@@ -169,7 +179,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
   for (int j = 0; j < kTiles; ++j)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int64_t r = min(row0 + 16 * j + 8 * h + g, args.N - 1);
+      const int64_t r = min(warp_row0 + 16 * j + 8 * h + g, args.N - 1);
       codes_at[j][h] = args.packed + r * (K / 2) + 8 * t;
       first_block[j][h] = r * (K >> args.log2_blocksize);
     }
@@ -188,11 +198,39 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
     const uint32_t v = cuda::pair_word<T>(args.code[byte >> 4], args.code[byte & 15]);
     reinterpret_cast<uint4*>(smem)[i] = make_uint4(v, v, v, v);
   }
+
+  // Everything a batch reads from global memory but the activations (read as each group is used).
+  struct BatchLoads {
+    uint2 codes[kUnroll][kTiles][2];
+    BatchScales<ScalesPerBatch, Nested> scales[kTiles][2];
+  };
+  // Every load of a batch is issued before any is used, so that many bytes are in flight.
+  auto load_batch = [&](BatchLoads& b, int64_t batch) {
+    const int64_t col0 = batch * (kGroup * kUnroll);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          b.codes[u][j][h] = __ldg(reinterpret_cast<const uint2*>(codes_at[j][h] + col0 / 2 + u * (kGroup / 2)));
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) b.scales[j][h].load(args, first_block[j][h] + (col0 >> args.log2_blocksize));
+  };
+
   // Launched to overlap the kernel before it (typically the previous layer's product): the next kernel
   // may be scheduled once this one's CTAs have all started, and nothing in global memory is read
   // before the previous kernel has finished (it may have written the weight or its statistics).
   cuda::allow_next_kernel();
   cuda::wait_for_previous_kernel();
+  // The first batch is requested before the second-level code table: its loads then overlap the
+  // table's instead of waiting behind them and the barrier (a one-wave grid pays that wait once per SM).
+  // Two activation operands leave no registers for it (the copy of the loop body spills).
+  constexpr bool kEarlyFirstBatch = NTiles == 1;
+  BatchLoads first;
+  if (kEarlyFirstBatch && k_part < batches) load_batch(first, k_part);
   float offset = 0.0f;
   if constexpr (Nested) {
     for (int i = threadIdx.x; i < 256; i += Shape::kThreads) nested_code[i] = args.absmax_code[i];
@@ -202,33 +240,9 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
   const char* table = reinterpret_cast<const char*>(smem);
   auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table + off); };
 
-  // Row `lane` of the CTA (lanes < kRows), whose codes the L2 prefetch below asks for.
-  const uint8_t* prefetch_row = args.packed + min(row0 + lane, args.N - 1) * (K / 2);
   float acc[kTiles][NTiles][4] = {};
-  for (int64_t batch = warp; batch < batches; batch += kWarps) {
+  auto compute_batch = [&](const BatchLoads& b, int64_t batch) {
     const int64_t col0 = batch * (kGroup * kUnroll);
-    if (L2Prefetch && lane < Shape::kRows) {
-      // Grids of several waves: each warp asks L2 for its rows of the batch it takes two rounds later,
-      // so that a CTA keeps more bytes in flight than its registers hold (the last, partial wave
-      // otherwise streams at the rate of its few CTAs).
-      const int64_t ahead = batch + int64_t{kPrefetchRounds} * kWarps;
-      if (ahead < batches)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(prefetch_row + ahead * (kGroup * kUnroll / 2)));
-    }
-    // Every load of the batch is issued before any is used.
-    uint2 codes[kUnroll][kTiles][2];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          codes[u][j][h] = __ldg(reinterpret_cast<const uint2*>(codes_at[j][h] + col0 / 2 + u * (kGroup / 2)));
-    BatchScales<ScalesPerBatch, Nested> scales[kTiles][2];
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) scales[j][h].load(args, first_block[j][h] + (col0 >> args.log2_blocksize));
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t col = col0 + u * kGroup;
@@ -248,8 +262,8 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
 #pragma unroll
         for (int step = 0; step < 4; ++step) {
           // Codes of columns 16t + 4 step + {0..3}: bytes 2 step and 2 step + 1 of the lane's 8.
-          const uint32_t lo = step < 2 ? codes[u][j][0].x : codes[u][j][0].y;
-          const uint32_t hi = step < 2 ? codes[u][j][1].x : codes[u][j][1].y;
+          const uint32_t lo = step < 2 ? b.codes[u][j][0].x : b.codes[u][j][0].y;
+          const uint32_t hi = step < 2 ? b.codes[u][j][1].x : b.codes[u][j][1].y;
           uint32_t a[4];
           if (step % 2 == 0) {
             a[0] = pair(pair_offset<0>(lo, lane4)), a[1] = pair(pair_offset<0>(hi, lane4));
@@ -261,8 +275,8 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
 #pragma unroll
           for (int i = 0; i < NTiles; ++i) mma_16816<T>(part[i], a, x[i][2 * step], x[i][2 * step + 1]);
         }
-        const float s0 = scales[j][0].of_group(u, nested_code, offset);
-        const float s1 = scales[j][1].of_group(u, nested_code, offset);
+        const float s0 = b.scales[j][0].of_group(u, nested_code, offset);
+        const float s1 = b.scales[j][1].of_group(u, nested_code, offset);
 #pragma unroll
         for (int i = 0; i < NTiles; ++i) {
           acc[j][i][0] += part[i][0] * s0;
@@ -272,12 +286,37 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
         }
       }
     }
+  };
+
+  // Rows of the warp (lanes < kWarpRows), whose codes the L2 prefetch below asks for.
+  const uint8_t* prefetch_row = args.packed + min(warp_row0 + lane, args.N - 1) * (K / 2);
+  auto prefetch_l2 = [&](int64_t batch) {
+    if (L2Prefetch && lane < Shape::kWarpRows) {
+      // Grids of several waves: each warp asks L2 for its rows of the batch it takes two rounds later,
+      // so that a CTA keeps more bytes in flight than its registers hold (the last, partial wave
+      // otherwise streams at the rate of its few CTAs).
+      const int64_t ahead = batch + int64_t{kPrefetchRounds} * kKSplit;
+      if (ahead < batches)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(prefetch_row + ahead * (kGroup * kUnroll / 2)));
+    }
+  };
+  int64_t batch = k_part;
+  if (kEarlyFirstBatch && batch < batches) {
+    prefetch_l2(batch);
+    compute_batch(first, batch);
+    batch += kKSplit;
+  }
+  for (; batch < batches; batch += kKSplit) {
+    prefetch_l2(batch);
+    BatchLoads b;
+    load_batch(b, batch);
+    compute_batch(b, batch);
   }
 
   // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
-  // the kWarps partials of a few outputs.
+  // the kKSplit partials of a few outputs of its row group.
   constexpr int kPerWarp = kTiles * NTiles * 4;  // accumulators per lane
-  static_assert(kWarps * kPerWarp * kWarpSize <= kPairTableWords, "the partial sums fit in the table's space");
+  static_assert(Shape::kWarps * kPerWarp * kWarpSize <= kPairTableWords, "the partial sums fit in the table's space");
   __syncthreads();  // every warp is done with the pair table
   float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
@@ -289,15 +328,15 @@ __global__ void __launch_bounds__(GemvShape<NTiles>::kThreads, GemvShape<NTiles>
   __syncthreads();
   const T* bias = static_cast<const T*>(args.bias);
   T* out = static_cast<T*>(args.out);
-  for (int idx = threadIdx.x; idx < kPerWarp * kWarpSize; idx += Shape::kThreads) {
-    const int l = idx % kWarpSize, slot = idx / kWarpSize;
+  for (int idx = threadIdx.x; idx < RowGroups * kPerWarp * kWarpSize; idx += Shape::kThreads) {
+    const int l = idx % kWarpSize, slot = (idx / kWarpSize) % kPerWarp, rg = idx / (kPerWarp * kWarpSize);
     const int c = slot % 4, i = (slot / 4) % NTiles, j = slot / (4 * NTiles);
     const int lg = l / 4, lt = l % 4;
-    const int64_t n = row0 + 16 * j + lg + 8 * (c / 2);  // the weight row: output feature
-    const int64_t m = 8 * i + 2 * lt + (c % 2);          // the activation row
+    const int64_t n = row0 + rg * Shape::kWarpRows + 16 * j + lg + 8 * (c / 2);  // the weight row: output feature
+    const int64_t m = 8 * i + 2 * lt + (c % 2);                                   // the activation row
     if (n >= args.N || m >= args.M) continue;
     float sum = 0.0f;
-    for (int w = 0; w < kWarps; ++w) sum += partial[(w * kPerWarp + slot) * kWarpSize + l];
+    for (int w = rg * kKSplit; w < (rg + 1) * kKSplit; ++w) sum += partial[(w * kPerWarp + slot) * kWarpSize + l];
     const float b = bias ? cuda::to_f32(bias[n]) : 0.0f;
     out[m * args.N + n] = cuda::from_f32<T>(sum + b);
   }
@@ -314,19 +353,27 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   for (int i = 0; i < 16; ++i) args.code[i] = values[i];
   auto run = [&](auto scales_per_batch) {
     constexpr int S = decltype(scales_per_batch)::value;
-    auto go = [&](auto n_tiles) {
-      constexpr int NT = decltype(n_tiles)::value;
-      using Shape = GemvShape<NT>;
+    // Grids of several waves stream better from many small CTAs, each with an L2 prefetch; a grid of
+    // one wave or less starts faster from half as many CTAs of twice the rows (one pair table per 32
+    // rows): H100, K = N = 8192, M = 1, nested statistics 18.6 -> 17.5 us, plain unchanged.
+    auto go = [&](auto n_tiles, auto row_groups) -> bool {
+      constexpr int NT = decltype(n_tiles)::value, RG = decltype(row_groups)::value;
+      using Shape = GemvShape<NT, RG>;
       const int64_t ctas = (p.N + Shape::kRows - 1) / Shape::kRows;
       BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "N = ", p.N, " is too large for the 4-bit GEMV grid");
+      const bool one_wave = ctas <= int64_t{cuda::sm_count(device)} * Shape::kMinBlocks;
+      if (NT == 1 && RG == 1 && one_wave) return false;  // the larger CTAs serve it
       // One activation operand streams from L2 ahead of its loads where the grid takes several waves.
-      const bool prefetch = NT == 1 && ctas > int64_t{cuda::sm_count(device)} * Shape::kMinBlocks;
-      auto* kernel = prefetch ? gemm_4bit_small_m<T, Nested, NT, S, NT == 1> : gemm_4bit_small_m<T, Nested, NT, S, false>;
+      auto* kernel = NT == 1 && !one_wave ? gemm_4bit_small_m<T, Nested, NT, RG, S, NT == 1 && RG == 1>
+                                          : gemm_4bit_small_m<T, Nested, NT, RG, S, false>;
       cuda::launch_after_previous(kernel, static_cast<unsigned>(ctas), Shape::kThreads, stream, device,
                                   /*overlap=*/true, args);
+      return true;
     };
-    if (p.M <= 8) go(std::integral_constant<int, 1>{});
-    else go(std::integral_constant<int, 2>{});
+    using One = std::integral_constant<int, 1>;
+    using Two = std::integral_constant<int, 2>;
+    if (p.M > 8) go(Two{}, One{});
+    else if (!go(One{}, One{})) go(One{}, Two{});
   };
   if (p.blocksize == 64) {
     run(std::integral_constant<int, 4>{});
