@@ -279,6 +279,24 @@ def test_many_rows_unaligned_activations_fall_back_without_disabling_the_kernel(
 
 
 @needs_cuda
+@pytest.mark.parametrize("m", [3, 16])
+@pytest.mark.parametrize("N", [200, 9208], ids=["one-wave", "several-waves"])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_few_row_grids_of_one_and_several_waves_match_float64(m, N, nested):
+    # The few-row kernel's CTAs cover 16 or 32 rows as one or two groups of warps, chosen by how many
+    # waves the grid takes; both, with N not a multiple of either, agree with the float64 oracle.
+    K, dtype = 512, torch.bfloat16
+    w = randn((N, K), torch.float32, "cuda", seed=71)
+    x = randn((m, K), dtype, "cuda", seed=72)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    with torch.no_grad():
+        y = bnb.matmul_4bit(x, packed.t(), state)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T
+    assert y.shape == (m, N)
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+
+
+@needs_cuda
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("wide", [256, 9216], ids=["one-wave", "several-waves"])
 def test_chained_few_row_products_read_the_kernel_before_them(nested, wide):
