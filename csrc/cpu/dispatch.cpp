@@ -3,6 +3,15 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "cpu/amx.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
 
@@ -49,6 +58,33 @@ bool avx512_bf16_active() {
 bool avx512_vnni_active() {
   static const bool has = BNB_CPU_HAS("avx512vnni");
   return has && avx512_active();
+}
+
+namespace {
+
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's grant of the tile data state to
+// this process: without it the first tile instruction faults.
+bool amx_bf16_usable() {
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;
+  constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+  constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool amx_bf16_active() {
+  static const bool usable = [] {
+    const char* wanted = std::getenv("BNB_CPU_AMX");
+    return !(wanted && std::strcmp(wanted, "0") == 0) && amx_bf16_usable();
+  }();
+  return usable && avx512_bf16_active();
 }
 
 }  // namespace bnb::cpu

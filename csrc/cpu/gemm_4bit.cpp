@@ -15,6 +15,7 @@
 #include "core/backend.h"
 #include "core/dispatch.h"
 #include "core/formats.h"
+#include "cpu/amx.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/threading.h"
@@ -60,19 +61,27 @@ void decode_row_scalar(const Gemm4bitParams& p, const float* table, int64_t n, f
   }
 }
 
-// The same row by the SIMD dequantizer, when the row is whole blocks (it then starts on a byte and a
-// block boundary): the row's block scales are gathered first (decoded, for double quantization).
+// The block scales of row n (whole blocks): plain ones in place, double-quantized ones decoded into
+// `scales`.
+const float* row_scales(const Gemm4bitParams& p, int64_t n, std::vector<float>& scales) {
+  const int64_t blocks = p.K / p.blocksize, first_block = n * blocks;
+  if (!p.nested()) return p.absmax + first_block;
+  scales.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) scales[b] = block_scale(p, first_block + b);
+  return scales.data();
+}
+
+// Row n of W in `dtype` by the SIMD dequantizer; the row must be whole blocks (it then starts on a byte
+// and a block boundary).
+void dequantize_row(const Gemm4bitParams& p, int64_t n, void* w, bnb_dtype_t dtype, std::vector<float>& scales) {
+  const Dequantize4bitParams row{p.packed + n * p.K / 2, row_scales(p, n, scales), w, p.K, p.blocksize, dtype, p.qtype};
+  cpu::active_kernels().dequantize_4bit(row, 0, (p.K + 1) / 2);
+}
+
+// Row n of W in float: by the SIMD dequantizer when the row is whole blocks.
 void decode_row(const Gemm4bitParams& p, const float* table, int64_t n, float* w, std::vector<float>& scales) {
   if (p.K % p.blocksize != 0) return decode_row_scalar(p, table, n, w);
-  const int64_t blocks = p.K / p.blocksize, first_block = n * blocks;
-  const float* row_scales = p.absmax + first_block;
-  if (p.nested()) {
-    scales.resize(static_cast<size_t>(blocks));
-    for (int64_t b = 0; b < blocks; ++b) scales[b] = block_scale(p, first_block + b);
-    row_scales = scales.data();
-  }
-  const Dequantize4bitParams row{p.packed + n * p.K / 2, row_scales, w, p.K, p.blocksize, BNB_DTYPE_FLOAT32, p.qtype};
-  cpu::active_kernels().dequantize_4bit(row, 0, (p.K + 1) / 2);
+  dequantize_row(p, n, w, BNB_DTYPE_FLOAT32, scales);
 }
 
 // Register tiles of up to 4 activation rows times 4 decoded weight rows (AVX-512): each 16-column
@@ -131,6 +140,46 @@ BNB_TARGET_BF16 void round_row_to_bf16(const float* w, int64_t K, cpu::bfloat16_
   for (; k < K; ++k) out[k] = cpu::to_bfloat16(w[k]);
 }
 
+// Columns [k0, k1) of a weight row in bfloat16 from its codes (`codes` and `scales` the row's), 32 at a
+// time: per block, the 16 values of the 4-bit type times the block's scale are rounded to bfloat16 once
+// (the same rounding as each product on its own), and one word permute maps 32 nibbles to their
+// bfloat16 values. k0, k1 and the blocksize are multiples of 32.
+BNB_TARGET_BF16 void expand_codes_bf16(const uint8_t* codes, const float* scales, int64_t k0, int64_t k1,
+                                       int64_t blocksize, const float* table, cpu::bfloat16_t* out) {
+  const __m512 values = _mm512_loadu_ps(table);
+  // Word 2j takes the high nibble of byte j (shift 4), word 2j + 1 the low one.
+  const __m512i shift = _mm512_set1_epi32(4);
+  const __m512i nibble = _mm512_set1_epi16(0xf);
+  int64_t k = k0;
+  while (k < k1) {
+    const int64_t block = k / blocksize, end = std::min(k1, (block + 1) * blocksize);
+    const __m256bh scaled = _mm512_cvtneps_pbh(_mm512_mul_ps(values, _mm512_set1_ps(scales[block])));
+    const __m512i lut = _mm512_castsi256_si512(reinterpret_cast<const __m256i&>(scaled));
+    for (; k < end; k += 32) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k / 2));
+      const __m512i words = _mm512_cvtepu8_epi16(
+          _mm256_set_m128i(_mm_unpackhi_epi8(bytes, bytes), _mm_unpacklo_epi8(bytes, bytes)));
+      const __m512i idx = _mm512_and_si512(_mm512_srlv_epi16(words, shift), nibble);
+      _mm512_storeu_si512(out + (k - k0), _mm512_permutexvar_epi16(idx, lut));
+    }
+  }
+}
+
+// Whether rows of W expand straight from codes to bfloat16 (expand_codes_bf16): whole blocks of a
+// multiple of 32 codes.
+bool expands_to_bf16(const Gemm4bitParams& p) { return p.K % p.blocksize == 0 && p.blocksize % 32 == 0; }
+
+// Row n of W in bfloat16, rounded as dequantize_4bit to bfloat16 rounds: expanded straight from the codes
+// where expands_to_bf16, else through a float row (`w`, K values).
+void decode_row_bf16(const Gemm4bitParams& p, const float* table, int64_t n, float* w, cpu::bfloat16_t* out,
+                     std::vector<float>& scales) {
+  if (!expands_to_bf16(p)) {
+    decode_row(p, table, n, w, scales);
+    return round_row_to_bf16(w, p.K, out);
+  }
+  expand_codes_bf16(p.packed + n * p.K / 2, row_scales(p, n, scales), 0, p.K, p.blocksize, table, out);
+}
+
 template <int MR>
 BNB_TARGET_BF16 void dot_tile_bf16(const cpu::bfloat16_t* a, int64_t K, const cpu::bfloat16_t* w,
                                    float (&out)[4][kWeightTile]) {
@@ -170,8 +219,7 @@ void gemm_4bit_bf16_rows(const Gemm4bitParams& p, const float* table, int64_t n0
     const int rows = static_cast<int>(std::min<int64_t>(kWeightTile, n1 - n));
     for (int j = 0; j < kWeightTile; ++j) {
       if (j < rows) {
-        decode_row(p, table, n + j, w.data(), scales);
-        round_row_to_bf16(w.data(), p.K, wb.data() + j * p.K);
+        decode_row_bf16(p, table, n + j, w.data(), wb.data() + j * p.K, scales);
       } else {
         std::copy_n(wb.data() + (rows - 1) * p.K, p.K, wb.data() + j * p.K);
       }
@@ -186,6 +234,90 @@ void gemm_4bit_bf16_rows(const Gemm4bitParams& p, const float* table, int64_t n0
       store_tile<cpu::bfloat16_t>(p, tile, m, 1, n, rows);
     }
   }
+}
+
+// bfloat16 activations on AMX: each thread decodes 32 weight rows at a time to bfloat16 (as dequantize_4bit
+// rounds them) and multiplies them with every activation row on the tile unit, the weight rows as the
+// A operand and the activation, laid out once per call as bfloat16 pairs per column, as the B operand.
+constexpr int kAmxRows = 32;  // weight rows per pass: two 16-row tiles
+constexpr int kAmxDepth = 32;  // k per tile step
+constexpr int64_t kAmxChunk = 128;  // columns expanded and multiplied at a time: 32 rows of them are 8 KB
+
+// xt[kp][m] = (A[m][2 kp], A[m][2 kp + 1]) for kp < k_pad / 2 and m < m_pad, zero past M and K.
+void pair_columns(const cpu::bfloat16_t* A, int64_t M, int64_t K, int64_t m_pad, int64_t k_pad, uint32_t* xt) {
+  cpu::parallel_for(k_pad / 2, 256, [&](int64_t kp0, int64_t kp1) {
+    for (int64_t kp = kp0; kp < kp1; ++kp) {
+      uint32_t* row = xt + kp * m_pad;
+      const int64_t k = 2 * kp;
+      for (int64_t m = 0; m < m_pad; ++m) {
+        uint32_t lo = 0, hi = 0;
+        if (m < M && k < K) lo = A[m * K + k].bits;
+        if (m < M && k + 1 < K) hi = A[m * K + k + 1].bits;
+        row[m] = lo | (hi << 16);
+      }
+    }
+  });
+}
+
+void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
+  const auto* A = static_cast<const cpu::bfloat16_t*>(p.A);
+  const int64_t m_pad = (p.M + 15) / 16 * 16, k_pad = (p.K + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
+  std::vector<uint32_t> xt(static_cast<size_t>(k_pad / 2 * m_pad));
+  pair_columns(A, p.M, p.K, m_pad, k_pad, xt.data());
+  // Rows that expand straight from their codes do so kAmxChunk columns at a time, each chunk multiplied
+  // while it is in L1; other rows are decoded whole first (one chunk of k_pad columns).
+  const bool expand = expands_to_bf16(p);
+  const int64_t chunk = expand ? std::min(kAmxChunk, k_pad) : k_pad;
+  const int64_t m_blocks = (m_pad + 31) / 32, blocks = p.K / p.blocksize;
+  const int64_t passes = (p.N + kAmxRows - 1) / kAmxRows;
+  cpu::parallel_for(passes, 1, [&](int64_t pass0, int64_t pass1) {
+    std::vector<float> w(static_cast<size_t>(p.K)), scales;
+    std::vector<float> nested(expand && p.nested() ? static_cast<size_t>(kAmxRows * blocks) : 0);
+    std::vector<cpu::bfloat16_t> wb(static_cast<size_t>(kAmxRows * chunk));  // zero past K: never written
+    std::vector<float> sums(static_cast<size_t>(m_blocks * kAmxRows * kAmxRows));  // [m block][weight row][m]
+    const cpu::bfloat16_t* bias = static_cast<const cpu::bfloat16_t*>(p.bias);
+    auto* out = static_cast<cpu::bfloat16_t*>(p.out);
+    cpu::amx::configure_bf16_tiles();
+    for (int64_t pass = pass0; pass < pass1; ++pass) {
+      const int64_t n0 = pass * kAmxRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, p.N - n0));
+      const int n_tiles = rows > 16 ? 2 : 1;
+      const float* row_scale[kAmxRows] = {};
+      for (int j = 0; j < rows; ++j) {
+        if (!expand) {
+          decode_row_bf16(p, table, n0 + j, w.data(), wb.data() + j * chunk, scales);
+        } else if (p.nested()) {
+          float* s = nested.data() + j * blocks;
+          for (int64_t b = 0; b < blocks; ++b) s[b] = block_scale(p, (n0 + j) * blocks + b);
+          row_scale[j] = s;
+        } else {
+          row_scale[j] = p.absmax + (n0 + j) * blocks;
+        }
+      }
+      for (int64_t c0 = 0; c0 < k_pad; c0 += chunk) {
+        const int64_t width = std::min(chunk, k_pad - c0);
+        if (expand) {
+          for (int j = 0; j < rows; ++j)
+            expand_codes_bf16(p.packed + (n0 + j) * p.K / 2, row_scale[j], c0, c0 + width, p.blocksize, table,
+                              wb.data() + j * chunk);
+        }
+        for (int64_t mb = 0; mb < m_blocks; ++mb) {
+          const int m_tiles = m_pad - 32 * mb >= 32 ? 2 : 1;
+          cpu::amx::bf16_product(reinterpret_cast<const uint16_t*>(wb.data()), chunk * 2,
+                                 xt.data() + c0 / 2 * m_pad + 32 * mb, m_pad * 4, width / kAmxDepth, n_tiles, m_tiles,
+                                 sums.data() + mb * kAmxRows * kAmxRows, kAmxRows, /*accumulate=*/c0 > 0);
+        }
+      }
+      for (int64_t m = 0; m < p.M; ++m) {
+        const float* row = sums.data() + (m / 32) * kAmxRows * kAmxRows + m % 32;
+        for (int j = 0; j < rows; ++j) {
+          const float b = bias ? cpu::to_float(bias[n0 + j]) : 0.0f;
+          out[m * p.N + n0 + j] = cpu::to_bfloat16(row[j * kAmxRows] + b);
+        }
+      }
+    }
+    cpu::amx::release_tiles();
+  });
 }
 
 // Few activation rows (token-by-token generation): the codes are expanded in registers and multiplied
@@ -278,6 +410,10 @@ void gemm_4bit_t(const Gemm4bitParams& p) {
   const int64_t grain = std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(p.K, 1));
 #ifdef BNB_X86_INTRINSICS
   if constexpr (std::is_same_v<T, cpu::bfloat16_t>) {
+    if (cpu::amx_bf16_active() && !fused_serves(p)) {
+      gemm_4bit_bf16_amx(p, table);
+      return;
+    }
     if (cpu::avx512_bf16_active() && !fused_serves(p)) {
       cpu::parallel_for(p.N, grain, [&](int64_t n0, int64_t n1) { gemm_4bit_bf16_rows(p, table, n0, n1); });
       return;

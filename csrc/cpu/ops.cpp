@@ -7,6 +7,7 @@
 #include "core/backend.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "cpu/amx.h"
 #include "cpu/huge_pages.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
@@ -44,7 +45,7 @@ std::string info_json() {
                 cpu::avx512_kernels() ? ", \"avx512\"" : "", "], \"products\": [",
                 cpu::avx512_vnni_active() ? "\"avx512_vnni\"" : "",
                 cpu::avx512_vnni_active() && cpu::avx512_bf16_active() ? ", " : "",
-                cpu::avx512_bf16_active() ? "\"avx512_bf16\"" : "", "]}");
+                cpu::avx512_bf16_active() ? "\"avx512_bf16\"" : "", cpu::amx_bf16_active() ? ", \"amx_bf16\"" : "", "]}");
 }
 
 void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t, bnb_stream_t) {

@@ -1,5 +1,10 @@
 """Devices, dtypes and marks shared by the test modules."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,3 +42,13 @@ def train_on_batch(model, opt, ids, steps: int) -> list:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter that imports this checkout, with extra environment variables:
+    for choices the library makes once per process (loader, instruction sets)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -7,7 +7,7 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as F
 
 import oracles as O
-from helpers import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda, randn
+from helpers import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda, randn, run_python
 
 ops = torch.ops.bitsandbytes
 
@@ -44,12 +44,13 @@ def test_gemm_4bit_matches_float64(device, dtype, quant_type, m):
     assert _rel_err(y, ref) < RTOL[dtype]
 
 
-@pytest.mark.parametrize("m", [1, 4, 6])
-@pytest.mark.parametrize("shape", [(37, 80), (8, 4096)], ids=["tail-tile-and-tail-k", "long-rows"])
+@pytest.mark.parametrize("m", [1, 4, 6, 20, 40])
+@pytest.mark.parametrize("shape", [(37, 80), (8, 4096), (70, 1024)], ids=["tail-tile-and-tail-k", "long-rows", "passes"])
 def test_cpu_bfloat16_product_rounds_the_weight_as_dequantize_does(m, shape):
     # bfloat16 activations on the CPU: the weight enters the product rounded to bfloat16 (as
     # dequantize_4bit to bfloat16 rounds it), the sums are float32, the output is rounded once. Covers a
-    # last tile of fewer than four weight rows (N = 37) and a K that leaves a tail after 32-wide steps.
+    # last tile of fewer than four weight rows (N = 37), a K that leaves a tail after 32-wide steps, and on
+    # AMX tile products: activation rows past a 16-row tile (20, 40) and weight rows past 32-row passes (70).
     N, K = shape
     w = randn((N, K), torch.float32, "cpu", seed=41)
     x = randn((m, K), torch.bfloat16, "cpu", seed=42)
@@ -59,6 +60,23 @@ def test_cpu_bfloat16_product_rounds_the_weight_as_dequantize_does(m, shape):
     wq = F.dequantize_4bit(packed, state).to(torch.bfloat16)  # the weight as the reference path sees it
     ref = x.double() @ wq.double().T + bias.double()
     assert _rel_err(y, ref) < 5e-3  # one bfloat16 rounding of the output
+
+
+def test_cpu_bfloat16_product_without_amx_matches_float64():
+    # On processors with AMX the bfloat16 product runs on the tile unit; BNB_CPU_AMX=0 keeps the
+    # AVX512-BF16 (or float) path, which must stay correct too. A fresh process: the choice is made once.
+    code = (
+        "import torch, bitsandbytes as bnb, bitsandbytes.functional as F\n"
+        "torch.manual_seed(0)\n"
+        "w = torch.randn(70, 1024); x = torch.randn(20, 1024).bfloat16()\n"
+        "packed, state = F.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)\n"
+        "y = bnb.matmul_4bit(x, packed.t(), state)\n"
+        "ref = x.double() @ F.dequantize_4bit(packed, state).to(torch.bfloat16).double().T\n"
+        "print(((y.double() - ref).norm() / ref.norm()).item())\n"
+    )
+    done = run_python(code, {"BNB_CPU_AMX": "0"})
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip().splitlines()[-1]) < 5e-3
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)

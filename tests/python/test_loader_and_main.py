@@ -11,12 +11,7 @@ import torch
 import bitsandbytes
 from bitsandbytes import _native
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+from helpers import REPO, run_python
 
 
 def test_cpu_library_reports_itself():
@@ -39,7 +34,7 @@ def test_import_survives_a_broken_cuda_library(tmp_path):
         "except _native.CudaSetupError as e:\n"
         "    print('ERROR:', e)\n"
     )
-    result = _run_python(code, {"BNB_CUDA_LIBRARY": str(bogus)})
+    result = run_python(code, {"BNB_CUDA_LIBRARY": str(bogus)})
     assert result.returncode == 0, result.stderr
     message = result.stdout
     # One error that says what was looked for, what was found and how to fix it.
@@ -48,7 +43,7 @@ def test_import_survives_a_broken_cuda_library(tmp_path):
 
 
 def test_library_override_for_cpu_is_reported(tmp_path):
-    result = _run_python(
+    result = run_python(
         "import bitsandbytes.functional as F, torch\nF.quantize_blockwise(torch.randn(10))",
         {"BNB_CPU_LIBRARY": str(tmp_path / "missing.so")},
     )
@@ -90,7 +85,7 @@ def test_library_from_another_version_is_reported_not_fatal():
         "assert _native.cuda_library_or_none() is None\n"
         "print('ERROR:', _native._errors['cuda'])\n"
     )
-    result = _run_python(code, {"BNB_CUDA_LIBRARY": str(candidates[0])})
+    result = run_python(code, {"BNB_CUDA_LIBRARY": str(candidates[0])})
     assert result.returncode == 0, result.stderr
     assert "lacks the entry point" in result.stdout and "rebuild" in result.stdout
 

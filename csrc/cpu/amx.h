@@ -1,0 +1,32 @@
+// AMX (Advanced Matrix Extensions): bfloat16 tile products on the processors that have them (Intel Xeon
+// from Sapphire Rapids on). One TDPBF16PS multiplies a 16 x 32 bfloat16 tile by a 32 x 16 one into 16 x 16
+// float sums, 8192 multiply-adds per instruction where AVX512-BF16 does 32: the 4-bit products of many
+// activation rows are then bound by decoding the weight, not by multiplying it.
+#pragma once
+
+#include <cstdint>
+
+namespace bnb::cpu {
+
+// avx512_bf16_active(), the processor has AMX-TILE and AMX-BF16, Linux granted this process the tile
+// state (arch_prctl, asked once) and BNB_CPU_AMX is not "0".
+bool amx_bf16_active();
+
+namespace amx {
+
+// Sets this thread's tile registers up for bf16_product (all eight 16 x 64-byte tiles), and gives them
+// back. Call both on the thread that runs the products, around them.
+void configure_bf16_tiles();
+void release_tiles();
+
+// c[16 n_tiles x 16 m_tiles] (float, row stride c_stride elements) = W x X^T over k_steps steps of 32,
+// added to c's values where `accumulate`:
+//   w:  16 n_tiles rows of bfloat16, w_stride bytes apart, 32 k_steps values each;
+//   xt: the activation as bfloat16 pairs, row kp = (X[m][2kp], X[m][2kp + 1]) for 16 m_tiles columns m,
+//       xt_stride bytes apart, 16 k_steps rows.
+// n_tiles and m_tiles are 1 or 2. Needs configure_bf16_tiles() on this thread.
+void bf16_product(const uint16_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
+                  int n_tiles, int m_tiles, float* c, int64_t c_stride, bool accumulate);
+
+}  // namespace amx
+}  // namespace bnb::cpu
