@@ -62,17 +62,24 @@ bool avx512_vnni_active() {
 
 namespace {
 
-// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's grant of the tile data state to
-// this process: without it the first tile instruction faults.
-bool amx_bf16_usable() {
+// AMX-TILE and the tile product `bit` (CPUID leaf 7, EDX: 24 the tiles, 22 AMX-BF16, 25 AMX-INT8), and
+// Linux's grant of the tile data state to this process (asked once): without it the first tile
+// instruction faults. BNB_CPU_AMX=0 turns AMX off.
+bool amx_usable(unsigned bit) {
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+  static const bool granted = [] {
+    const char* wanted = std::getenv("BNB_CPU_AMX");
+    if (wanted && std::strcmp(wanted, "0") == 0) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24))) return false;
+    constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  }();
   unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;
-  constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
-  constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
-  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  return granted && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << bit));
 #else
+  (void)bit;
   return false;
 #endif
 }
@@ -80,11 +87,13 @@ bool amx_bf16_usable() {
 }  // namespace
 
 bool amx_bf16_active() {
-  static const bool usable = [] {
-    const char* wanted = std::getenv("BNB_CPU_AMX");
-    return !(wanted && std::strcmp(wanted, "0") == 0) && amx_bf16_usable();
-  }();
+  static const bool usable = amx_usable(22);
   return usable && avx512_bf16_active();
+}
+
+bool amx_int8_active() {
+  static const bool usable = amx_usable(25);
+  return usable && avx512_active();
 }
 
 }  // namespace bnb::cpu

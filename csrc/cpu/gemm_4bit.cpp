@@ -277,7 +277,7 @@ void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
     std::vector<float> sums(static_cast<size_t>(m_blocks * kAmxRows * kAmxRows));  // [m block][weight row][m]
     const cpu::bfloat16_t* bias = static_cast<const cpu::bfloat16_t*>(p.bias);
     auto* out = static_cast<cpu::bfloat16_t*>(p.out);
-    cpu::amx::configure_bf16_tiles();
+    cpu::amx::configure_tiles();
     for (int64_t pass = pass0; pass < pass1; ++pass) {
       const int64_t n0 = pass * kAmxRows;
       const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, p.N - n0));

@@ -5,10 +5,12 @@
 // passes over them. The dot product is compiled for AVX-512BW, AVX2 and baseline x86-64 and the
 // loader picks the widest the processor has (GCC function multi-versioning).
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/dispatch.h"
+#include "cpu/amx.h"
 #include "cpu/isa.h"
 #include "cpu/threading.h"
 #include "cpu/types.h"
@@ -109,9 +111,66 @@ void tile_product(bool vnni, const int8_t* A, const int8_t* B, int64_t K, const 
 #endif
 }
 
+#ifdef BNB_X86_INTRINSICS
+// On AMX-INT8: rows of B in passes of 32 (two 16-row A tiles, read straight from B) times all rows of A,
+// laid out once per call as int8 quadruples per column (the B operand). Rows of K in 64-byte steps: K a
+// multiple of 64. A last pass of fewer than 32 rows multiplies a zero-padded copy of them.
+constexpr int kAmxRows = 32;
+constexpr int kAmxDepth = 64;
+constexpr int64_t kAmxMinRows = 5;  // fewer rows of A stream B faster through the register tiles
+
+bool amx_serves(const Int8MatmulParams& p) {
+  return p.M >= kAmxMinRows && p.K % kAmxDepth == 0 && cpu::amx_int8_active();
+}
+
+template <typename Emit>
+void for_each_product_amx(const Int8MatmulParams& p, Emit emit) {
+  const int64_t m_pad = (p.M + 15) / 16 * 16, quads = p.K / 4, m_blocks = (m_pad + 31) / 32;
+  std::vector<uint32_t> xt(static_cast<size_t>(quads * m_pad));
+  cpu::parallel_for(quads, 256, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q)
+      for (int64_t m = 0; m < m_pad; ++m) {
+        uint32_t word = 0;
+        if (m < p.M) std::memcpy(&word, p.A + m * p.K + 4 * q, 4);
+        xt[q * m_pad + m] = word;
+      }
+  });
+  const int64_t passes = (p.N + kAmxRows - 1) / kAmxRows;
+  cpu::parallel_for(passes, 1, [&](int64_t pass0, int64_t pass1) {
+    std::vector<int32_t> sums(static_cast<size_t>(m_blocks * kAmxRows * kAmxRows));  // [m block][B row][m]
+    std::vector<int8_t> tail;
+    cpu::amx::configure_tiles();
+    for (int64_t pass = pass0; pass < pass1; ++pass) {
+      const int64_t n0 = pass * kAmxRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, p.N - n0));
+      const int8_t* w = p.B + n0 * p.K;
+      if (rows < kAmxRows) {
+        tail.assign(static_cast<size_t>(kAmxRows * p.K), 0);
+        std::memcpy(tail.data(), w, static_cast<size_t>(rows * p.K));
+        w = tail.data();
+      }
+      const int n_tiles = rows > 16 ? 2 : 1;
+      for (int64_t mb = 0; mb < m_blocks; ++mb) {
+        const int m_tiles = m_pad - 32 * mb >= 32 ? 2 : 1;
+        cpu::amx::int8_product(w, p.K, xt.data() + 32 * mb, m_pad * 4, p.K / kAmxDepth, n_tiles, m_tiles,
+                               sums.data() + mb * kAmxRows * kAmxRows, kAmxRows, /*accumulate=*/false);
+      }
+      for (int64_t m = 0; m < p.M; ++m) {
+        const int32_t* row = sums.data() + (m / 32) * kAmxRows * kAmxRows + m % 32;
+        for (int j = 0; j < rows; ++j) emit(m, n0 + j, row[j * kAmxRows]);
+      }
+    }
+    cpu::amx::release_tiles();
+  });
+}
+#endif
+
 // Calls emit(m, n, acc) for every output, block by block of B rows.
 template <typename Emit>
 void for_each_product(const Int8MatmulParams& p, Emit emit) {
+#ifdef BNB_X86_INTRINSICS
+  if (amx_serves(p)) return for_each_product_amx(p, emit);
+#endif
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(p.K, 1));
   cpu::parallel_for(p.N, rows_per_block, [&](int64_t n0, int64_t n1) {
     int64_t tiled_end = n0;

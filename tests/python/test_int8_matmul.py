@@ -2,7 +2,8 @@
 
 The shapes cover every path of the CUDA backend: up to 16 rows with K a multiple of 64 (the
 weight-streaming kernel), more rows (cuBLASLt), and K not a multiple of 4 or unaligned data (the
-general kernel); CPU runs the same cases.
+general kernel); CPU runs the same cases (on AMX processors 5 rows and more with K a multiple of 64
+take the tile unit: activation rows past 16- and 32-row tiles, weight rows past 32-row passes).
 """
 
 import pytest
@@ -16,6 +17,7 @@ ops = torch.ops.bitsandbytes
 
 SHAPES = [  # (M, K, N)
     (1, 64, 40), (3, 128, 72), (16, 256, 33), (17, 64, 40), (64, 512, 96), (5, 70, 12), (2, 127, 9), (33, 4, 8),
+    (40, 192, 50),
 ]
 
 

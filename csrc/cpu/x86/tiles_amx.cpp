@@ -1,4 +1,5 @@
-// AMX tile products (compiled with -mamx-tile -mamx-bf16; called only when amx_bf16_active()).
+// AMX tile products (compiled with -mamx-tile -mamx-bf16 -mamx-int8; called only when amx_bf16_active() or
+// amx_int8_active() says so).
 // Tiles 0-1 hold weight rows (the A operand), 2-3 activation pairs (B), 4-7 the float sums of each
 // (weight tile, activation tile) pair.
 #include <immintrin.h>
@@ -20,24 +21,36 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 static_assert(sizeof(TileConfig) == 64, "the tile configuration is 64 bytes");
-constexpr TileConfig kBf16Tiles = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+constexpr TileConfig kTiles = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
-template <int NT, int MT>
-void product(const uint16_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps, float* c,
+// One tile product (tile indices are immediates): bfloat16 pairs into float sums, or int8 quadruples
+// into int32 sums.
+#define BNB_TILE_DP(C, A, B)           \
+  do {                                 \
+    if constexpr (Int8) {              \
+      _tile_dpbssd(C, A, B);           \
+    } else {                           \
+      _tile_dpbf16ps(C, A, B);         \
+    }                                  \
+  } while (0)
+
+template <bool Int8, int NT, int MT>
+void product(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps, void* c_out,
              int64_t c_stride, bool accumulate) {
-  const int64_t cs = c_stride * static_cast<int64_t>(sizeof(float));
+  char* c = static_cast<char*>(c_out);  // 4-byte sums either way
+  const int64_t cs = c_stride * 4;
   if (accumulate) {
     _tile_loadd(4, c, cs);
-    if constexpr (MT == 2) _tile_loadd(5, c + 16, cs);
-    if constexpr (NT == 2) _tile_loadd(6, c + 16 * c_stride, cs);
-    if constexpr (NT == 2 && MT == 2) _tile_loadd(7, c + 16 * c_stride + 16, cs);
+    if constexpr (MT == 2) _tile_loadd(5, c + 64, cs);
+    if constexpr (NT == 2) _tile_loadd(6, c + 16 * cs, cs);
+    if constexpr (NT == 2 && MT == 2) _tile_loadd(7, c + 16 * cs + 64, cs);
   } else {
     _tile_zero(4);
     if constexpr (MT == 2) _tile_zero(5);
     if constexpr (NT == 2) _tile_zero(6);
     if constexpr (NT == 2 && MT == 2) _tile_zero(7);
   }
-  const char* wb = reinterpret_cast<const char*>(w);
+  const char* wb = static_cast<const char*>(w);
   const char* xb = reinterpret_cast<const char*>(xt);
   for (int64_t s = 0; s < k_steps; ++s) {
     // Step s: weight columns 32 s .. 32 s + 31 (64 bytes of each row), activation pair rows 16 s ..
@@ -45,38 +58,49 @@ void product(const uint16_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt
     const char* xs = xb + s * 16 * xt_stride;
     _tile_loadd(0, ws, w_stride);
     _tile_loadd(2, xs, xt_stride);
-    _tile_dpbf16ps(4, 0, 2);
+    BNB_TILE_DP(4, 0, 2);
     if constexpr (MT == 2) {
       _tile_loadd(3, xs + 64, xt_stride);
-      _tile_dpbf16ps(5, 0, 3);
+      BNB_TILE_DP(5, 0, 3);
     }
     if constexpr (NT == 2) {
       _tile_loadd(1, ws + 16 * w_stride, w_stride);
-      _tile_dpbf16ps(6, 1, 2);
-      if constexpr (MT == 2) _tile_dpbf16ps(7, 1, 3);
+      BNB_TILE_DP(6, 1, 2);
+      if constexpr (MT == 2) BNB_TILE_DP(7, 1, 3);
     }
   }
   _tile_stored(4, c, cs);
-  if constexpr (MT == 2) _tile_stored(5, c + 16, cs);
-  if constexpr (NT == 2) _tile_stored(6, c + 16 * c_stride, cs);
-  if constexpr (NT == 2 && MT == 2) _tile_stored(7, c + 16 * c_stride + 16, cs);
+  if constexpr (MT == 2) _tile_stored(5, c + 64, cs);
+  if constexpr (NT == 2) _tile_stored(6, c + 16 * cs, cs);
+  if constexpr (NT == 2 && MT == 2) _tile_stored(7, c + 16 * cs + 64, cs);
+}
+
+template <bool Int8>
+void dispatch(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps, int n_tiles,
+              int m_tiles, void* c, int64_t c_stride, bool accumulate) {
+  if (n_tiles == 2) {
+    if (m_tiles == 2) product<Int8, 2, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
+    else product<Int8, 2, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
+  } else {
+    if (m_tiles == 2) product<Int8, 1, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
+    else product<Int8, 1, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
+  }
 }
 
 }  // namespace
 
-void configure_bf16_tiles() { _tile_loadconfig(&kBf16Tiles); }
+void configure_tiles() { _tile_loadconfig(&kTiles); }
 
 void release_tiles() { _tile_release(); }
 
 void bf16_product(const uint16_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
                   int n_tiles, int m_tiles, float* c, int64_t c_stride, bool accumulate) {
-  if (n_tiles == 2) {
-    if (m_tiles == 2) product<2, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
-    else product<2, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
-  } else {
-    if (m_tiles == 2) product<1, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
-    else product<1, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
-  }
+  dispatch<false>(w, w_stride, xt, xt_stride, k_steps, n_tiles, m_tiles, c, c_stride, accumulate);
+}
+
+void int8_product(const int8_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
+                  int n_tiles, int m_tiles, int32_t* c, int64_t c_stride, bool accumulate) {
+  dispatch<true>(w, w_stride, xt, xt_stride, k_steps, n_tiles, m_tiles, c, c_stride, accumulate);
 }
 
 }  // namespace bnb::cpu::amx
