@@ -31,7 +31,7 @@ def _rel_err(y, ref):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-@pytest.mark.parametrize("m", [1, 5, 64, 150])  # 150: past the CPU streaming limit (dequantize + BLAS)
+@pytest.mark.parametrize("m", [1, 5, 64, 150, 300])  # past the CPU streaming limits (dequantize + BLAS): 150 but bf16 on AMX, 300
 def test_gemm_4bit_matches_float64(device, dtype, quant_type, m):
     N, K = 48, 96  # K not a multiple of the 64-element blocks per row: blocks span rows
     w = randn((N, K), torch.float32, device, seed=1)
