@@ -236,9 +236,10 @@ void gemm_4bit_bf16_rows(const Gemm4bitParams& p, const float* table, int64_t n0
   }
 }
 
-// bfloat16 activations on AMX: each thread decodes 32 weight rows at a time to bfloat16 (as dequantize_4bit
-// rounds them) and multiplies them with every activation row on the tile unit, the weight rows as the
-// A operand and the activation, laid out once per call as bfloat16 pairs per column, as the B operand.
+// bfloat16 activations on AMX: each thread takes 32 weight rows at a time, expands them to bfloat16 (as
+// dequantize_4bit rounds them) kAmxChunk columns at a time and multiplies each chunk with every activation
+// row on the tile unit, the weight rows as the A operand and the activation, laid out once per call as
+// bfloat16 pairs per column, as the B operand.
 constexpr int kAmxRows = 32;  // weight rows per pass: two 16-row tiles
 constexpr int kAmxDepth = 32;  // k per tile step
 constexpr int64_t kAmxChunk = 128;  // columns expanded and multiplied at a time: 32 rows of them are 8 KB
@@ -268,11 +269,11 @@ void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
   // while it is in L1; other rows are decoded whole first (one chunk of k_pad columns).
   const bool expand = expands_to_bf16(p);
   const int64_t chunk = expand ? std::min(kAmxChunk, k_pad) : k_pad;
-  const int64_t m_blocks = (m_pad + 31) / 32, blocks = p.K / p.blocksize;
+  const int64_t m_blocks = (m_pad + 31) / 32;
   const int64_t passes = (p.N + kAmxRows - 1) / kAmxRows;
   cpu::parallel_for(passes, 1, [&](int64_t pass0, int64_t pass1) {
-    std::vector<float> w(static_cast<size_t>(p.K)), scales;
-    std::vector<float> nested(expand && p.nested() ? static_cast<size_t>(kAmxRows * blocks) : 0);
+    std::vector<float> w(expand ? 0 : static_cast<size_t>(p.K)), scales;
+    std::vector<std::vector<float>> nested(kAmxRows);  // double-quantized rows' decoded scales
     std::vector<cpu::bfloat16_t> wb(static_cast<size_t>(kAmxRows * chunk));  // zero past K: never written
     std::vector<float> sums(static_cast<size_t>(m_blocks * kAmxRows * kAmxRows));  // [m block][weight row][m]
     const cpu::bfloat16_t* bias = static_cast<const cpu::bfloat16_t*>(p.bias);
@@ -284,15 +285,8 @@ void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
       const int n_tiles = rows > 16 ? 2 : 1;
       const float* row_scale[kAmxRows] = {};
       for (int j = 0; j < rows; ++j) {
-        if (!expand) {
-          decode_row_bf16(p, table, n0 + j, w.data(), wb.data() + j * chunk, scales);
-        } else if (p.nested()) {
-          float* s = nested.data() + j * blocks;
-          for (int64_t b = 0; b < blocks; ++b) s[b] = block_scale(p, (n0 + j) * blocks + b);
-          row_scale[j] = s;
-        } else {
-          row_scale[j] = p.absmax + (n0 + j) * blocks;
-        }
+        if (expand) row_scale[j] = row_scales(p, n0 + j, nested[j]);
+        else decode_row_bf16(p, table, n0 + j, w.data(), wb.data() + j * chunk, scales);
       }
       for (int64_t c0 = 0; c0 < k_pad; c0 += chunk) {
         const int64_t width = std::min(chunk, k_pad - c0);

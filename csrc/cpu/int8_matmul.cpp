@@ -114,14 +114,13 @@ void tile_product(bool vnni, const int8_t* A, const int8_t* B, int64_t K, const 
 #ifdef BNB_X86_INTRINSICS
 // On AMX-INT8: rows of B in passes of 32 (two 16-row A tiles, read straight from B) times all rows of A,
 // laid out once per call as int8 quadruples per column (the B operand). Rows of K in 64-byte steps: K a
-// multiple of 64. A last pass of fewer than 32 rows multiplies a zero-padded copy of them.
+// multiple of 64. A last pass of fewer than 32 rows multiplies a zero-padded copy of them. Faster than the
+// VNNI register tiles from one row of A on (Intel Xeon, K = N = 4096: 0.37 against 0.39 ms at M = 1, 0.37
+// against 0.52 ms at M = 4).
 constexpr int kAmxRows = 32;
 constexpr int kAmxDepth = 64;
-constexpr int64_t kAmxMinRows = 5;  // fewer rows of A stream B faster through the register tiles
 
-bool amx_serves(const Int8MatmulParams& p) {
-  return p.M >= kAmxMinRows && p.K % kAmxDepth == 0 && cpu::amx_int8_active();
-}
+bool amx_serves(const Int8MatmulParams& p) { return p.K % kAmxDepth == 0 && cpu::amx_int8_active(); }
 
 template <typename Emit>
 void for_each_product_amx(const Int8MatmulParams& p, Emit emit) {

@@ -1,6 +1,6 @@
 """The CPU products on processors with AMX, with the tile unit turned off (BNB_CPU_AMX=0).
 
-There the bfloat16 4-bit product and the int8 product of 5 rows and more run on the tile unit; the
+There the bfloat16 4-bit product of 5 rows and more and the int8 product run on the tile unit; the
 AVX-512 paths beneath must stay correct for processors without it. The choice is made once per process,
 so each check runs in a fresh interpreter (on processors without AMX it checks the same paths again).
 """

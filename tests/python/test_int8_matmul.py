@@ -2,8 +2,8 @@
 
 The shapes cover every path of the CUDA backend: up to 16 rows with K a multiple of 64 (the
 weight-streaming kernel), more rows (cuBLASLt), and K not a multiple of 4 or unaligned data (the
-general kernel); CPU runs the same cases (on AMX processors 5 rows and more with K a multiple of 64
-take the tile unit: activation rows past 16- and 32-row tiles, weight rows past 32-row passes).
+general kernel); CPU runs the same cases (on AMX processors K a multiple of 64 takes the tile unit:
+activation rows past 16- and 32-row tiles, weight rows past 32-row passes).
 """
 
 import pytest

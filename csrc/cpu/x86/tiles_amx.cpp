@@ -1,10 +1,8 @@
 // AMX tile products (compiled with -mamx-tile -mamx-bf16 -mamx-int8; called only when amx_bf16_active() or
 // amx_int8_active() says so).
-// Tiles 0-1 hold weight rows (the A operand), 2-3 activation pairs (B), 4-7 the float sums of each
-// (weight tile, activation tile) pair.
+// Tiles 0-1 hold weight rows (the A operand), 2-3 the activation's pairs or quadruples (B), 4-7 the
+// sums of each (weight tile, activation tile) pair.
 #include <immintrin.h>
-
-#include <cstring>
 
 #include "cpu/amx.h"
 
@@ -53,7 +51,7 @@ void product(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_str
   const char* wb = static_cast<const char*>(w);
   const char* xb = reinterpret_cast<const char*>(xt);
   for (int64_t s = 0; s < k_steps; ++s) {
-    // Step s: weight columns 32 s .. 32 s + 31 (64 bytes of each row), activation pair rows 16 s ..
+    // Step s: bytes 64 s .. 64 s + 63 of each weight row, rows 16 s .. 16 s + 15 of the activation's
     const char* ws = wb + s * 64;
     const char* xs = xb + s * 16 * xt_stride;
     _tile_loadd(0, ws, w_stride);
@@ -74,6 +72,7 @@ void product(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_str
   if constexpr (NT == 2) _tile_stored(6, c + 16 * cs, cs);
   if constexpr (NT == 2 && MT == 2) _tile_stored(7, c + 16 * cs + 64, cs);
 }
+#undef BNB_TILE_DP
 
 template <bool Int8>
 void dispatch(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps, int n_tiles,
