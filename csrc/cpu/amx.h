@@ -23,19 +23,23 @@ namespace amx {
 void configure_tiles();
 void release_tiles();
 
-// c[16 n_tiles x 16 m_tiles] (float, row stride c_stride elements) = W x X^T over k_steps steps of 32,
-// added to c's values where `accumulate`:
+// Where a product's sums start and end: in c (row stride c_stride elements) or left in the tile
+// registers between calls of one thread with the same n_tiles and m_tiles and no other tile work between.
+enum class Sums { kZero, kFromMemory, kInTiles };
+
+// c[16 n_tiles x 16 m_tiles] (float) = W x X^T over k_steps steps of 32, starting from zero, from c's
+// values or from the tiles' (`start`), stored to c where `store`:
 //   w:  16 n_tiles rows of bfloat16, w_stride bytes apart, 32 k_steps values each;
 //   xt: the activation as bfloat16 pairs, row kp = (X[m][2kp], X[m][2kp + 1]) for 16 m_tiles columns m,
 //       xt_stride bytes apart, 16 k_steps rows.
 // n_tiles and m_tiles are 1 or 2. Needs configure_tiles() on this thread.
 void bf16_product(const uint16_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
-                  int n_tiles, int m_tiles, float* c, int64_t c_stride, bool accumulate);
+                  int n_tiles, int m_tiles, float* c, int64_t c_stride, Sums start, bool store);
 
 // The same for int8 (exact int32 sums, modulo 2^32): steps of 64 k, w rows of int8, xt rows of the
 // activation's int8 quadruples (X[m][4kq .. 4kq + 3] in row kq), 16 k_steps rows per step.
 void int8_product(const int8_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
-                  int n_tiles, int m_tiles, int32_t* c, int64_t c_stride, bool accumulate);
+                  int n_tiles, int m_tiles, int32_t* c, int64_t c_stride, Sums start, bool store);
 
 }  // namespace amx
 }  // namespace bnb::cpu

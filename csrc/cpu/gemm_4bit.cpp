@@ -261,6 +261,7 @@ void pair_columns(const cpu::bfloat16_t* A, int64_t M, int64_t K, int64_t m_pad,
 }
 
 void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
+  using cpu::amx::Sums;
   const auto* A = static_cast<const cpu::bfloat16_t*>(p.A);
   const int64_t m_pad = (p.M + 15) / 16 * 16, k_pad = (p.K + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
   std::vector<uint32_t> xt(static_cast<size_t>(k_pad / 2 * m_pad));
@@ -295,11 +296,15 @@ void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
             expand_codes_bf16(p.packed + (n0 + j) * p.K / 2, row_scale[j], c0, c0 + width, p.blocksize, table,
                               wb.data() + j * chunk);
         }
+        // One block of activation rows keeps its sums in the tiles from chunk to chunk; several swap theirs
+        // through memory.
+        const bool last = c0 + width == k_pad;
+        const auto start = c0 == 0 ? Sums::kZero : m_blocks == 1 ? Sums::kInTiles : Sums::kFromMemory;
         for (int64_t mb = 0; mb < m_blocks; ++mb) {
           const int m_tiles = m_pad - 32 * mb >= 32 ? 2 : 1;
           cpu::amx::bf16_product(reinterpret_cast<const uint16_t*>(wb.data()), chunk * 2,
                                  xt.data() + c0 / 2 * m_pad + 32 * mb, m_pad * 4, width / kAmxDepth, n_tiles, m_tiles,
-                                 sums.data() + mb * kAmxRows * kAmxRows, kAmxRows, /*accumulate=*/c0 > 0);
+                                 sums.data() + mb * kAmxRows * kAmxRows, kAmxRows, start, last || m_blocks > 1);
         }
       }
       for (int64_t m = 0; m < p.M; ++m) {

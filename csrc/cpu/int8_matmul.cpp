@@ -152,7 +152,7 @@ void for_each_product_amx(const Int8MatmulParams& p, Emit emit) {
       for (int64_t mb = 0; mb < m_blocks; ++mb) {
         const int m_tiles = m_pad - 32 * mb >= 32 ? 2 : 1;
         cpu::amx::int8_product(w, p.K, xt.data() + 32 * mb, m_pad * 4, p.K / kAmxDepth, n_tiles, m_tiles,
-                               sums.data() + mb * kAmxRows * kAmxRows, kAmxRows, /*accumulate=*/false);
+                               sums.data() + mb * kAmxRows * kAmxRows, kAmxRows, cpu::amx::Sums::kZero, true);
       }
       for (int64_t m = 0; m < p.M; ++m) {
         const int32_t* row = sums.data() + (m / 32) * kAmxRows * kAmxRows + m % 32;

@@ -34,15 +34,15 @@ constexpr TileConfig kTiles = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 
 
 template <bool Int8, int NT, int MT>
 void product(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps, void* c_out,
-             int64_t c_stride, bool accumulate) {
+             int64_t c_stride, Sums start, bool store) {
   char* c = static_cast<char*>(c_out);  // 4-byte sums either way
   const int64_t cs = c_stride * 4;
-  if (accumulate) {
+  if (start == Sums::kFromMemory) {
     _tile_loadd(4, c, cs);
     if constexpr (MT == 2) _tile_loadd(5, c + 64, cs);
     if constexpr (NT == 2) _tile_loadd(6, c + 16 * cs, cs);
     if constexpr (NT == 2 && MT == 2) _tile_loadd(7, c + 16 * cs + 64, cs);
-  } else {
+  } else if (start == Sums::kZero) {
     _tile_zero(4);
     if constexpr (MT == 2) _tile_zero(5);
     if constexpr (NT == 2) _tile_zero(6);
@@ -67,6 +67,7 @@ void product(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_str
       if constexpr (MT == 2) BNB_TILE_DP(7, 1, 3);
     }
   }
+  if (!store) return;
   _tile_stored(4, c, cs);
   if constexpr (MT == 2) _tile_stored(5, c + 64, cs);
   if constexpr (NT == 2) _tile_stored(6, c + 16 * cs, cs);
@@ -76,13 +77,13 @@ void product(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_str
 
 template <bool Int8>
 void dispatch(const void* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps, int n_tiles,
-              int m_tiles, void* c, int64_t c_stride, bool accumulate) {
+              int m_tiles, void* c, int64_t c_stride, Sums start, bool store) {
   if (n_tiles == 2) {
-    if (m_tiles == 2) product<Int8, 2, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
-    else product<Int8, 2, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
+    if (m_tiles == 2) product<Int8, 2, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, start, store);
+    else product<Int8, 2, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, start, store);
   } else {
-    if (m_tiles == 2) product<Int8, 1, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
-    else product<Int8, 1, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, accumulate);
+    if (m_tiles == 2) product<Int8, 1, 2>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, start, store);
+    else product<Int8, 1, 1>(w, w_stride, xt, xt_stride, k_steps, c, c_stride, start, store);
   }
 }
 
@@ -93,13 +94,13 @@ void configure_tiles() { _tile_loadconfig(&kTiles); }
 void release_tiles() { _tile_release(); }
 
 void bf16_product(const uint16_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
-                  int n_tiles, int m_tiles, float* c, int64_t c_stride, bool accumulate) {
-  dispatch<false>(w, w_stride, xt, xt_stride, k_steps, n_tiles, m_tiles, c, c_stride, accumulate);
+                  int n_tiles, int m_tiles, float* c, int64_t c_stride, Sums start, bool store) {
+  dispatch<false>(w, w_stride, xt, xt_stride, k_steps, n_tiles, m_tiles, c, c_stride, start, store);
 }
 
 void int8_product(const int8_t* w, int64_t w_stride, const uint32_t* xt, int64_t xt_stride, int64_t k_steps,
-                  int n_tiles, int m_tiles, int32_t* c, int64_t c_stride, bool accumulate) {
-  dispatch<true>(w, w_stride, xt, xt_stride, k_steps, n_tiles, m_tiles, c, c_stride, accumulate);
+                  int n_tiles, int m_tiles, int32_t* c, int64_t c_stride, Sums start, bool store) {
+  dispatch<true>(w, w_stride, xt, xt_stride, k_steps, n_tiles, m_tiles, c, c_stride, start, store);
 }
 
 }  // namespace bnb::cpu::amx
