@@ -18,6 +18,9 @@ bool amx_int8_active();
 
 namespace amx {
 
+// Whether this build carries the tile products (its compiler knew the AMX instructions).
+bool built();
+
 // Sets this thread's tile registers up for the products below (all eight 16 x 64-byte tiles), and gives
 // them back. Call both on the thread that runs the products, around them.
 void configure_tiles();

@@ -64,12 +64,12 @@ namespace {
 
 // AMX-TILE and the tile product `bit` (CPUID leaf 7, EDX: 24 the tiles, 22 AMX-BF16, 25 AMX-INT8), and
 // Linux's grant of the tile data state to this process (asked once): without it the first tile
-// instruction faults. BNB_CPU_AMX=0 turns AMX off.
+// instruction faults. BNB_CPU_AMX=0 turns AMX off, as does a build whose compiler lacked it.
 bool amx_usable(unsigned bit) {
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
   static const bool granted = [] {
     const char* wanted = std::getenv("BNB_CPU_AMX");
-    if (wanted && std::strcmp(wanted, "0") == 0) return false;
+    if ((wanted && std::strcmp(wanted, "0") == 0) || !amx::built()) return false;
     unsigned a = 0, b = 0, c = 0, d = 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24))) return false;
     constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM

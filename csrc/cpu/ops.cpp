@@ -39,13 +39,18 @@ void check_device(int32_t device) {
 
 std::string info_json() {
   // products: the wider instructions the quantized products use on top of the kernel table.
+  std::string products;
+  auto add = [&](bool active, const char* name) {
+    if (active) products += concat(products.empty() ? "" : ", ", "\"", name, "\"");
+  };
+  add(cpu::avx512_vnni_active(), "avx512_vnni");
+  add(cpu::avx512_bf16_active(), "avx512_bf16");
+  add(cpu::amx_int8_active(), "amx_int8");
+  add(cpu::amx_bf16_active(), "amx_bf16");
   return concat("{\"backend\": \"cpu\", \"isa\": \"", active_kernels().isa, "\", \"threads\": ", cpu::num_threads(),
                 ", \"threading\": \"", cpu::threading_runtime(), "\"",
                 ", \"isa_available\": [\"scalar\"", cpu::avx2_kernels() ? ", \"avx2\"" : "",
-                cpu::avx512_kernels() ? ", \"avx512\"" : "", "], \"products\": [",
-                cpu::avx512_vnni_active() ? "\"avx512_vnni\"" : "",
-                cpu::avx512_vnni_active() && cpu::avx512_bf16_active() ? ", " : "",
-                cpu::avx512_bf16_active() ? "\"avx512_bf16\"" : "", cpu::amx_bf16_active() ? ", \"amx_bf16\"" : "", "]}");
+                cpu::avx512_kernels() ? ", \"avx512\"" : "", "], \"products\": [", products, "]}");
 }
 
 void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t, bnb_stream_t) {

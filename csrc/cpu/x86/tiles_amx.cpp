@@ -2,11 +2,15 @@
 // amx_int8_active() says so).
 // Tiles 0-1 hold weight rows (the A operand), 2-3 the activation's pairs or quadruples (B), 4-7 the
 // sums of each (weight tile, activation tile) pair.
-#include <immintrin.h>
-
 #include "cpu/amx.h"
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__)
+#include <immintrin.h>
+
 namespace bnb::cpu::amx {
+
+bool built() { return true; }
+
 namespace {
 
 // The tile configuration (LDTILECFG's 64-byte operand): palette 1, tiles 0-7 of 16 rows x 64 bytes. A
@@ -104,3 +108,21 @@ void int8_product(const int8_t* w, int64_t w_stride, const uint32_t* xt, int64_t
 }
 
 }  // namespace bnb::cpu::amx
+
+#else  // a compiler without the tile instructions: never called (built() is false, so AMX is never active)
+#include <cstdlib>
+
+namespace bnb::cpu::amx {
+
+bool built() { return false; }
+void configure_tiles() { std::abort(); }
+void release_tiles() { std::abort(); }
+void bf16_product(const uint16_t*, int64_t, const uint32_t*, int64_t, int64_t, int, int, float*, int64_t, Sums, bool) {
+  std::abort();
+}
+void int8_product(const int8_t*, int64_t, const uint32_t*, int64_t, int64_t, int, int, int32_t*, int64_t, Sums, bool) {
+  std::abort();
+}
+
+}  // namespace bnb::cpu::amx
+#endif
