@@ -40,7 +40,7 @@ CUDA_TENSOR_CORE_MAX_ROWS = 4096
 _no_cuda_tensor_core: set = set()
 
 # Up to this many activation rows the CPU streams the 4-bit weight (register-tiled dot products over
-# decoded rows). Measured on the 2-core AVX-512 development machine, K = N = 4096, against dequantize +
+# decoded rows). Measured on a 2-core AVX-512 machine (AMD EPYC), K = N = 4096, against dequantize +
 # BLAS: bf16 7.9 / 15.2 / 29.0 / 58.4 ms vs 26.8 / 29.3 / 32.8 / 41.3 ms at M = 32 / 64 / 128 / 256;
 # fp32 streaming wins at every one of these M.
 CPU_STREAMING_MAX_ROWS = 128

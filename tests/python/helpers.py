@@ -1,4 +1,4 @@
-"""Devices, dtypes and marks shared by the test modules."""
+"""Devices, dtypes and marks shared by the test modules, and a runner for code in a fresh interpreter."""
 
 import os
 import subprocess
