@@ -5,11 +5,13 @@ CUDA-graph replays (gpu_timing.graph_time_ms), so the figures are the kernels' o
 for comparing builds of the kernel in one run (the bench_linear4bit.py figures are the layers').
 
     PYTHONPATH=. python benchmarks/profile_few_row_4bit.py [--rows 1 4 8 16] [--n 8192 28672] [--dtype float16]
+        [--out f.json]   (lets scripts/device_check.sh run it: BENCHES=benchmarks/profile_few_row_4bit.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,10 +31,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     print(f"K = {args.k}, {args.dtype}, {torch.cuda.get_device_name()}")
+    rows = []
     for n in args.n:
         w = torch.randn(n, args.k, device="cuda", dtype=dtype) * 0.02
         for nested in (False, True):
@@ -48,9 +52,14 @@ def main() -> None:
                     td = graph_time_ms(lambda: torch.nn.functional.linear(x, w), args.repeats)
                 print(f"N = {n:5d} {'nested' if nested else 'plain ':6s} M = {m:2d}: nf4 {t4 * 1e3:7.2f} us, "
                       f"dense {td * 1e3:7.2f} us ({td / t4:4.2f}x), max error {err:.1e}")
+                rows.append({"N": n, "K": args.k, "M": m, "nested": nested, "nf4_us": t4 * 1e3, "dense_us": td * 1e3,
+                             "max_error": err})
             del packed, state, weight
         del w
         torch.cuda.empty_cache()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "dtype": args.dtype, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

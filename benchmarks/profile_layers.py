@@ -5,12 +5,15 @@ and "call" the time of one call measured with CUDA events (calls back to back, G
 A call much longer than its kernels spends the difference between kernels (launch gaps, waits on the host
 or on a side stream): that is time no kernel work can win back.
 
-    PYTHONPATH=. python benchmarks/profile_layers.py [--m 4096] [--n 8192] [--k 8192] [--dtype float16]
+    PYTHONPATH=. python benchmarks/profile_layers.py [--m 4096] [--n 8192] [--k 8192] [--dtype float16] [--out f.json]
+
+(`--out` lets scripts/device_check.sh run it: BENCHES=benchmarks/profile_layers.py.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -44,13 +47,15 @@ def kernel_times(fn) -> list:
     return sorted(rows, key=lambda r: -r[1])
 
 
-def report(name: str, fn) -> None:
+def report(name: str, fn) -> dict:
     rows = kernel_times(fn)
     call_us = time_ms(fn, 30, calls=CALLS) * 1e3
     kernels_us = sum(r[1] for r in rows)
     print(f"== {name}: call {call_us:.1f} us, kernels {kernels_us:.1f} us, between kernels {call_us - kernels_us:.1f} us")
     for key, us, per_call in rows:
         print(f"   {us:9.1f} us  x{per_call:g}  {key[:110]}")
+    return {"layer": name, "call_us": call_us, "kernels_us": kernels_us,
+            "kernels": [{"name": key, "us": us, "per_call": per_call} for key, us, per_call in rows]}
 
 
 def main() -> None:
@@ -59,6 +64,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -78,8 +84,11 @@ def main() -> None:
         layers["Linear4bit nf4" + (" nested" if nested else "")] = layer.to("cuda").eval()
     print(f"M = {args.m}, N = {args.n}, K = {args.k}, {args.dtype}, {torch.cuda.get_device_name()}")
     with torch.no_grad():
-        for name, layer in layers.items():
-            report(name, lambda layer=layer: layer(x))
+        results = [report(name, lambda layer=layer: layer(x)) for name, layer in layers.items()]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "M": args.m, "N": args.n, "K": args.k,
+                       "dtype": args.dtype, "rows": results}, f, indent=1)
 
 
 if __name__ == "__main__":

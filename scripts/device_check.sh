@@ -6,7 +6,7 @@
 #   BENCH_ARGS      extra arguments for the benchmark scripts
 #   PYTEST_ARGS     extra pytest arguments (e.g. "-k 4bit")
 #   BENCHES         benchmark scripts to run (default: every benchmarks/bench_*.py except the CPU ones;
-#                   "none" skips them)
+#                   "none" skips them; benchmarks/profile_*.py run when named here)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device_out}"
@@ -60,7 +60,7 @@ rm -f "$OUT/bench_one.log"
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-parts = sorted(out.glob("bench_*.json"))
+parts = sorted(out.glob("bench_*.json")) + sorted(out.glob("profile_*.json"))
 if parts:
     merged = {p.stem: json.loads(p.read_text()) for p in parts}
     (out / "benchmarks.json").write_text(json.dumps(merged, indent=1))
