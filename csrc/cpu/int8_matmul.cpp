@@ -270,8 +270,7 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
     T* out = static_cast<T*>(p.out);
     // Outlier columns: their float product replaces the int8 one (CA zeroed only the outlier values). Per
     // row m and outlier column i, what one unit of CB there adds before the column scale:
-    // coef[m][i] = X / 127 - CA * SCA / 127^2, so each output adds one product per outlier column (CB's
-    // row n is in cache: the tile that produced acc just read it).
+    // coef[m][i] = X / 127 - CA * SCA / 127^2, so each output adds one product per outlier column.
     std::vector<float> coef(static_cast<size_t>(p.M * c));
     for (int64_t m = 0; m < p.M; ++m)
       for (int64_t i = 0; i < c; ++i) {
@@ -279,13 +278,29 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
         coef[m * c + i] = cpu::to_float(X[m * p.K + k]) * (1.0f / 127.0f) -
                           static_cast<float>(CA[m * p.K + k]) * SCA[m] * kInt8DequantScale;
       }
+    // From kGatheredOutlierRows rows on, CB at the outlier columns is gathered once per call (cb_cols[n][i]),
+    // so each output reads its c values in one piece instead of c bytes 4 KB apart in a row of CB. Intel
+    // Xeon, K = N = 4096, 8 outlier columns, bf16, alternating in one process: M = 16 0.69 -> 0.61 ms,
+    // M = 128 4.18 -> 2.94 ms; equal at M = 8, and the gather costs more than it saves below.
+    constexpr int64_t kGatheredOutlierRows = 8;
+    const bool gathered = p.M >= kGatheredOutlierRows;
+    std::vector<float> cb_cols(gathered ? static_cast<size_t>(p.N * c) : 0);
+    if (gathered) {
+      for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t i = 0; i < c; ++i) cb_cols[n * c + i] = static_cast<float>(p.CB[n * p.K + cols[i]]);
+    }
     for_each_product({CA.data(), p.CB, nullptr, p.M, p.N, p.K}, [&](int64_t m, int64_t n, int32_t acc) {
       const float col = p.SCB[n];
       float v = static_cast<float>(acc) * SCA[m] * col * kInt8DequantScale;
-      const int8_t* cb_row = p.CB + n * p.K;
       const float* coef_row = coef.data() + m * c;
       float sum = 0.0f;
-      for (int64_t i = 0; i < c; ++i) sum += coef_row[i] * static_cast<float>(cb_row[cols[i]]);
+      if (gathered) {
+        const float* cb_row = cb_cols.data() + n * c;
+        for (int64_t i = 0; i < c; ++i) sum += coef_row[i] * cb_row[i];
+      } else {
+        const int8_t* cb_row = p.CB + n * p.K;
+        for (int64_t i = 0; i < c; ++i) sum += coef_row[i] * static_cast<float>(cb_row[cols[i]]);
+      }
       v += sum * col;
       if (bias) v += cpu::to_float(bias[n]);
       out[m * p.N + n] = cpu::from_float<T>(v);
