@@ -1,6 +1,8 @@
 // CPU product of activations with a 4-bit weight, read as 4-bit codes (a quarter of its 16-bit size)
-// and never materialised whole. Three ways, by what the processor has and how many activation rows:
+// and never materialised whole. Four ways, by what the processor has and how many activation rows:
 //  - up to 4 rows (AVX-512): codes expanded in registers and multiplied at once (fused_rows);
+//  - bfloat16 activations on AMX: rows of W expanded to bfloat16 a chunk at a time and multiplied on the
+//    tile unit (gemm_4bit_bf16_amx);
 //  - bfloat16 activations on AVX512-BF16: each thread decodes rows of W, rounds them to bfloat16 and
 //    multiplies them with vdpbf16ps in register tiles (gemm_4bit_bf16_rows);
 //  - otherwise: decoded float rows times the activations in float register tiles (AVX-512) or single

@@ -2,8 +2,9 @@
 // dequantization (row and column scales, bias, output dtype) so no int32 matrix is written.
 //
 // Threads split the output columns (rows of B) into blocks that stay in cache while every row of A
-// passes over them. The dot product is compiled for AVX-512BW, AVX2 and baseline x86-64 and the
-// loader picks the widest the processor has (GCC function multi-versioning).
+// passes over them. On AMX-INT8 the tile unit multiplies (for_each_product_amx); otherwise VNNI or
+// AVX-512BW register tiles, or a dot product compiled for AVX-512BW, AVX2 and baseline x86-64 that the
+// loader picks the widest of (GCC function multi-versioning).
 #include <algorithm>
 #include <cstring>
 #include <vector>
