@@ -26,6 +26,11 @@ bool built();
 void configure_tiles();
 void release_tiles();
 
+// xt[w][m] (m_pad columns) = bytes 4w .. 4w + 3 of row m of A (rows of row_bytes bytes, little-endian),
+// zero past the row and for m >= rows, for w < words: the activation as the B operand, bfloat16 pairs or
+// int8 quadruples.
+void column_words(const void* A, int64_t rows, int64_t row_bytes, int64_t m_pad, int64_t words, uint32_t* xt);
+
 // Where a product's sums start and end: in c (row stride c_stride elements) or left in the tile
 // registers between calls of one thread with the same n_tiles and m_tiles and no other tile work between.
 enum class Sums { kZero, kFromMemory, kInTiles };

@@ -246,28 +246,11 @@ constexpr int kAmxRows = 32;  // weight rows per pass: two 16-row tiles
 constexpr int kAmxDepth = 32;  // k per tile step
 constexpr int64_t kAmxChunk = 128;  // columns expanded and multiplied at a time: 32 rows of them are 8 KB
 
-// xt[kp][m] = (A[m][2 kp], A[m][2 kp + 1]) for kp < k_pad / 2 and m < m_pad, zero past M and K.
-void pair_columns(const cpu::bfloat16_t* A, int64_t M, int64_t K, int64_t m_pad, int64_t k_pad, uint32_t* xt) {
-  cpu::parallel_for(k_pad / 2, 256, [&](int64_t kp0, int64_t kp1) {
-    for (int64_t kp = kp0; kp < kp1; ++kp) {
-      uint32_t* row = xt + kp * m_pad;
-      const int64_t k = 2 * kp;
-      for (int64_t m = 0; m < m_pad; ++m) {
-        uint32_t lo = 0, hi = 0;
-        if (m < M && k < K) lo = A[m * K + k].bits;
-        if (m < M && k + 1 < K) hi = A[m * K + k + 1].bits;
-        row[m] = lo | (hi << 16);
-      }
-    }
-  });
-}
-
 void gemm_4bit_bf16_amx(const Gemm4bitParams& p, const float* table) {
   using cpu::amx::Sums;
-  const auto* A = static_cast<const cpu::bfloat16_t*>(p.A);
   const int64_t m_pad = (p.M + 15) / 16 * 16, k_pad = (p.K + kAmxDepth - 1) / kAmxDepth * kAmxDepth;
   std::vector<uint32_t> xt(static_cast<size_t>(k_pad / 2 * m_pad));
-  pair_columns(A, p.M, p.K, m_pad, k_pad, xt.data());
+  cpu::amx::column_words(p.A, p.M, 2 * p.K, m_pad, k_pad / 2, xt.data());  // bfloat16 pairs, zero past K
   // Rows that expand straight from their codes do so kAmxChunk columns at a time, each chunk multiplied
   // while it is in L1; other rows are decoded whole first (one chunk of k_pad columns).
   const bool expand = expands_to_bf16(p);

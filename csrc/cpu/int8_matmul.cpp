@@ -127,14 +127,7 @@ template <typename Emit>
 void for_each_product_amx(const Int8MatmulParams& p, Emit emit) {
   const int64_t m_pad = (p.M + 15) / 16 * 16, quads = p.K / 4, m_blocks = (m_pad + 31) / 32;
   std::vector<uint32_t> xt(static_cast<size_t>(quads * m_pad));
-  cpu::parallel_for(quads, 256, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q)
-      for (int64_t m = 0; m < m_pad; ++m) {
-        uint32_t word = 0;
-        if (m < p.M) std::memcpy(&word, p.A + m * p.K + 4 * q, 4);
-        xt[q * m_pad + m] = word;
-      }
-  });
+  cpu::amx::column_words(p.A, p.M, p.K, m_pad, quads, xt.data());  // int8 quadruples
   const int64_t passes = (p.N + kAmxRows - 1) / kAmxRows;
   cpu::parallel_for(passes, 1, [&](int64_t pass0, int64_t pass1) {
     std::vector<int32_t> sums(static_cast<size_t>(m_blocks * kAmxRows * kAmxRows));  // [m block][B row][m]
