@@ -3,7 +3,8 @@
 //
 // The product is computed transposed, out^T = W A^T, so that the weight is the MMA's A operand, which
 // wgmma takes from registers: each CTA owns 128 rows of W (two consumer warpgroups of 64) and BM rows
-// of A (the MMA's N: 64, 128 or 256, chosen per shape), and walks K in tiles of 64. One lane of the
+// of A (the MMA's N: 64, 128 or 256, chosen per shape; a grid of 256-row tiles whose last wave would be
+// partial ends in 128-row tiles instead), and walks K in tiles of 64. One lane of the
 // producer warpgroup streams both operands into a ring of 5-8 shared-memory stages with TMA: the
 // activations as a 128-byte-swizzled K-major tile (read by wgmma straight from shared memory), the weight
 // as packed bytes (32 per row and tile). Each consumer warpgroup expands its weight rows of a tile into
@@ -145,19 +146,16 @@ struct RowScale {
   }
 };
 
+// The CTA's work for tile `cta` of the weight rows [n_begin, args.N) with BM activation rows per tile.
+// `table` is the kernel's static shared pair table, `smem_raw` its dynamic shared memory.
 template <typename T, int MB, int BM, bool Nested>
-__global__ void __launch_bounds__(kThreads, 1)
-    gemm_4bit_tensor_core(const __grid_constant__ CUtensorMap act_map, const __grid_constant__ CUtensorMap weight_map,
-                          const __grid_constant__ TensorCoreArgs args) {
-#ifdef BNB_SM90A_DEVICE
+__device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const CUtensorMap& weight_map,
+                                              const TensorCoreArgs& args, uint32_t* table, uint8_t* smem_raw, int cta,
+                                              int n_begin, int n_end) {
   using Shape = TileShape<MB, BM>;
   constexpr int kStages = Shape::kStages;
   constexpr int kWeightRows = Shape::kWeightRows;
   using V2 = Vec2<T>;
-  // The pair table is a static array: its base stays in a uniform register and each lookup's address is
-  // one multiply-add from the byte (a dynamic-memory table cost an extra add per lookup).
-  __shared__ __align__(16) uint32_t table[kPairTableWords];
-  extern __shared__ uint8_t smem_raw[];
   // Aligned by an offset from the shared array itself: a pointer rebuilt from an integer is generic to
   // the compiler, and every read of the stages then compiled to a generic load (address-space check,
   // 64-bit address, the long scoreboard) instead of an LDS (K = N = 8192, M = 512: 123 -> 104 us).
@@ -170,12 +168,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Tile order: CTAs launched together share weight tiles (kGroupN of them) and activation tiles.
   const int tiles_m = (args.M + BM - 1) / BM;
-  const int tiles_n = (args.N + kWeightRows - 1) / kWeightRows;
+  const int tiles_n = (n_end - n_begin + kWeightRows - 1) / kWeightRows;
   const int per_group = kGroupN * tiles_m;
-  const int first_n = static_cast<int>(blockIdx.x) / per_group * kGroupN;
+  const int first_n = cta / per_group * kGroupN;
   const int group_size = min(tiles_n - first_n, kGroupN);
-  const int in_group = static_cast<int>(blockIdx.x) % per_group;
-  const int n0 = (first_n + in_group % group_size) * kWeightRows;
+  const int in_group = cta % per_group;
+  const int n0 = n_begin + (first_n + in_group % group_size) * kWeightRows;
   const int m0 = in_group / group_size * BM;
   const int k_tiles = args.K / kTileK;
 
@@ -356,6 +354,28 @@ __global__ void __launch_bounds__(kThreads, 1)
       *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m0 + m) * args.N + n0 + n) =
           *reinterpret_cast<const uint4*>(staged + m * Shape::kOutStride + n);
   }
+}
+
+// Tiles of BM activation rows over the weight rows [0, tail_n0), then (BMTail > 0, from CTA tail_cta on)
+// tiles of BMTail rows over [tail_n0, N): CTAs start in index order, so the smaller tiles fill the SMs
+// that the last, partial wave of large tiles would leave idle.
+template <typename T, int MB, int BM, int BMTail, bool Nested>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_4bit_tensor_core(const __grid_constant__ CUtensorMap act_map, const __grid_constant__ CUtensorMap tail_act_map,
+                          const __grid_constant__ CUtensorMap weight_map, const __grid_constant__ TensorCoreArgs args,
+                          int tail_cta, int tail_n0) {
+#ifdef BNB_SM90A_DEVICE
+  // The pair table is a static array: its base stays in a uniform register and each lookup's address is
+  // one multiply-add from the byte (a dynamic-memory table cost an extra add per lookup).
+  __shared__ __align__(16) uint32_t table[kPairTableWords];
+  extern __shared__ uint8_t smem_raw[];
+  const int cta = static_cast<int>(blockIdx.x);
+  if (BMTail == 0 || cta < tail_cta) {
+    multiply_tile<T, MB, BM, Nested>(act_map, weight_map, args, table, smem_raw, cta, 0, BMTail ? tail_n0 : args.N);
+  } else if constexpr (BMTail > 0) {
+    multiply_tile<T, MB, BMTail, Nested>(tail_act_map, weight_map, args, table, smem_raw, cta - tail_cta, tail_n0,
+                                         args.N);
+  }
 #endif
 }
 
@@ -391,20 +411,26 @@ CUtensorMap tensor_map_2d(const void* data, CUtensorMapDataType type, int elem_b
 
 bool is_sm90(int32_t device) { return cuda::compute_capability(device) == 90; }
 
-template <typename T, int MB, int BM, bool Nested>
-void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+// Tiles of BM rows over [0, tail_n0) and, with BMTail > 0, of BMTail rows over [tail_n0, N).
+template <typename T, int MB, int BM, int BMTail, bool Nested>
+void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream_t stream) {
   using Shape = TileShape<MB, BM>;
-  auto kernel = gemm_4bit_tensor_core<T, MB, BM, Nested>;
+  using TailShape = TileShape<MB, BMTail == 0 ? BM : BMTail>;
+  constexpr int kSmemBytes = Shape::kSmemBytes > TailShape::kSmemBytes ? Shape::kSmemBytes : TailShape::kSmemBytes;
+  auto kernel = gemm_4bit_tensor_core<T, MB, BM, BMTail, Nested>;
   // The shared-memory opt-in is per device; remember which devices have it (up to 64).
   static std::atomic<uint64_t> opted_in{0};
   const uint64_t bit = uint64_t{1} << (device & 63);
   if (!(opted_in.load(std::memory_order_relaxed) & bit)) {
-    BNB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+    BNB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     opted_in.fetch_or(bit, std::memory_order_relaxed);
   }
   const CUtensorMapDataType act_type =
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const CUtensorMap act_map = tensor_map_2d(p.A, act_type, 2, p.M, p.K, BM, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
+  constexpr int kTailRows = BMTail == 0 ? BM : BMTail;
+  const CUtensorMap tail_act_map =
+      BMTail == 0 ? act_map : tensor_map_2d(p.A, act_type, 2, p.M, p.K, kTailRows, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap weight_map = tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2,
                                                Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_NONE);
   TensorCoreArgs args{p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
@@ -412,8 +438,12 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
                       cuda::log2_of(p.blocksize), {}};
   const float* values = p.qtype == QuantType::NF4 ? kNF4Values : kFP4Values;
   for (int i = 0; i < 16; ++i) args.code[i] = values[i];
-  const int64_t tiles = ((p.M + BM - 1) / BM) * ((p.N + Shape::kWeightRows - 1) / Shape::kWeightRows);
-  kernel<<<static_cast<unsigned>(tiles), kThreads, Shape::kSmemBytes, stream>>>(act_map, weight_map, args);
+  const int64_t rows = Shape::kWeightRows;
+  const int64_t head_n = BMTail == 0 ? p.N : tail_n0;
+  const int64_t head = ((p.M + BM - 1) / BM) * ((head_n + rows - 1) / rows);
+  const int64_t tail = BMTail == 0 ? 0 : ((p.M + BMTail - 1) / BMTail) * ((p.N - tail_n0 + rows - 1) / rows);
+  kernel<<<static_cast<unsigned>(head + tail), kThreads, kSmemBytes, stream>>>(
+      act_map, tail_act_map, weight_map, args, static_cast<int>(head), static_cast<int>(head_n));
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_tensor_core");
 }
 
@@ -423,29 +453,53 @@ int multiprocessors(int32_t device) {
   return sms;
 }
 
-// Activation rows per CTA: the fewest waves of CTAs times the work of one, a K tile costing about BM + 64
-// row-units (the expansion and the MMA latency are paid per tile whatever BM is). Fits the H100
+// Cost of a CTA of bm activation rows in the model below: a K tile costs about bm + 64 row-units (the
+// expansion and the MMA latency are paid per tile whatever bm is).
+constexpr int64_t tile_cost(int64_t bm) { return bm + 64; }
+
+// Activation rows per CTA: the fewest waves of CTAs times the work of one. Fits the H100
 // measurements at K = 8192: N = 8192 takes BM = 64 up to M = 128, 128 at 256, 256 from 512 on;
 // N = 28672 takes 64 at 32 rows, 128 at 128, 256 from 256 on.
-int rows_per_cta(int64_t M, int64_t N, int sms) {
+int rows_per_cta(int64_t M, int64_t N, int sms, int64_t* cost_out = nullptr) {
   int best = 64;
   int64_t best_cost = INT64_MAX;
   for (int bm : {64, 128, 256}) {
     const int64_t ctas = (M + bm - 1) / bm * ((N + 127) / 128);
-    const int64_t cost = (ctas + sms - 1) / sms * (bm + 64);
+    const int64_t cost = (ctas + sms - 1) / sms * tile_cost(bm);
     if (cost < best_cost) best = bm, best_cost = cost;
   }
+  if (cost_out) *cost_out = best_cost;
   return best;
+}
+
+// Where the 256-row tiles end when the weight rows past them take 128-row tiles (0: one size for all):
+// whole waves of 256-row CTAs, then the remaining weight tiles in 128-row CTAs, which start as the
+// large ones finish instead of leaving most SMs idle in a last partial wave of large ones. H100, K =
+// 8192, N = 28672, graph replays, two rounds: M = 512 fp16 368 -> 343 us (plain), 374-388 -> 351-363 us
+// (nested), bf16 within noise; M = 4096 fp16 plain 2959-3114 -> 2851-2880 us.
+int64_t tail_start_256(int64_t M, int64_t N, int sms, int64_t single_cost) {
+  const int64_t tiles_n = (N + 127) / 128, tiles_m = (M + 255) / 256;
+  const int64_t waves = tiles_m * tiles_n / sms;
+  const int64_t head_tiles = waves * sms / tiles_m;  // weight tiles in whole waves of large CTAs
+  if (waves == 0 || head_tiles >= tiles_n) return 0;
+  const int64_t tail_ctas = (tiles_n - head_tiles) * ((M + 127) / 128);
+  const int64_t cost = waves * tile_cost(256) + (tail_ctas + sms - 1) / sms * tile_cost(128);
+  return cost < single_cost ? head_tiles * 128 : 0;
 }
 
 template <typename T, bool Nested>
 void launch_for_rows(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   // One weight block of 64 rows per warpgroup (MB = 1): with two, the expansion per K tile doubles and
   // the kernel was slower at every shape measured, although each CTA reads fewer activation bytes.
-  switch (rows_per_cta(p.M, p.N, multiprocessors(device))) {
-    case 64: return launch<T, 1, 64, Nested>(p, device, stream);
-    case 128: return launch<T, 1, 128, Nested>(p, device, stream);
-    default: return launch<T, 1, 256, Nested>(p, device, stream);
+  const int sms = multiprocessors(device);
+  int64_t cost = 0;
+  switch (rows_per_cta(p.M, p.N, sms, &cost)) {
+    case 64: return launch<T, 1, 64, 0, Nested>(p, 0, device, stream);
+    case 128: return launch<T, 1, 128, 0, Nested>(p, 0, device, stream);
+    default:
+      if (const int64_t tail_n0 = tail_start_256(p.M, p.N, sms, cost))
+        return launch<T, 1, 256, 128, Nested>(p, tail_n0, device, stream);
+      return launch<T, 1, 256, 0, Nested>(p, 0, device, stream);
   }
 }
 

@@ -265,6 +265,26 @@ def test_many_rows_match_float64(dtype, m, N, K, blocksize, quant_type, nested, 
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_many_rows_with_a_tail_of_smaller_tiles_match_float64(dtype, nested):
+    # On Hopper, 500 rows over three waves and a few weight tiles more of 256-row CTAs: the weight rows
+    # past the whole waves take 128-row CTAs in the same grid (N not a multiple of 128 either).
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    weight_tiles = 3 * (sms // 2) + 3
+    m, N, K = 500, (weight_tiles - 1) * 128 + 40, 256
+    w = randn((N, K), torch.float32, "cuda", seed=56)
+    x = randn((m, K), dtype, "cuda", seed=57)
+    bias = randn((N,), dtype, "cuda", seed=58)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    with torch.no_grad():
+        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert y.shape == (m, N)
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+
+
+@needs_cuda
 def test_many_rows_unaligned_activations_fall_back_without_disabling_the_kernel():
     from bitsandbytes.backends import native_4bit_matmul as mm
 
