@@ -29,9 +29,6 @@
 // expansion, 583 without the MMAs, 486 with neither. Tried and slower: 256 weight rows per CTA (twice the
 // expansion per MMA; M = 512 136-147 us with the pipelined loop, BM = 128) and 2-CTA clusters sharing each
 // activation tile by TMA multicast (M = 512: 159 vs 113 us, turn-taking loop).
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include <atomic>
 
 #include "core/error.h"
@@ -40,6 +37,7 @@
 #include "cuda/dequantize_vectors.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
 #include "cuda/sm90.cuh"
+#include "cuda/tensor_map.cuh"
 
 namespace bnb::backend {
 namespace {
@@ -379,36 +377,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// cuTensorMapEncodeTiled from the driver (the runtime is linked statically; libcuda is not linked).
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static std::atomic<PFN_cuTensorMapEncodeTiled_v12000> cached{nullptr};
-  PFN_cuTensorMapEncodeTiled_v12000 fn = cached.load(std::memory_order_acquire);
-  if (fn) return fn;
-  void* entry = nullptr;
-  cudaDriverEntryPointQueryResult found{};
-  BNB_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &entry, 12000, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess || entry == nullptr)
-    fail(BNB_STATUS_DEVICE_ERROR, "the CUDA driver does not provide cuTensorMapEncodeTiled (driver too old?)");
-  fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(entry);
-  cached.store(fn, std::memory_order_release);
-  return fn;
-}
-
-// A 2-D row-major tensor [rows, cols] of `elem_bytes`-byte elements, read in boxes of box_rows x box_cols.
-CUtensorMap tensor_map_2d(const void* data, CUtensorMapDataType type, int elem_bytes, int64_t rows, int64_t cols,
-                          uint32_t box_rows, uint32_t box_cols, CUtensorMapSwizzle swizzle) {
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * elem_bytes)};
-  const cuuint32_t box[2] = {box_cols, box_rows};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(&map, type, 2, const_cast<void*>(data), dims, strides, box, element_strides,
-                                          CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) fail(BNB_STATUS_DEVICE_ERROR, "cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(r));
-  return map;
-}
-
 bool is_sm90(int32_t device) { return cuda::compute_capability(device) == 90; }
 
 // Tiles of BM rows over [0, tail_n0) and, with BMTail > 0, of BMTail rows over [tail_n0, N).
@@ -427,11 +395,11 @@ void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream
   }
   const CUtensorMapDataType act_type =
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const CUtensorMap act_map = tensor_map_2d(p.A, act_type, 2, p.M, p.K, BM, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap act_map = cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, BM, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
   constexpr int kTailRows = BMTail == 0 ? BM : BMTail;
   const CUtensorMap tail_act_map =
-      BMTail == 0 ? act_map : tensor_map_2d(p.A, act_type, 2, p.M, p.K, kTailRows, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
-  const CUtensorMap weight_map = tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2,
+      BMTail == 0 ? act_map : cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, kTailRows, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap weight_map = cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2,
                                                Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_NONE);
   TensorCoreArgs args{p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
                       static_cast<int32_t>(p.M), static_cast<int32_t>(p.N), static_cast<int32_t>(p.K),

@@ -18,6 +18,7 @@
 #include "cuda/common.cuh"
 #include "cuda/int8_arith.cuh"
 #include "cuda/int8_cublaslt.cuh"
+#include "cuda/int8_gemm_sm90.cuh"
 #include "cuda/int8_linear_one_row.cuh"
 #include "cuda/list_flags.cuh"
 #include "cuda/scratch.cuh"
@@ -546,6 +547,10 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
       }
       return launch_small_m(mm, epilogue, device, s, /*overlap=*/true);
     }
+    // Many rows without outliers on Hopper: one kernel multiplies and dequantizes.
+    const Int8DequantParams dq{SCA, p.SCB, p.bias, p.x_dtype, p.out, p.x_dtype, p.M, p.N};
+    if (!outliers && int8_gemm_dequant_sm90_serves(mm, dq, device))
+      return int8_gemm_dequant_sm90(mm, dq, device, s, /*overlap=*/true);
     // Many rows: the outlier columns are listed and packed on a side stream while the GEMM runs (it
     // needs only CA); the dequantization, which reads them, waits for both.
     const cuda::Scratch acc(align_up(sizeof(int32_t) * p.M * p.N), device, s);
@@ -582,6 +587,7 @@ void int8_scaled_mm(const Int8MatmulParams& mm, const Int8DequantParams& dq, int
     with_dequant_epilogue(dq, [&](auto epilogue) { launch_small_m(mm, epilogue, device, s); });
     return;
   }
+  if (int8_gemm_dequant_sm90_serves(mm, dq, device)) return int8_gemm_dequant_sm90(mm, dq, device, s, false);
   // Many rows: the int32 product in a stream-ordered scratch buffer, then the dequantization.
   const cuda::Scratch acc(sizeof(int32_t) * mm.M * mm.N, device, s);
   Int8MatmulParams p = mm;

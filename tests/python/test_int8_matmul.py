@@ -258,6 +258,33 @@ def test_fused_int8_linear_matches_the_decomposition(device, dtype, rows, K, thr
     assert err < {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
 
 
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_many_row_products_dequantized_in_the_gemm_match_the_int32_path(dtype, with_bias):
+    # On Hopper, grids of at least three quarters of a wave of 256 x 128 tiles multiply and dequantize
+    # in one kernel: M, N and K here are multiples of none of the tile sizes. The result must be the bits of
+    # the int32 product dequantized by int8_mm_dequant, and within rounding of the float64 oracle; the
+    # layer path (quantize, then the same kernel) equals the ops.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    M, K, N = 300, 272, 128 * ((3 * sms + 7) // 8) + 40
+    A, B = _int8((M, K), "cuda", 21), _int8((N, K), "cuda", 22)
+    row, col = torch.rand(M, device="cuda") + 0.1, torch.rand(N, device="cuda") + 0.1
+    bias = randn((N,), dtype, "cuda", seed=23) if with_bias else None
+    y = ops.int8_scaled_mm(A, B, row, col, bias, dtype)
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert torch.equal(y, ops.int8_mm_dequant(ops.int8_linear_matmul(A, B), row, col, dtype, bias))
+    ref = _dequant_ref(_exact(A, B), row, col, bias)
+    eps = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + 1e-4).all()
+    X = randn((M, K), dtype, "cuda", seed=24)
+    CA, SCA, _ = ops.int8_vectorwise_quant(X, 0.0)
+    out, _ = int8_linear_direct(X, B, col, 0.0, bias)
+    assert torch.equal(out, ops.int8_scaled_mm(CA, B, SCA, col, bias, dtype))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9])
