@@ -6,8 +6,9 @@
 //    and finds its outlier columns (int8_linear_one_row.cu);
 //  - up to 16 rows: a weight-streaming tensor-core kernel that reads B once and applies the
 //    dequantization to its int32 accumulators before anything is written;
-//  - many rows: cuBLASLt's int8 GEMM (int32 out, int8_cublaslt.cu), then the dequantization kernel
-//    (with outliers, the outlier columns are packed on a side stream while the GEMM runs);
+//  - many rows without outliers on Hopper: one kernel that multiplies and dequantizes (int8_gemm_sm90.cu);
+//  - other many-row products: cuBLASLt's int8 GEMM (int32 out, int8_cublaslt.cu), then the dequantization
+//    kernel (with outliers, the outlier columns are packed on a side stream while the GEMM runs);
 //  - shapes neither takes (K not a multiple of 4, unaligned rows, no cuBLASLt): a tiled kernel that
 //    accepts any shape.
 #include <algorithm>
