@@ -398,9 +398,10 @@ void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream
   const CUtensorMap act_map = cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, BM, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
   constexpr int kTailRows = BMTail == 0 ? BM : BMTail;
   const CUtensorMap tail_act_map =
-      BMTail == 0 ? act_map : cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, kTailRows, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
+      BMTail == 0 ? act_map
+                  : cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, kTailRows, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap weight_map = cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2,
-                                               Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_NONE);
+                                                     Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_NONE);
   TensorCoreArgs args{p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
                       static_cast<int32_t>(p.M), static_cast<int32_t>(p.N), static_cast<int32_t>(p.K),
                       cuda::log2_of(p.blocksize), {}};
@@ -413,12 +414,6 @@ void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream
   kernel<<<static_cast<unsigned>(head + tail), kThreads, kSmemBytes, stream>>>(
       act_map, tail_act_map, weight_map, args, static_cast<int>(head), static_cast<int>(head_n));
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_tensor_core");
-}
-
-int multiprocessors(int32_t device) {
-  int sms = 0;
-  BNB_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
 }
 
 // Cost of a CTA of bm activation rows in the model below: a K tile costs about bm + 64 row-units (the
@@ -459,7 +454,7 @@ template <typename T, bool Nested>
 void launch_for_rows(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   // One weight block of 64 rows per warpgroup (MB = 1): with two, the expansion per K tile doubles and
   // the kernel was slower at every shape measured, although each CTA reads fewer activation bytes.
-  const int sms = multiprocessors(device);
+  const int sms = cuda::sm_count(device);
   int64_t cost = 0;
   switch (rows_per_cta(p.M, p.N, sms, &cost)) {
     case 64: return launch<T, 1, 64, 0, Nested>(p, 0, device, stream);

@@ -38,7 +38,8 @@ CUtensorMap tensor_map_2d(const void* data, CUtensorMapDataType type, int elem_b
   const CUresult r = tensor_map_encoder()(&map, type, 2, const_cast<void*>(data), dims, strides, box, element_strides,
                                           CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) fail(BNB_STATUS_DEVICE_ERROR, "cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(r));
+  if (r != CUDA_SUCCESS)
+    fail(BNB_STATUS_DEVICE_ERROR, "cuTensorMapEncodeTiled failed with CUresult ", static_cast<int>(r));
   return map;
 }
 
