@@ -39,27 +39,31 @@ CUDA_TENSOR_CORE_MAX_ROWS = 4096
 # Devices where it is not available (other GPUs, or a library without the sm_90a image).
 _no_cuda_tensor_core: set = set()
 
-# Up to this many activation rows the CPU streams the 4-bit weight (register-tiled dot products over
-# decoded rows). Measured on a 2-core AVX-512 machine (AMD EPYC), K = N = 4096, against dequantize +
-# BLAS: bf16 7.9 / 15.2 / 29.0 / 58.4 ms vs 26.8 / 29.3 / 32.8 / 41.3 ms at M = 32 / 64 / 128 / 256;
-# fp32 streaming wins at every one of these M.
-CPU_STREAMING_MAX_ROWS = 128
-# bfloat16 activations on a processor with AMX tiles stream further: Intel Xeon (2 cores, AMX), K = N = 4096,
-# against dequantize + BLAS: 8.3 / 16.4 / 50.2 ms vs 11.7 / 16.1 / 23.7 ms at M = 256 / 512 / 1024.
-CPU_AMX_STREAMING_MAX_ROWS = 256
+# Up to these many activation rows the CPU streams the 4-bit weight (register-tiled dot products over
+# decoded rows); beyond them it expands the weight once and multiplies with torch's BLAS. Crossovers measured
+# at K = N = 4096 on 2 cores, the two paths alternating in one process:
+# - AMD EPYC (AVX-512 with BF16, no AMX): float32 streams faster up to 384 rows (28 / 55 / 89 ms against 40 /
+#   74 / 100 ms at M = 128 / 256 / 384); float16 at every M measured (torch has no fast float16 GEMM there: 60 /
+#   144 / 440 ms against 211 / 467 / 913 ms at M = 256 / 512 / 1024); bfloat16 up to about 192 rows (22 against
+#   22 ms at 192, 28 against 27 at 256).
+# - Intel Xeon with AMX (from Sapphire Rapids on, whose BLAS is fast in every dtype): bfloat16 streams on the
+#   tiles faster up to 512 rows (8.3 / 16.4 / 50.2 ms against 11.7 / 16.1 / 23.7 ms at M = 256 / 512 / 1024);
+#   float32 loses from about 128 rows (13.9 against 18.3 ms at 64, 29.3 against 24.5 at 128), float16 from
+#   about 64 (9.3 against 11.0 ms at 32, 15.1 against 14.2 at 64).
+CPU_STREAMING_MAX_ROWS = {torch.float32: 256, torch.float16: 1024, torch.bfloat16: 128}
+CPU_AMX_STREAMING_MAX_ROWS = {torch.float32: 96, torch.float16: 64, torch.bfloat16: 256}
 _cpu_amx_bf16 = None  # whether the CPU library multiplies bfloat16 on AMX tiles (asked once)
 
 
 def _cpu_streaming_max_rows(dtype: torch.dtype) -> int:
     global _cpu_amx_bf16
-    if dtype != torch.bfloat16:
-        return CPU_STREAMING_MAX_ROWS
     if _cpu_amx_bf16 is None:
         try:
             _cpu_amx_bf16 = "amx_bf16" in _native.cpu_library().info().get("products", [])
         except Exception:  # the streaming call itself reports a missing library
             _cpu_amx_bf16 = False
-    return CPU_AMX_STREAMING_MAX_ROWS if _cpu_amx_bf16 else CPU_STREAMING_MAX_ROWS
+    limits = CPU_AMX_STREAMING_MAX_ROWS if _cpu_amx_bf16 else CPU_STREAMING_MAX_ROWS
+    return limits.get(dtype, 128)
 
 
 def _streaming(A, B, shapeB, absmax, blocksize: int, quant_type: str, bias, nested=None):

@@ -31,7 +31,9 @@ def _rel_err(y, ref):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-@pytest.mark.parametrize("m", [1, 5, 64, 150, 300])  # past the CPU streaming limits (dequantize + BLAS): 150 but bf16 on AMX, 300
+# Past the CPU streaming limits (expand + BLAS, native_4bit_matmul.CPU_*STREAMING_MAX_ROWS): 150 for bfloat16
+# without AMX and float32 / float16 with it, 300 for bfloat16 and float32 everywhere, 1100 for all.
+@pytest.mark.parametrize("m", [1, 5, 64, 150, 300, 1100])
 def test_gemm_4bit_matches_float64(device, dtype, quant_type, m):
     N, K = 48, 96  # K not a multiple of the 64-element blocks per row: blocks span rows
     w = randn((N, K), torch.float32, device, seed=1)

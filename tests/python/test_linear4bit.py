@@ -154,6 +154,8 @@ def test_matmul_4bit_gradient_matches_finite_differences():
 
 
 def test_no_grad_path_uses_gemm_4bit_op(monkeypatch):
+    from bitsandbytes.backends import native_4bit_matmul as mm
+
     calls = []
     real = torch.ops.bitsandbytes.gemm_4bit
 
@@ -164,7 +166,8 @@ def test_no_grad_path_uses_gemm_4bit_op(monkeypatch):
 
     packed, state = F.quantize_4bit(randn((16, 64), torch.float16), compress_statistics=True)
     monkeypatch.setattr(torch.ops.bitsandbytes, "gemm_4bit", Spy())
-    x = randn((200, 64), torch.float16)  # more rows than the eager streaming path serves: the op is used
+    rows = mm._cpu_streaming_max_rows(torch.float16) + 1  # more than the eager streaming path serves: the op
+    x = randn((rows, 64), torch.float16)
     bnb.matmul_4bit(x, packed, state)
     (A, B, shape, absmax, blocksize, qt, bias, absmax_8bit, absmax_code, absmax_offset) = calls[0]
     # Nested mapping (§1.5): float scales from state2, the uint8 first-level absmax as indices.
