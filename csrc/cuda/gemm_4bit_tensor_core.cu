@@ -165,14 +165,10 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   uint64_t* empty = full + kStages;
 
   // Tile order: CTAs launched together share weight tiles (kGroupN of them) and activation tiles.
-  const int tiles_m = (args.M + BM - 1) / BM;
-  const int tiles_n = (n_end - n_begin + kWeightRows - 1) / kWeightRows;
-  const int per_group = kGroupN * tiles_m;
-  const int first_n = cta / per_group * kGroupN;
-  const int group_size = min(tiles_n - first_n, kGroupN);
-  const int in_group = cta % per_group;
-  const int n0 = n_begin + (first_n + in_group % group_size) * kWeightRows;
-  const int m0 = in_group / group_size * BM;
+  const sm90::TileCoord tile =
+      sm90::grouped_tile(cta, (args.M + BM - 1) / BM, (n_end - n_begin + kWeightRows - 1) / kWeightRows, kGroupN);
+  const int n0 = n_begin + tile.n_tile * kWeightRows;
+  const int m0 = tile.m_tile * BM;
   const int k_tiles = args.K / kTileK;
 
   const int warp = threadIdx.x / kWarpSize;
@@ -200,17 +196,9 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   if (warp < 4) {
     // Producer: one lane keeps every stage filled.
     sm90::set_max_registers_dec<kProducerRegisters>();
-    if (threadIdx.x == 0) {
-      sm90::prefetch_tensor_map(&act_map);
-      sm90::prefetch_tensor_map(&weight_map);
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        const int s = kt % kStages;
-        sm90::mbar_wait(&empty[s], ((kt / kStages) & 1) ^ 1);
-        sm90::mbar_arrive_expect_tx(&full[s], Shape::kStageBytes);
-        sm90::tma_load_2d(act_stages + s * Shape::kActBytes, &act_map, kt * kTileK, m0, &full[s]);
-        sm90::tma_load_2d(weight_stages + s * Shape::kWeightBytes, &weight_map, kt * (kTileK / 2), n0, &full[s]);
-      }
-    }
+    if (threadIdx.x == 0)
+      sm90::produce_stages<kStages>(k_tiles, full, empty, {&act_map, act_stages, Shape::kActBytes, kTileK, m0},
+                                    {&weight_map, weight_stages, Shape::kWeightBytes, kTileK / 2, n0});
     return;
   }
 
@@ -344,14 +332,8 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
       }
   }
   named_barrier_sync(kConsumersDone);
-  T* out = static_cast<T*>(args.out);
-  constexpr int kChunks = kWeightRows / 8;  // 16-byte pieces per output row
-  for (int i = threadIdx.x - 128; i < BM * kChunks; i += kConsumerThreads) {
-    const int m = i / kChunks, n = (i % kChunks) * 8;
-    if (m0 + m < args.M && n0 + n < args.N)
-      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m0 + m) * args.N + n0 + n) =
-          *reinterpret_cast<const uint4*>(staged + m * Shape::kOutStride + n);
-  }
+  sm90::store_tile<BM, kWeightRows>(staged, Shape::kOutStride, static_cast<T*>(args.out), args.M, args.N, m0, n0,
+                                    threadIdx.x - 128, kConsumerThreads);
 }
 
 // Tiles of BM activation rows over the weight rows [0, tail_n0), then (BMTail > 0, from CTA tail_cta on)

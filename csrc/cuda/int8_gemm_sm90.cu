@@ -84,15 +84,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty = full + kStages;
 
   // Tile order: CTAs launched together share weight tiles (kGroupN of them) and activation tiles.
-  const int tiles_m = (args.M + BM - 1) / BM;
-  const int tiles_n = (args.N + kWeightRows - 1) / kWeightRows;
-  const int per_group = kGroupN * tiles_m;
-  const int cta = static_cast<int>(blockIdx.x);
-  const int first_n = cta / per_group * kGroupN;
-  const int group_size = min(tiles_n - first_n, kGroupN);
-  const int in_group = cta % per_group;
-  const int n0 = (first_n + in_group % group_size) * kWeightRows;
-  const int m0 = in_group / group_size * BM;
+  const sm90::TileCoord tile = sm90::grouped_tile(static_cast<int>(blockIdx.x), (args.M + BM - 1) / BM,
+                                                  (args.N + kWeightRows - 1) / kWeightRows, kGroupN);
+  const int n0 = tile.n_tile * kWeightRows;
+  const int m0 = tile.m_tile * BM;
   const int k_tiles = (args.K + kTileK - 1) / kTileK;
 
   const int warp = threadIdx.x / kWarpSize;
@@ -111,17 +106,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warp < 4) {
     // Producer: one lane keeps every stage filled.
     sm90::set_max_registers_dec<kProducerRegisters>();
-    if (threadIdx.x == 0) {
-      sm90::prefetch_tensor_map(&act_map);
-      sm90::prefetch_tensor_map(&weight_map);
-      for (int kt = 0; kt < k_tiles; ++kt) {
-        const int s = kt % kStages;
-        sm90::mbar_wait(&empty[s], ((kt / kStages) & 1) ^ 1);
-        sm90::mbar_arrive_expect_tx(&full[s], Tile::kStageBytes);
-        sm90::tma_load_2d(act_stages + s * Tile::kActBytes, &act_map, kt * kTileK, m0, &full[s]);
-        sm90::tma_load_2d(weight_stages + s * Tile::kWeightBytes, &weight_map, kt * kTileK, n0, &full[s]);
-      }
-    }
+    if (threadIdx.x == 0)
+      sm90::produce_stages<kStages>(k_tiles, full, empty, {&act_map, act_stages, Tile::kActBytes, kTileK, m0},
+                                    {&weight_map, weight_stages, Tile::kWeightBytes, kTileK, n0});
     return;
   }
 
@@ -171,14 +158,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   consumers_sync();
-  Out* out = static_cast<Out*>(args.out);
-  constexpr int kChunks = kWeightRows / 8;  // 16-byte pieces per output row
-  for (int i = threadIdx.x - 128; i < BM * kChunks; i += kConsumerThreads) {
-    const int m = i / kChunks, n = (i % kChunks) * 8;
-    if (m0 + m < args.M && n0 + n < args.N)
-      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m0 + m) * args.N + n0 + n) =
-          *reinterpret_cast<const uint4*>(staged + m * Tile::kOutStride + n);
-  }
+  sm90::store_tile<BM, kWeightRows>(staged, Tile::kOutStride, static_cast<Out*>(args.out), args.M, args.N, m0, n0,
+                                    threadIdx.x - 128, kConsumerThreads);
 #endif
 }
 

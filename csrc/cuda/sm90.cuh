@@ -80,6 +80,61 @@ __device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
 #endif
 }
 
+// ---- warp-specialised tiles: order, TMA-fed stage ring, output ------------------------------------------
+// The output tile of CTA `cta` when CTAs launched together should share weight tiles: groups of `group_n`
+// weight tiles (the last group may be smaller), the activation tile changing slowest within a group.
+struct TileCoord {
+  int n_tile, m_tile;
+};
+__device__ __forceinline__ TileCoord grouped_tile(int cta, int tiles_m, int tiles_n, int group_n) {
+  const int per_group = group_n * tiles_m;
+  const int first_n = cta / per_group * group_n;
+  const int group_size = min(tiles_n - first_n, group_n);
+  const int in_group = cta % per_group;
+  return {first_n + in_group % group_size, in_group / group_size};
+}
+
+// One operand of a stage ring: K tile kt is the box at (kt * x_per_tile, row) of a 2-D tensor map, and goes
+// to stages + s * stage_bytes in stage s.
+struct StageOperand {
+  const void* map;
+  uint8_t* stages;
+  int stage_bytes;
+  int x_per_tile;
+  int row;
+};
+
+// The producer (one thread) of a ring of Stages stages, each one tile of both operands: every K tile
+// waits until its stage has been released (`empty`), then loads both boxes into it, counted on `full`.
+template <int Stages>
+__device__ __forceinline__ void produce_stages(int k_tiles, uint64_t* full, uint64_t* empty, const StageOperand& a,
+                                               const StageOperand& b) {
+  prefetch_tensor_map(a.map);
+  prefetch_tensor_map(b.map);
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int s = kt % Stages;
+    mbar_wait(&empty[s], ((kt / Stages) & 1) ^ 1);
+    mbar_arrive_expect_tx(&full[s], a.stage_bytes + b.stage_bytes);
+    tma_load_2d(a.stages + s * a.stage_bytes, a.map, kt * a.x_per_tile, a.row, &full[s]);
+    tma_load_2d(b.stages + s * b.stage_bytes, b.map, kt * b.x_per_tile, b.row, &full[s]);
+  }
+}
+
+// Copies a [Rows][Cols] tile of 16-bit T staged in shared memory (rows `stride` elements apart) to out [M, N]
+// at (m0, n0) in 16-byte pieces, by `threads` threads of which this is number `thread`; pieces past M or N
+// are skipped (N a multiple of 8).
+template <int Rows, int Cols, typename T>
+__device__ __forceinline__ void store_tile(const T* staged, int stride, T* out, int M, int N, int m0, int n0,
+                                           int thread, int threads) {
+  constexpr int kPieces = Cols / 8;  // 16-byte pieces per row
+  for (int i = thread; i < Rows * kPieces; i += threads) {
+    const int m = i / kPieces, n = (i % kPieces) * 8;
+    if (m0 + m < M && n0 + n < N)
+      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m0 + m) * N + n0 + n) =
+          *reinterpret_cast<const uint4*>(staged + m * stride + n);
+  }
+}
+
 // ---- register budget ----------------------------------------------------------------------------------
 // Hands registers between warpgroups of a CTA (warp-specialised kernels): the producer drops to N, the
 // consumers grow to N. Every warp of a warpgroup executes the same one.
