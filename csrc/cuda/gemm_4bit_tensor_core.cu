@@ -173,13 +173,7 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      sm90::mbar_init(&full[s], 1);
-      sm90::mbar_init(&empty[s], kConsumerThreads / kWarpSize);
-    }
-    sm90::fence_barrier_init();
-  }
+  if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumerThreads / kWarpSize);
   for (int i = threadIdx.x; i < kPairTableWords / 4; i += kThreads) {
     const int byte = i / (kWarpSize / 4);
     // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.

@@ -92,13 +92,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      sm90::mbar_init(&full[s], 1);
-      sm90::mbar_init(&empty[s], kConsumerThreads / kWarpSize);
-    }
-    sm90::fence_barrier_init();
-  }
+  if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumerThreads / kWarpSize);
   __syncthreads();
   // Launched to overlap the quantization of A: nothing it writes is read before it has finished.
   cuda::wait_for_previous_kernel();

@@ -104,6 +104,17 @@ struct StageOperand {
   int row;
 };
 
+// Initialises a ring's barriers (one thread): stage s is full once the producer has arrived and its bytes have
+// landed, empty once `consumers` arrivals have released it.
+template <int Stages>
+__device__ __forceinline__ void init_stage_barriers(uint64_t* full, uint64_t* empty, uint32_t consumers) {
+  for (int s = 0; s < Stages; ++s) {
+    mbar_init(&full[s], 1);
+    mbar_init(&empty[s], consumers);
+  }
+  fence_barrier_init();
+}
+
 // The producer (one thread) of a ring of Stages stages, each one tile of both operands: every K tile
 // waits until its stage has been released (`empty`), then loads both boxes into it, counted on `full`.
 template <int Stages>
