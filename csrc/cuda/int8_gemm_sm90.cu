@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Consumers.
   sm90::set_max_registers_inc<kConsumerRegisters>();
-  const int consumer = warp / 4 - 1;  // consumer warpgroup 0 or 1: weight rows 64 consumer ..
+  const int consumer = warp / 4 - 1;  // consumer warpgroup 0 or 1: the tile's weight rows 64 consumer + 0..63
   int32_t acc[BM / 2];
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) acc[i] = 0;
