@@ -399,15 +399,16 @@ constexpr int64_t tile_cost(int64_t bm) { return bm + 64; }
 // Activation rows per CTA: the fewest waves of CTAs times the work of one. Fits the H100
 // measurements at K = 8192: N = 8192 takes BM = 64 up to M = 128, 128 at 256, 256 from 512 on;
 // N = 28672 takes 64 at 32 rows, 128 at 128, 256 from 256 on.
-int rows_per_cta(int64_t M, int64_t N, int sms, int64_t* cost_out = nullptr) {
+// `cost` receives the chosen size's cost.
+int rows_per_cta(int64_t M, int64_t N, int sms, int64_t& cost) {
   int best = 64;
   int64_t best_cost = INT64_MAX;
   for (int bm : {64, 128, 256}) {
     const int64_t ctas = (M + bm - 1) / bm * ((N + 127) / 128);
-    const int64_t cost = (ctas + sms - 1) / sms * tile_cost(bm);
-    if (cost < best_cost) best = bm, best_cost = cost;
+    const int64_t total = (ctas + sms - 1) / sms * tile_cost(bm);
+    if (total < best_cost) best = bm, best_cost = total;
   }
-  if (cost_out) *cost_out = best_cost;
+  cost = best_cost;
   return best;
 }
 
@@ -432,7 +433,7 @@ void launch_for_rows(const Gemm4bitParams& p, int32_t device, cudaStream_t strea
   // the kernel was slower at every shape measured, although each CTA reads fewer activation bytes.
   const int sms = cuda::sm_count(device);
   int64_t cost = 0;
-  switch (rows_per_cta(p.M, p.N, sms, &cost)) {
+  switch (rows_per_cta(p.M, p.N, sms, cost)) {
     case 64: return launch<T, 1, 64, 0, Nested>(p, 0, device, stream);
     case 128: return launch<T, 1, 128, 0, Nested>(p, 0, device, stream);
     default:

@@ -46,16 +46,16 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync %0, %1;" ::"n"(kConsumersDone), "n"(kConsumerThreads) : "memory");
 }
 
-template <int BM>
-struct Int8Tile {
-  static constexpr int kActBytes = BM * kTileK;
+// The CTA's shared-memory layout: a ring of stages, each one K tile of A and of B.
+struct Tile {
+  static constexpr int kActBytes = kActRows * kTileK;
   static constexpr int kWeightBytes = kWeightRows * kTileK;
   static constexpr int kStageBytes = kActBytes + kWeightBytes;
   static constexpr int kFixedBytes = 1024 /* alignment */ + 2 * 8 * 8 /* barriers */;
   static constexpr int kRoom = (kSmemBudget - kFixedBytes) / kStageBytes;
   static constexpr int kStages = kRoom > 8 ? 8 : kRoom;
   static constexpr int kOutStride = kWeightRows + 8;  // elements per staged output row (no bank conflicts)
-  static_assert(BM * kOutStride * 2 <= kStages * kStageBytes, "the output tile fits in the stages");
+  static_assert(kActRows * kOutStride * 2 <= kStages * kStageBytes, "the output tile fits in the stages");
   static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;
 };
 
@@ -67,14 +67,13 @@ struct Int8GemmArgs {
   int32_t M, N, K;
 };
 
-template <typename Out, int BM>
+template <typename Out>
 __global__ void __launch_bounds__(kThreads, 1)
     int8_gemm_dequant_sm90_kernel(const __grid_constant__ CUtensorMap act_map,
                                   const __grid_constant__ CUtensorMap weight_map,
                                   const __grid_constant__ Int8GemmArgs args) {
 #ifdef BNB_SM90A_DEVICE
-  using Tile = Int8Tile<BM>;
-  constexpr int kStages = Tile::kStages;
+  constexpr int BM = kActRows, kStages = Tile::kStages;
   extern __shared__ uint8_t smem_raw[];
   // Aligned by an offset from the shared array itself, so that the compiler keeps it a shared pointer.
   uint8_t* smem = smem_raw + ((1024 - (sm90::smem_addr(smem_raw) & 1023)) & 1023);
@@ -157,11 +156,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-template <typename Out, int BM>
+template <typename Out>
 void launch(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device, cudaStream_t stream,
             bool overlap) {
-  using Tile = Int8Tile<BM>;
-  auto kernel = int8_gemm_dequant_sm90_kernel<Out, BM>;
+  constexpr int BM = kActRows;
+  auto kernel = int8_gemm_dequant_sm90_kernel<Out>;
   // The shared-memory opt-in is per device; remember which devices have it (up to 64).
   static std::atomic<uint64_t> opted_in{0};
   const uint64_t bit = uint64_t{1} << (device & 63);
@@ -204,8 +203,8 @@ bool int8_gemm_dequant_sm90_serves(const Int8MatmulParams& mm, const Int8Dequant
 
 void int8_gemm_dequant_sm90(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device,
                             cudaStream_t stream, bool overlap) {
-  if (dq.out_dtype == BNB_DTYPE_FLOAT16) launch<__half, kActRows>(mm, dq, device, stream, overlap);
-  else launch<__nv_bfloat16, kActRows>(mm, dq, device, stream, overlap);
+  if (dq.out_dtype == BNB_DTYPE_FLOAT16) launch<__half>(mm, dq, device, stream, overlap);
+  else launch<__nv_bfloat16>(mm, dq, device, stream, overlap);
 }
 
 }  // namespace bnb::backend
