@@ -271,6 +271,16 @@ inline int compute_capability(int32_t device) {
   return cc;
 }
 
+// Raises the dynamic shared memory `kernel` may take to `bytes` on `device` (the default cap is 48 KB),
+// once per device: `opted_in` is the caller's record (one per kernel) of the devices done.
+template <typename... Params>
+void allow_dynamic_smem(void (*kernel)(Params...), size_t bytes, int32_t device, std::atomic<uint64_t>& opted_in) {
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (opted_in.load(std::memory_order_relaxed) & bit) return;
+  BNB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  opted_in.fetch_or(bit, std::memory_order_relaxed);
+}
+
 // Launches kernel<<<grid, threads, smem_bytes, stream>>>(args...); with `overlap`, so that it may overlap
 // the end of the previous kernel in the stream (see wait_for_previous_kernel) where the device supports it
 // (compute capability 9.0 on). Only worth it after a kernel that calls allow_next_kernel(): waiting for

@@ -26,6 +26,8 @@
 // On Hopper the kernel is launched to overlap the end of the kernel before it (programmatic dependent
 // launch): its CTAs build their tables meanwhile. In a model the kernel before is often another
 // product (q/k/v, gate/up); H100, K = N = 8192, M = 1, back to back: 17.2 -> 15.9 us.
+#include <atomic>
+
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/formats.h"
@@ -117,12 +119,14 @@ struct BatchScales {
   }
 };
 
-// Byte B of code word w as a byte offset into the pair table: entry (byte << 7) | (lane << 2), i.e.
-// word byte * 32 + lane. One shift and one three-input logic op per byte; the table's base address
-// folds into the load's immediate offset.
-template <int B>
+// Byte B of code word w as a byte offset into the pair table. Narrow table (32 KB): entry (byte << 7) |
+// (lane << 2), i.e. word byte * 32 + lane: one shift and one three-input logic op per byte. Wide table
+// (64 KB, each byte's 32 words 256 bytes apart, the upper 128 bytes of each unused): byte * 256 +
+// lane * 4 is one byte permute. The table's base address folds into the load's immediate offset.
+template <int B, bool Wide>
 __device__ __forceinline__ uint32_t pair_offset(uint32_t w, uint32_t lane4) {
-  if constexpr (B == 0) return ((w << 7) & 0x7f80u) | lane4;
+  if constexpr (Wide) return __byte_perm(w, lane4, 0x5504u | (B << 4));
+  else if constexpr (B == 0) return ((w << 7) & 0x7f80u) | lane4;
   else return ((w >> (8 * B - 7)) & 0x7f80u) | lane4;
 }
 
@@ -144,6 +148,16 @@ struct GemvShape {
   static constexpr int kRows = kWarpRows * kRowGroups;
 };
 
+// Dynamic shared memory of a CTA: the pair table, later the partial sums. Kernels of at most two CTAs
+// per SM take the wide table (see pair_offset): H100, K = 8192, M = 16, N = 8192 22.6 -> 22.0 us, N =
+// 28672 88.3 -> 87.0; nested M = 1 N = 8192 17.3 -> 16.8 us. Four CTAs per SM have no room for it.
+template <int NTiles, int RowGroups>
+struct GemvSmem {
+  static constexpr bool kWide = GemvShape<NTiles, RowGroups>::kMinBlocks <= 2;
+  static constexpr int kTableWords = (kWide ? 2 : 1) * kPairTableWords;
+  static constexpr int kBytes = 4 * kTableWords;
+};
+
 // Rounds of batches ahead that L2Prefetch kernels ask for. Measured on the H100 (K = 8192, M = 1): N =
 // 28672 (3.4 waves of CTAs) 63.5 -> 61.5 us; four rounds lose (68 us). Kernels of one wave or less run
 // without it: its instructions alone cost N = 8192 0.5 us.
@@ -154,8 +168,10 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
     gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Shape = GemvShape<NTiles, RowGroups>;
+  using Smem = GemvSmem<NTiles, RowGroups>;
   constexpr int kTiles = Shape::kTiles, kKSplit = Shape::kKSplit;
-  __shared__ __align__(16) uint32_t smem[kPairTableWords];  // the pair table, later the partial sums
+  constexpr bool kWide = Smem::kWide;
+  extern __shared__ __align__(16) uint32_t smem[];  // the pair table, later the partial sums
   __shared__ float nested_code[Nested ? 256 : 1];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
@@ -196,7 +212,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
     const int byte = i / (kWarpSize / 4);
     // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
     const uint32_t v = cuda::pair_word<T>(args.code[byte >> 4], args.code[byte & 15]);
-    reinterpret_cast<uint4*>(smem)[i] = make_uint4(v, v, v, v);
+    reinterpret_cast<uint4*>(smem)[kWide ? i + byte * (kWarpSize / 4) : i] = make_uint4(v, v, v, v);
   }
 
   // Everything a batch reads from global memory but the activations (read as each group is used).
@@ -266,11 +282,11 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
           const uint32_t hi = step < 2 ? b.codes[u][j][1].x : b.codes[u][j][1].y;
           uint32_t a[4];
           if (step % 2 == 0) {
-            a[0] = pair(pair_offset<0>(lo, lane4)), a[1] = pair(pair_offset<0>(hi, lane4));
-            a[2] = pair(pair_offset<1>(lo, lane4)), a[3] = pair(pair_offset<1>(hi, lane4));
+            a[0] = pair(pair_offset<0, kWide>(lo, lane4)), a[1] = pair(pair_offset<0, kWide>(hi, lane4));
+            a[2] = pair(pair_offset<1, kWide>(lo, lane4)), a[3] = pair(pair_offset<1, kWide>(hi, lane4));
           } else {
-            a[0] = pair(pair_offset<2>(lo, lane4)), a[1] = pair(pair_offset<2>(hi, lane4));
-            a[2] = pair(pair_offset<3>(lo, lane4)), a[3] = pair(pair_offset<3>(hi, lane4));
+            a[0] = pair(pair_offset<2, kWide>(lo, lane4)), a[1] = pair(pair_offset<2, kWide>(hi, lane4));
+            a[2] = pair(pair_offset<3, kWide>(lo, lane4)), a[3] = pair(pair_offset<3, kWide>(hi, lane4));
           }
 #pragma unroll
           for (int i = 0; i < NTiles; ++i) mma_16816<T>(part[i], a, x[i][2 * step], x[i][2 * step + 1]);
@@ -316,7 +332,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
   // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
   // the kKSplit partials of a few outputs of its row group.
   constexpr int kPerWarp = kTiles * NTiles * 4;  // accumulators per lane
-  static_assert(Shape::kWarps * kPerWarp * kWarpSize <= kPairTableWords, "the partial sums fit in the table's space");
+  static_assert(Shape::kWarps * kPerWarp * kWarpSize <= Smem::kTableWords, "the partial sums fit in the table's space");
   __syncthreads();  // every warp is done with the pair table
   float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
@@ -345,6 +361,17 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
 
 bool tensor_cores_available(int32_t device) { return cuda::compute_capability(device) >= 80; }
 
+// One kernel of the family, its dynamic shared memory allowed once per device.
+template <typename T, bool Nested, int NT, int RG, int S, bool L2Prefetch>
+void launch_small_m(const GemvArgs& args, unsigned ctas, int32_t device, cudaStream_t stream) {
+  using Smem = GemvSmem<NT, RG>;
+  auto* kernel = gemm_4bit_small_m<T, Nested, NT, RG, S, L2Prefetch>;
+  static std::atomic<uint64_t> opted_in{0};
+  cuda::allow_dynamic_smem(kernel, Smem::kBytes, device, opted_in);
+  cuda::launch_with_smem_after_previous(kernel, ctas, GemvShape<NT, RG>::kThreads, Smem::kBytes, stream, device,
+                                        /*overlap=*/true, args);
+}
+
 template <typename T, bool Nested>
 void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   GemvArgs args{p.A, p.packed, p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
@@ -364,10 +391,10 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       const bool one_wave = ctas <= int64_t{cuda::sm_count(device)} * Shape::kMinBlocks;
       if (NT == 1 && RG == 1 && one_wave) return false;  // the larger CTAs serve it
       // One activation operand streams from L2 ahead of its loads where the grid takes several waves.
-      auto* kernel = NT == 1 && !one_wave ? gemm_4bit_small_m<T, Nested, NT, RG, S, NT == 1 && RG == 1>
-                                          : gemm_4bit_small_m<T, Nested, NT, RG, S, false>;
-      cuda::launch_after_previous(kernel, static_cast<unsigned>(ctas), Shape::kThreads, stream, device,
-                                  /*overlap=*/true, args);
+      const auto grid = static_cast<unsigned>(ctas);
+      constexpr bool kPrefetching = NT == 1 && RG == 1;
+      kPrefetching && !one_wave ? launch_small_m<T, Nested, NT, RG, S, kPrefetching>(args, grid, device, stream)
+                                : launch_small_m<T, Nested, NT, RG, S, false>(args, grid, device, stream);
       return true;
     };
     using One = std::integral_constant<int, 1>;

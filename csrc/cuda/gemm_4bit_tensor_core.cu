@@ -362,13 +362,8 @@ void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream
   using TailShape = TileShape<MB, BMTail == 0 ? BM : BMTail>;
   constexpr int kSmemBytes = Shape::kSmemBytes > TailShape::kSmemBytes ? Shape::kSmemBytes : TailShape::kSmemBytes;
   auto kernel = gemm_4bit_tensor_core<T, MB, BM, BMTail, Nested>;
-  // The shared-memory opt-in is per device; remember which devices have it (up to 64).
   static std::atomic<uint64_t> opted_in{0};
-  const uint64_t bit = uint64_t{1} << (device & 63);
-  if (!(opted_in.load(std::memory_order_relaxed) & bit)) {
-    BNB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    opted_in.fetch_or(bit, std::memory_order_relaxed);
-  }
+  cuda::allow_dynamic_smem(kernel, kSmemBytes, device, opted_in);
   const CUtensorMapDataType act_type =
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const CUtensorMap act_map = cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, BM, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);

@@ -161,13 +161,8 @@ void launch(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t dev
             bool overlap) {
   constexpr int BM = kActRows;
   auto kernel = int8_gemm_dequant_sm90_kernel<Out>;
-  // The shared-memory opt-in is per device; remember which devices have it (up to 64).
   static std::atomic<uint64_t> opted_in{0};
-  const uint64_t bit = uint64_t{1} << (device & 63);
-  if (!(opted_in.load(std::memory_order_relaxed) & bit)) {
-    BNB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes));
-    opted_in.fetch_or(bit, std::memory_order_relaxed);
-  }
+  cuda::allow_dynamic_smem(kernel, Tile::kSmemBytes, device, opted_in);
   const CUtensorMap act_map = cuda::tensor_map_2d(mm.A, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, mm.M, mm.K, BM, kTileK,
                                                   CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap weight_map = cuda::tensor_map_2d(mm.B, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, mm.N, mm.K, kWeightRows,
