@@ -32,6 +32,17 @@ __device__ __forceinline__ float plus_bias(float v, float bias) { return __fadd_
 // each output then reads a few contiguous bytes instead of one cache line per column of CB.
 constexpr int kPackedOutliers = 64;
 
+// The packed outlier columns of an int8_linear call (threshold > 0).
+struct Outliers {
+  const int32_t* count;  // number of outlier columns (on the device)
+  const int32_t* cols;   // their ascending indices [K]
+  // [M, kPackedOutliers] per row and outlier column: what one unit of CB there adds to the output
+  // before the column scale (outlier_coef: the float product minus the int8 one).
+  const float* coef;
+  const int8_t* cb;      // [kPackedOutliers, N] CB at those columns (column-major: adjacent outputs n are
+                         // adjacent bytes, so a warp's reads coalesce)
+};
+
 // The outlier arithmetic, rounded step by step (as dequant_acc), so the per-element and the vector
 // epilogues give the same bits. coef = X / 127 - CA * SCA / 127^2 per row and outlier column.
 __device__ __forceinline__ float outlier_coef(float x, float ca, float sca) {

@@ -8,13 +8,18 @@
 // MMAs read straight from shared memory; a consumer warpgroup issues the four k32 MMAs of a tile without
 // waiting for them and releases the stage of the tile before once those have completed. The epilogue
 // scales each exact int32 sum as int8_mm_dequant does (same bits), adds the bias, rounds to the output
-// dtype and writes out [M, N] through shared memory in 16-byte rows.
+// dtype and writes out [M, N] through shared memory in 16-byte rows. For int8_linear with outliers it
+// first adds the outlier columns as its dequantization kernel does: packed coefficients of the tile's
+// rows and CB at those columns staged in shared memory, summed column by column in float32.
 //
 // Measured on the H100 (K = 8192, fp16, graph replays, two rounds, against cuBLASLt's int8 GEMM plus the
 // dequantization kernel): M = 4096 N = 8192 504-506 -> 424-430 us (nn.Linear 782 us), N = 28672 1658 ->
 // 1481 us; M = 2048 N = 8192 250-256 -> 207-211 us; M = 512 N = 8192 70.4 -> 52.2 us, N = 28672 244 -> 198-203
 // us; bf16 M = 4096 N = 8192 496-502 -> 429 us. 128 activation rows per CTA (seven stages) were slower
-// everywhere (M = 4096 N = 8192 545 us).
+// everywhere (M = 4096 N = 8192 545 us). Threshold 6 (8 outlier columns, Linear8bitLt, graph replays,
+// two rounds, against cuBLASLt's GEMM plus the outlier-adding dequantization): M = 4096 N = 8192 fp16
+// 527-528 -> 477-481 us, bf16 522-527 -> 487-490 us, N = 28672 1685-1695 -> 1580-1608 us; M = 512 N =
+// 8192 79.8-79.9 -> 73.4-73.5 us.
 #include "cuda/int8_gemm_sm90.cuh"
 
 #include <atomic>
@@ -55,7 +60,12 @@ struct Tile {
   static constexpr int kRoom = (kSmemBudget - kFixedBytes) / kStageBytes;
   static constexpr int kStages = kRoom > 8 ? 8 : kRoom;
   static constexpr int kOutStride = kWeightRows + 8;  // elements per staged output row (no bank conflicts)
-  static_assert(kActRows * kOutStride * 2 <= kStages * kStageBytes, "the output tile fits in the stages");
+  static constexpr int kOutBytes = kActRows * kOutStride * 2;
+  // With outliers, after the output tile: the packed coefficients of the tile's activation rows,
+  // [kPackedOutliers][kActRows] floats, and CB at the outlier columns, [kPackedOutliers][kWeightRows] floats.
+  static constexpr int kCoefBytes = cuda::kPackedOutliers * kActRows * 4;
+  static constexpr int kOutlierCbBytes = cuda::kPackedOutliers * kWeightRows * 4;
+  static_assert(kOutBytes + kCoefBytes + kOutlierCbBytes <= kStages * kStageBytes, "the epilogue fits in the stages");
   static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;
 };
 
@@ -65,9 +75,15 @@ struct Int8GemmArgs {
   const void* bias;
   void* out;
   int32_t M, N, K;
+  // Threshold > 0 (int8_linear): the outlier columns, added as StoreLinear adds them (same bits). More
+  // than kPackedOutliers of them are taken unpacked from X, A and B.
+  cuda::Outliers outliers;
+  const void* X;
+  const int8_t* A;
+  const int8_t* B;
 };
 
-template <typename Out>
+template <typename Out, bool WithOutliers>
 __global__ void __launch_bounds__(kThreads, 1)
     int8_gemm_dequant_sm90_kernel(const __grid_constant__ CUtensorMap act_map,
                                   const __grid_constant__ CUtensorMap weight_map,
@@ -138,16 +154,82 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float bias_lo = bias ? cuda::to_f32(bias[n_lo]) : 0.0f;
   const float bias_hi = bias ? cuda::to_f32(bias[n_hi]) : 0.0f;
   Out* staged = reinterpret_cast<Out*>(smem);
+  auto stage_out = [&](int m, int c, float v) {  // m: the tile's activation row of accumulator c
+    if (bias) v = cuda::plus_bias(v, c < 2 ? bias_lo : bias_hi);
+    staged[(m + c % 2) * Tile::kOutStride + r + 8 * (c / 2)] = cuda::from_f32<Out>(v);
+  };
+  const int32_t outliers = WithOutliers ? *args.outliers.count : 0;
+  if (outliers == 0) {
 #pragma unroll
-  for (int j = 0; j < BM / 8; ++j) {
-    const int m = 8 * j + 2 * t;  // activation rows m and m + 1
-    const float row0 = args.row_stats[min(m0 + m, args.M - 1)];
-    const float row1 = args.row_stats[min(m0 + m + 1, args.M - 1)];
+    for (int j = 0; j < BM / 8; ++j) {
+      const int m = 8 * j + 2 * t;  // activation rows m and m + 1
+      const float row0 = args.row_stats[min(m0 + m, args.M - 1)];
+      const float row1 = args.row_stats[min(m0 + m + 1, args.M - 1)];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      float v = cuda::dequant_acc(acc[4 * j + c], c % 2 ? row1 : row0, c < 2 ? col_lo : col_hi);
-      if (bias) v = cuda::plus_bias(v, c < 2 ? bias_lo : bias_hi);
-      staged[(m + c % 2) * Tile::kOutStride + r + 8 * (c / 2)] = cuda::from_f32<Out>(v);
+      for (int c = 0; c < 4; ++c) stage_out(m, c, cuda::dequant_acc(acc[4 * j + c], c % 2 ? row1 : row0, c < 2 ? col_lo : col_hi));
+    }
+  } else if (outliers <= cuda::kPackedOutliers) {
+    // The tile's coefficients (transposed: a lane's rows m, m + 1 are one 8-byte load) and CB values
+    // of the outlier columns go to shared memory once; each lane then sums over the columns for 8 row
+    // pairs at a time (32 sums in registers beside the 128 accumulators).
+    float* coef = reinterpret_cast<float*>(smem + Tile::kOutBytes);  // [outliers][BM]
+    float* cb = coef + cuda::kPackedOutliers * BM;                   // [outliers][kWeightRows]
+    const int tid = threadIdx.x - 128;
+    for (int idx = tid; idx < outliers * BM; idx += kConsumerThreads) {
+      const int m = idx / outliers, i = idx % outliers;
+      coef[i * BM + m] = m0 + m < args.M ? args.outliers.coef[int64_t{m0 + m} * cuda::kPackedOutliers + i] : 0.0f;
+    }
+    for (int idx = tid; idx < outliers * kWeightRows; idx += kConsumerThreads) {
+      const int i = idx / kWeightRows, n = idx % kWeightRows;
+      cb[idx] = n0 + n < args.N ? static_cast<float>(args.outliers.cb[int64_t{i} * args.N + n0 + n]) : 0.0f;
+    }
+    consumers_sync();
+#pragma unroll
+    for (int chunk = 0; chunk < BM / 64; ++chunk) {
+      float sum[8][4] = {};
+      for (int i = 0; i < outliers; ++i) {
+        const float w_lo = cb[i * kWeightRows + r], w_hi = cb[i * kWeightRows + r + 8];
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const float2 k = *reinterpret_cast<const float2*>(coef + i * BM + 8 * (8 * chunk + jj) + 2 * t);
+          sum[jj][0] = cuda::add_product(sum[jj][0], k.x, w_lo);
+          sum[jj][1] = cuda::add_product(sum[jj][1], k.y, w_lo);
+          sum[jj][2] = cuda::add_product(sum[jj][2], k.x, w_hi);
+          sum[jj][3] = cuda::add_product(sum[jj][3], k.y, w_hi);
+        }
+      }
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = 8 * chunk + jj, m = 8 * j + 2 * t;
+        const float row0 = args.row_stats[min(m0 + m, args.M - 1)];
+        const float row1 = args.row_stats[min(m0 + m + 1, args.M - 1)];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const float col = c < 2 ? col_lo : col_hi;
+          const float v = cuda::dequant_acc(acc[4 * j + c], c % 2 ? row1 : row0, col);
+          stage_out(m, c, cuda::add_product(v, sum[jj][c], col));
+        }
+      }
+    }
+  } else {
+    // More outlier columns than the packed arrays hold (rare): each output reads them from X, A and B.
+    const Out* X = static_cast<const Out*>(args.X);
+#pragma unroll
+    for (int j = 0; j < BM / 8; ++j) {
+      const int m = 8 * j + 2 * t;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t gm = min(m0 + m + c % 2, args.M - 1), gn = c < 2 ? n_lo : n_hi;
+        const float row = args.row_stats[gm], col = c < 2 ? col_lo : col_hi;
+        float extra = 0.0f, int8_terms = 0.0f;
+        for (int32_t i = 0; i < outliers; ++i) {
+          const int64_t k = args.outliers.cols[i];
+          const float w = static_cast<float>(args.B[gn * args.K + k]);
+          extra = cuda::add_product(extra, cuda::to_f32(X[gm * args.K + k]), w);
+          int8_terms = cuda::add_product(int8_terms, static_cast<float>(args.A[gm * args.K + k]), w);
+        }
+        stage_out(m, c, cuda::add_unpacked(cuda::dequant_acc(acc[4 * j + c], row, col), extra, int8_terms, row, col));
+      }
     }
   }
   consumers_sync();
@@ -156,19 +238,28 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-template <typename Out>
-void launch(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device, cudaStream_t stream,
-            bool overlap) {
+template <typename Out, bool WithOutliers>
+void launch(const Int8MatmulParams& mm, const Int8DequantParams& dq, const Int8LinearOutliers* outliers,
+            int32_t device, cudaStream_t stream, bool overlap) {
   constexpr int BM = kActRows;
-  auto kernel = int8_gemm_dequant_sm90_kernel<Out>;
+  auto kernel = int8_gemm_dequant_sm90_kernel<Out, WithOutliers>;
   static std::atomic<uint64_t> opted_in{0};
   cuda::allow_dynamic_smem(kernel, Tile::kSmemBytes, device, opted_in);
   const CUtensorMap act_map = cuda::tensor_map_2d(mm.A, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, mm.M, mm.K, BM, kTileK,
                                                   CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap weight_map = cuda::tensor_map_2d(mm.B, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, mm.N, mm.K, kWeightRows,
                                                      kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
-  const Int8GemmArgs args{dq.row_stats, dq.col_stats, dq.bias, dq.out, static_cast<int32_t>(mm.M),
-                          static_cast<int32_t>(mm.N), static_cast<int32_t>(mm.K)};
+  const Int8GemmArgs args{dq.row_stats,
+                          dq.col_stats,
+                          dq.bias,
+                          dq.out,
+                          static_cast<int32_t>(mm.M),
+                          static_cast<int32_t>(mm.N),
+                          static_cast<int32_t>(mm.K),
+                          outliers ? outliers->packed : cuda::Outliers{},
+                          outliers ? outliers->X : nullptr,
+                          mm.A,
+                          mm.B};
   const int64_t ctas = (mm.M + BM - 1) / BM * ((mm.N + kWeightRows - 1) / kWeightRows);
   BNB_CHECK_SUPPORTED(ctas <= cuda::kMaxGridX, "int8 product of ", mm.M, " x ", mm.N, " is too large for the grid");
   cuda::launch_with_smem_after_previous(kernel, static_cast<unsigned>(ctas), kThreads, Tile::kSmemBytes, stream,
@@ -197,9 +288,15 @@ bool int8_gemm_dequant_sm90_serves(const Int8MatmulParams& mm, const Int8Dequant
 }
 
 void int8_gemm_dequant_sm90(const Int8MatmulParams& mm, const Int8DequantParams& dq, int32_t device,
-                            cudaStream_t stream, bool overlap) {
-  if (dq.out_dtype == BNB_DTYPE_FLOAT16) launch<__half>(mm, dq, device, stream, overlap);
-  else launch<__nv_bfloat16>(mm, dq, device, stream, overlap);
+                            cudaStream_t stream, bool overlap, const Int8LinearOutliers* outliers) {
+  const bool half = dq.out_dtype == BNB_DTYPE_FLOAT16;
+  if (outliers) {
+    half ? launch<__half, true>(mm, dq, outliers, device, stream, overlap)
+         : launch<__nv_bfloat16, true>(mm, dq, outliers, device, stream, overlap);
+  } else {
+    half ? launch<__half, false>(mm, dq, nullptr, device, stream, overlap)
+         : launch<__nv_bfloat16, false>(mm, dq, nullptr, device, stream, overlap);
+  }
 }
 
 }  // namespace bnb::backend

@@ -6,7 +6,8 @@
 //    and finds its outlier columns (int8_linear_one_row.cu);
 //  - up to 16 rows: a weight-streaming tensor-core kernel that reads B once and applies the
 //    dequantization to its int32 accumulators before anything is written;
-//  - many rows without outliers on Hopper: one kernel that multiplies and dequantizes (int8_gemm_sm90.cu);
+//  - many rows on Hopper: one kernel that multiplies, dequantizes and adds the outlier columns (listed and
+//    packed before it) (int8_gemm_sm90.cu);
 //  - other many-row products: cuBLASLt's int8 GEMM (int32 out, int8_cublaslt.cu), then the dequantization
 //    kernel (with outliers, the outlier columns are packed on a side stream while the GEMM runs);
 //  - shapes neither takes (K not a multiple of 4, unaligned rows, no cuBLASLt): a tiled kernel that
@@ -36,6 +37,7 @@ using cuda::dequant_acc;
 using cuda::kPackedOutliers;
 using cuda::mma_s8;
 using cuda::outlier_coef;
+using cuda::Outliers;
 using cuda::plus_bias;
 
 // ---- epilogues: what happens to the exact int32 sum of output (m, n) ---------------------------------
@@ -73,19 +75,6 @@ struct StoreDequant {
 // bnb_int8_linear: output dtype = bias dtype = X's, plus the outlier columns of X (if any), which
 // were zeroed in CA as values but not as whole columns: their float product replaces the int8 one,
 // so the int8 terms CA * CB of those columns are taken back out of the accumulator's value.
-//
-
-
-struct Outliers {
-  const int32_t* count;  // number of outlier columns (on the device)
-  const int32_t* cols;   // their ascending indices [K]
-  // [M, kPackedOutliers] per row and outlier column: what one unit of CB there adds to the output
-  // before the column scale (outlier_coef: the float product minus the int8 one).
-  const float* coef;
-  const int8_t* cb;      // [kPackedOutliers, N] CB at those columns (column-major: adjacent outputs n are
-                         // adjacent bytes, so a warp's reads coalesce)
-};
-
 template <typename T>
 struct StoreLinear {
   using OutType = T;
@@ -548,10 +537,15 @@ void int8_linear(const Int8LinearParams& p, int32_t device, bnb_stream_t stream)
       }
       return launch_small_m(mm, epilogue, device, s, /*overlap=*/true);
     }
-    // Many rows without outliers on Hopper: one kernel multiplies and dequantizes.
+    // Many rows on Hopper: one kernel multiplies and dequantizes, adding the outlier columns (listed
+    // and packed first: the chain overlaps through programmatic dependent launch).
     const Int8DequantParams dq{SCA, p.SCB, p.bias, p.x_dtype, p.out, p.x_dtype, p.M, p.N};
-    if (!outliers && int8_gemm_dequant_sm90_serves(mm, dq, device))
-      return int8_gemm_dequant_sm90(mm, dq, device, s, /*overlap=*/true);
+    if (int8_gemm_dequant_sm90_serves(mm, dq, device)) {
+      if (!outliers) return int8_gemm_dequant_sm90(mm, dq, device, s, /*overlap=*/true);
+      list_and_pack(s, true);
+      const Int8LinearOutliers columns{packed, p.X};
+      return int8_gemm_dequant_sm90(mm, dq, device, s, /*overlap=*/true, &columns);
+    }
     // Many rows: the outlier columns are listed and packed on a side stream while the GEMM runs (it
     // needs only CA); the dequantization, which reads them, waits for both.
     const cuda::Scratch acc(align_up(sizeof(int32_t) * p.M * p.N), device, s);

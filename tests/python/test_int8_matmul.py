@@ -285,6 +285,77 @@ def test_many_row_products_dequantized_in_the_gemm_match_the_int32_path(dtype, w
     assert torch.equal(out, ops.int8_scaled_mm(CA, B, SCA, col, bias, dtype))
 
 
+def _int8_linear_bits(X, CA, SCA, CB, SCB, cols, bias):
+    # int8_linear's output with outlier columns, every float32 operation rounded in the order the CUDA
+    # epilogues round it (one torch op per rounding on the CPU): the int8 product dequantized, then up
+    # to 64 outlier columns as packed coefficients (X / 127 - CA * SCA / 127^2) times CB, summed column
+    # by column; more than 64 from X, CA and CB unpacked. Also returns the magnitude of the terms added.
+    f = torch.float32
+    X, CA, SCA, CB, SCB, cols = (t.cpu() for t in (X, CA, SCA, CB, SCB, cols))
+    scale, inv127 = torch.tensor(1.0, dtype=f) / (127.0 * 127.0), torch.tensor(1.0, dtype=f) / 127.0
+    row, col = SCA.float()[:, None], SCB.float()[None, :]
+    v = ((_exact(CA, CB).to(f) * row) * col) * scale
+    if len(cols) <= 64:
+        coef = X[:, cols].float() * inv127 - (CA[:, cols].float() * row) * scale
+        total = torch.zeros_like(v)
+        for i in range(len(cols)):
+            total = total + coef[:, i : i + 1] * CB[:, cols[i]].float()[None, :]
+        y = v + total * col
+        terms = v.abs() + (total * col).abs()
+    else:
+        extra, int8_terms = torch.zeros_like(v), torch.zeros_like(v)
+        for k in cols.tolist():
+            w = CB[:, k].float()[None, :]
+            extra = extra + X[:, k : k + 1].float() * w
+            int8_terms = int8_terms + CA[:, k : k + 1].float() * w
+        y = v + ((extra * col) * inv127 - ((int8_terms * row) * col) * scale)
+        terms = v.abs() + ((extra * col) * inv127).abs() + (((int8_terms * row) * col) * scale).abs()
+    if bias is not None:
+        y, terms = y + bias.cpu().float(), terms + bias.cpu().float().abs()
+    return y.to(X.dtype), terms
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("outlier_cols", [3, 80])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_many_row_int8_linear_with_outliers_adds_them_in_the_gemm_epilogue(dtype, outlier_cols, with_bias):
+    # On Hopper a grid of at least three quarters of a wave multiplies, dequantizes and adds the outlier
+    # columns in one kernel (packed up to 64 columns, unpacked beyond): the output must follow the
+    # step-by-step float32 formula, lie within rounding of the float64 decomposition, and report the
+    # outlier columns. M, N and K are multiples of none of the tile sizes.
+    from bitsandbytes.backends.native_int8_matmul import int8_linear_direct
+
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    M, K, N = 300, 272, 128 * ((3 * sms + 7) // 8) + 40
+    X = randn((M, K), torch.float32, "cuda", seed=61)
+    cols = torch.randperm(K, generator=torch.Generator().manual_seed(62))[:outlier_cols].sort().values.cuda()
+    X[M // 3, cols] = 9.0
+    X[M - 1, cols[0]] = -30.0
+    X = X.to(dtype)
+    CB, SCB, _ = ops.int8_vectorwise_quant(randn((N, K), torch.float16, "cuda", seed=63))
+    bias = randn((N,), dtype, "cuda", seed=64) if with_bias else None
+    y, mask = int8_linear_direct(X, CB, SCB, 6.0, bias)
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert torch.equal(mask.nonzero().flatten(), cols)
+    CA, SCA, _ = ops.int8_vectorwise_quant(X, 6.0)
+    bits, terms = _int8_linear_bits(X, CA, SCA, CB, SCB, cols, bias)
+    # Exactly equal for nearly all outputs, and everywhere within two units in the last place of the
+    # output dtype at the magnitude of the terms added (an intermediate float32 rounding that differs
+    # can flip the output's rounding, amplified where the terms cancel).
+    _, exponent = torch.frexp(terms)
+    ulp = torch.ldexp(torch.ones_like(terms), exponent - 1 - {torch.float16: 10, torch.bfloat16: 7}[dtype])
+    diff = (y.cpu().float() - bits.float()).abs()
+    assert (diff <= 2 * ulp).all()
+    assert int((diff != 0).sum()) <= diff.numel() // 1000, f"{int((diff != 0).sum())} of {diff.numel()} differ"
+    Wd = CB.cpu().double() * SCB.cpu().double()[:, None] / 127
+    keep = torch.ones(K, dtype=torch.bool)
+    keep[cols.cpu()] = False
+    ref = X.cpu().double()[:, ~keep] @ Wd[:, ~keep].T + _dequant_ref(_exact(CA.cpu()[:, keep], CB.cpu()[:, keep]), SCA, SCB, bias)
+    err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
+    assert err < {torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9])
