@@ -75,8 +75,8 @@ struct Int8GemmArgs {
   const void* bias;
   void* out;
   int32_t M, N, K;
-  // Threshold > 0 (int8_linear): the outlier columns, added as StoreLinear adds them (same bits). More
-  // than kPackedOutliers of them are taken unpacked from X, A and B.
+  // Threshold > 0 (int8_linear): the outlier columns, added with StoreLinear's float32 operations in
+  // StoreLinear's order. More than kPackedOutliers of them are taken unpacked from X, A and B.
   cuda::Outliers outliers;
   const void* X;
   const int8_t* A;
