@@ -168,67 +168,69 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int c = 0; c < 4; ++c) stage_out(m, c, cuda::dequant_acc(acc[4 * j + c], c % 2 ? row1 : row0, c < 2 ? col_lo : col_hi));
     }
-  } else if (outliers <= cuda::kPackedOutliers) {
-    // The tile's coefficients (transposed: a lane's rows m, m + 1 are one 8-byte load) and CB values
-    // of the outlier columns go to shared memory once; each lane then sums over the columns for 8 row
-    // pairs at a time (32 sums in registers beside the 128 accumulators).
-    float* coef = reinterpret_cast<float*>(smem + Tile::kOutBytes);  // [outliers][BM]
-    float* cb = coef + cuda::kPackedOutliers * BM;                   // [outliers][kWeightRows]
-    const int tid = threadIdx.x - 128;
-    for (int idx = tid; idx < outliers * BM; idx += kConsumerThreads) {
-      const int m = idx / outliers, i = idx % outliers;
-      coef[i * BM + m] = m0 + m < args.M ? args.outliers.coef[int64_t{m0 + m} * cuda::kPackedOutliers + i] : 0.0f;
-    }
-    for (int idx = tid; idx < outliers * kWeightRows; idx += kConsumerThreads) {
-      const int i = idx / kWeightRows, n = idx % kWeightRows;
-      cb[idx] = n0 + n < args.N ? static_cast<float>(args.outliers.cb[int64_t{i} * args.N + n0 + n]) : 0.0f;
-    }
-    consumers_sync();
-#pragma unroll
-    for (int chunk = 0; chunk < BM / 64; ++chunk) {
-      float sum[8][4] = {};
-      for (int i = 0; i < outliers; ++i) {
-        const float w_lo = cb[i * kWeightRows + r], w_hi = cb[i * kWeightRows + r + 8];
-#pragma unroll
+  } else if constexpr (WithOutliers) {  // compiled only where there can be outliers
+    if (outliers <= cuda::kPackedOutliers) {
+      // The tile's coefficients (transposed: a lane's rows m, m + 1 are one 8-byte load) and CB values
+      // of the outlier columns go to shared memory once; each lane then sums over the columns for 8 row
+      // pairs at a time (32 sums in registers beside the 128 accumulators).
+      float* coef = reinterpret_cast<float*>(smem + Tile::kOutBytes);  // [outliers][BM]
+      float* cb = coef + cuda::kPackedOutliers * BM;                   // [outliers][kWeightRows]
+      const int tid = threadIdx.x - 128;
+      for (int idx = tid; idx < outliers * BM; idx += kConsumerThreads) {
+        const int m = idx / outliers, i = idx % outliers;
+        coef[i * BM + m] = m0 + m < args.M ? args.outliers.coef[int64_t{m0 + m} * cuda::kPackedOutliers + i] : 0.0f;
+      }
+      for (int idx = tid; idx < outliers * kWeightRows; idx += kConsumerThreads) {
+        const int i = idx / kWeightRows, n = idx % kWeightRows;
+        cb[idx] = n0 + n < args.N ? static_cast<float>(args.outliers.cb[int64_t{i} * args.N + n0 + n]) : 0.0f;
+      }
+      consumers_sync();
+  #pragma unroll
+      for (int chunk = 0; chunk < BM / 64; ++chunk) {
+        float sum[8][4] = {};
+        for (int i = 0; i < outliers; ++i) {
+          const float w_lo = cb[i * kWeightRows + r], w_hi = cb[i * kWeightRows + r + 8];
+  #pragma unroll
+          for (int jj = 0; jj < 8; ++jj) {
+            const float2 k = *reinterpret_cast<const float2*>(coef + i * BM + 8 * (8 * chunk + jj) + 2 * t);
+            sum[jj][0] = cuda::add_product(sum[jj][0], k.x, w_lo);
+            sum[jj][1] = cuda::add_product(sum[jj][1], k.y, w_lo);
+            sum[jj][2] = cuda::add_product(sum[jj][2], k.x, w_hi);
+            sum[jj][3] = cuda::add_product(sum[jj][3], k.y, w_hi);
+          }
+        }
+  #pragma unroll
         for (int jj = 0; jj < 8; ++jj) {
-          const float2 k = *reinterpret_cast<const float2*>(coef + i * BM + 8 * (8 * chunk + jj) + 2 * t);
-          sum[jj][0] = cuda::add_product(sum[jj][0], k.x, w_lo);
-          sum[jj][1] = cuda::add_product(sum[jj][1], k.y, w_lo);
-          sum[jj][2] = cuda::add_product(sum[jj][2], k.x, w_hi);
-          sum[jj][3] = cuda::add_product(sum[jj][3], k.y, w_hi);
+          const int j = 8 * chunk + jj, m = 8 * j + 2 * t;
+          const float row0 = args.row_stats[min(m0 + m, args.M - 1)];
+          const float row1 = args.row_stats[min(m0 + m + 1, args.M - 1)];
+  #pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const float col = c < 2 ? col_lo : col_hi;
+            const float v = cuda::dequant_acc(acc[4 * j + c], c % 2 ? row1 : row0, col);
+            stage_out(m, c, cuda::add_product(v, sum[jj][c], col));
+          }
         }
       }
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const int j = 8 * chunk + jj, m = 8 * j + 2 * t;
-        const float row0 = args.row_stats[min(m0 + m, args.M - 1)];
-        const float row1 = args.row_stats[min(m0 + m + 1, args.M - 1)];
-#pragma unroll
+    } else {
+      // More outlier columns than the packed arrays hold (rare): each output reads them from X, A and B.
+      const Out* X = static_cast<const Out*>(args.X);
+  #pragma unroll
+      for (int j = 0; j < BM / 8; ++j) {
+        const int m = 8 * j + 2 * t;
+  #pragma unroll
         for (int c = 0; c < 4; ++c) {
-          const float col = c < 2 ? col_lo : col_hi;
-          const float v = cuda::dequant_acc(acc[4 * j + c], c % 2 ? row1 : row0, col);
-          stage_out(m, c, cuda::add_product(v, sum[jj][c], col));
+          const int64_t gm = min(m0 + m + c % 2, args.M - 1), gn = c < 2 ? n_lo : n_hi;
+          const float row = args.row_stats[gm], col = c < 2 ? col_lo : col_hi;
+          float extra = 0.0f, int8_terms = 0.0f;
+          for (int32_t i = 0; i < outliers; ++i) {
+            const int64_t k = args.outliers.cols[i];
+            const float w = static_cast<float>(args.B[gn * args.K + k]);
+            extra = cuda::add_product(extra, cuda::to_f32(X[gm * args.K + k]), w);
+            int8_terms = cuda::add_product(int8_terms, static_cast<float>(args.A[gm * args.K + k]), w);
+          }
+          stage_out(m, c, cuda::add_unpacked(cuda::dequant_acc(acc[4 * j + c], row, col), extra, int8_terms, row, col));
         }
-      }
-    }
-  } else {
-    // More outlier columns than the packed arrays hold (rare): each output reads them from X, A and B.
-    const Out* X = static_cast<const Out*>(args.X);
-#pragma unroll
-    for (int j = 0; j < BM / 8; ++j) {
-      const int m = 8 * j + 2 * t;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t gm = min(m0 + m + c % 2, args.M - 1), gn = c < 2 ? n_lo : n_hi;
-        const float row = args.row_stats[gm], col = c < 2 ? col_lo : col_hi;
-        float extra = 0.0f, int8_terms = 0.0f;
-        for (int32_t i = 0; i < outliers; ++i) {
-          const int64_t k = args.outliers.cols[i];
-          const float w = static_cast<float>(args.B[gn * args.K + k]);
-          extra = cuda::add_product(extra, cuda::to_f32(X[gm * args.K + k]), w);
-          int8_terms = cuda::add_product(int8_terms, static_cast<float>(args.A[gm * args.K + k]), w);
-        }
-        stage_out(m, c, cuda::add_unpacked(cuda::dequant_acc(acc[4 * j + c], row, col), extra, int8_terms, row, col));
       }
     }
   }
