@@ -54,6 +54,21 @@ __device__ __forceinline__ float add_unpacked(float v, float extra, float int8_t
   return __fadd_rn(v, __fsub_rn(__fmul_rn(__fmul_rn(extra, col), 1.0f / 127.0f),
                                 __fmul_rn(__fmul_rn(__fmul_rn(int8_terms, row), col), kInt8DequantScale)));
 }
+// Output (m, n) dequantized as v plus `count` outlier columns read unpacked from X, CA and CB (more of
+// them than the packed arrays hold): the int8_linear epilogues' shared fallback.
+template <typename T>
+__device__ __forceinline__ float add_unpacked_outliers(float v, const int32_t* cols, int32_t count, const T* X,
+                                                       const int8_t* CA, const int8_t* CB, int64_t K, int64_t m,
+                                                       int64_t n, float row, float col) {
+  float extra = 0.0f, int8_terms = 0.0f;
+  for (int32_t i = 0; i < count; ++i) {
+    const int64_t k = cols[i];
+    const float w = static_cast<float>(CB[n * K + k]);
+    extra = add_product(extra, to_f32(X[m * K + k]), w);
+    int8_terms = add_product(int8_terms, static_cast<float>(CA[m * K + k]), w);
+  }
+  return add_unpacked(v, extra, int8_terms, row, col);
+}
 
 // ---- few rows: stream B through the tensor cores -----------------------------------------------------
 // Same layout as the 4-bit GEMV (gemm_4bit.cu): each CTA owns 8 * kTiles rows of B, its 8 warps split

@@ -222,14 +222,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int c = 0; c < 4; ++c) {
           const int64_t gm = min(m0 + m + c % 2, args.M - 1), gn = c < 2 ? n_lo : n_hi;
           const float row = args.row_stats[gm], col = c < 2 ? col_lo : col_hi;
-          float extra = 0.0f, int8_terms = 0.0f;
-          for (int32_t i = 0; i < outliers; ++i) {
-            const int64_t k = args.outliers.cols[i];
-            const float w = static_cast<float>(args.B[gn * args.K + k]);
-            extra = cuda::add_product(extra, cuda::to_f32(X[gm * args.K + k]), w);
-            int8_terms = cuda::add_product(int8_terms, static_cast<float>(args.A[gm * args.K + k]), w);
-          }
-          stage_out(m, c, cuda::add_unpacked(cuda::dequant_acc(acc[4 * j + c], row, col), extra, int8_terms, row, col));
+          const float v = cuda::dequant_acc(acc[4 * j + c], row, col);
+          stage_out(m, c, cuda::add_unpacked_outliers(v, args.outliers.cols, outliers, X, args.A, args.B, args.K, gm, gn,
+                                                      row, col));
         }
       }
     }

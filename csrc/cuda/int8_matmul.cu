@@ -32,7 +32,6 @@ namespace {
 using cuda::kWarpSize;
 using namespace cuda::int8_tiles;
 using cuda::add_product;
-using cuda::add_unpacked;
 using cuda::dequant_acc;
 using cuda::kPackedOutliers;
 using cuda::mma_s8;
@@ -99,14 +98,7 @@ struct StoreLinear {
         for (int32_t i = 0; i < c; ++i) sum = add_product(sum, coef[i], static_cast<float>(outliers.cb[i * N + n]));
         v = add_product(v, sum, col);
       } else {
-        float extra = 0.0f, int8_terms = 0.0f;
-        for (int32_t i = 0; i < c; ++i) {
-          const int64_t k = outliers.cols[i];
-          const float w = static_cast<float>(CB[n * K + k]);
-          extra = add_product(extra, cuda::to_f32(X[m * K + k]), w);
-          int8_terms = add_product(int8_terms, static_cast<float>(CA[m * K + k]), w);
-        }
-        v = add_unpacked(v, extra, int8_terms, row_stats[m], col);
+        v = cuda::add_unpacked_outliers(v, outliers.cols, c, X, CA, CB, K, m, n, row_stats[m], col);
       }
     }
     return bias ? plus_bias(v, cuda::to_f32(bias[n])) : v;
