@@ -117,6 +117,26 @@ __device__ __forceinline__ uint32_t pair_word(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(pair);
 }
 
+// The 16-bit pair type of T (__half2 / __nv_bfloat162), a scale broadcast to both halves, and an operand word
+// of two T times such a pair (one HMUL2).
+template <typename T>
+struct Vec2;
+template <>
+struct Vec2<__half> {
+  using type = __half2;
+  __device__ static type broadcast(float v) { return __float2half2_rn(v); }
+};
+template <>
+struct Vec2<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  __device__ static type broadcast(float v) { return __float2bfloat162_rn(v); }
+};
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair_word(uint32_t word, typename Vec2<T>::type scale) {
+  const typename Vec2<T>::type scaled = __hmul2(*reinterpret_cast<const typename Vec2<T>::type*>(&word), scale);
+  return *reinterpret_cast<const uint32_t*>(&scaled);
+}
+
 // ---- 16-byte vectors ---------------------------------------------------------------------------------
 constexpr int kVecBytes = 16;  // widest single global load/store per thread (LDG.128 / STG.128)
 

@@ -20,6 +20,17 @@
 // instead of scaling every code, and lane (g, t) accumulates exactly the rows g and g + 8 whose
 // scales it loaded.
 //
+// Wide loads (grids of one wave, at most kWideMaxRows activation rows): lane (g, t) reads 16 bytes of
+// each row per 128-column group instead, columns [32t, 32t + 32), and a warp's batch is 8 such groups
+// (512 bytes per row, sixteen 16-byte loads per lane in flight). The mma steps are permuted the same
+// way (step s takes columns 32t + 4s + {0..3}), so a step spans two 64-column blocks: each lane
+// multiplies its code pairs by its own block's scale in 16 bits before the mma (as the tensor-core
+// kernel does) instead of scaling the step's sums in float32. H100, K = 8192, graph replays, two
+// rounds: N = 8192 M = 1 15.7 -> 13.8 us, nested 16.6 -> 14.3, M = 3 16.4 -> 15.5; N = 4096 M = 1 13.6 ->
+// 12.7; N = 2048 M = 1 10.3-10.5 -> 9.4-9.6. Slower elsewhere, which keeps the 8-byte loads: 4 rows at
+// N = 4096 (14.8 -> 15.2 us), 8 rows at N = 8192 (19.1 -> 21.2-21.6), grids of several waves (N = 28672
+// M = 1 59.5 -> 62.6).
+//
 // Codes are expanded two at a time by a 256-entry table (a byte -> the pair of 16-bit code values),
 // stored once per lane in shared memory so that 32 lanes reading random bytes hit 32 different banks.
 //
@@ -45,6 +56,9 @@ constexpr int kGroup = 64;             // columns per group (4 mma k16 steps)
 constexpr int kUnroll = 4;             // groups whose loads a warp issues before using them
 constexpr int kMaxRows = 16;           // activation rows: two n8 operands
 constexpr int kPairTableWords = 256 * kWarpSize;
+constexpr int kWideGroup = 128;                       // wide loads: columns per group (16 bytes per lane)
+constexpr int kWideBatch = 8 * kWideGroup;            // wide loads: columns per batch
+constexpr int kWideMaxRows = 3;                       // wide loads serve up to this many activation rows
 
 // d += a * b for one m16n8k16 tile (row-major A, column-major B, float32 accumulators).
 template <typename T>
@@ -163,7 +177,7 @@ struct GemvSmem {
 // without it: its instructions alone cost N = 8192 0.5 us.
 constexpr int kPrefetchRounds = 2;
 
-template <typename T, bool Nested, int NTiles, int RowGroups, int ScalesPerBatch, bool L2Prefetch>
+template <typename T, bool Nested, int NTiles, int RowGroups, int ScalesPerBatch, bool L2Prefetch, bool WideLoads>
 __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvShape<NTiles, RowGroups>::kMinBlocks)
     gemm_4bit_small_m(const __grid_constant__ GemvArgs args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -244,7 +258,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
   // The first batch is requested before the second-level code table: its loads then overlap the
   // table's instead of waiting behind them and the barrier (a one-wave grid pays that wait once per SM).
   // Two activation operands leave no registers for it (the copy of the loop body spills).
-  constexpr bool kEarlyFirstBatch = NTiles == 1;
+  constexpr bool kEarlyFirstBatch = NTiles == 1 && !WideLoads;
   BatchLoads first;
   if (kEarlyFirstBatch && k_part < batches) load_batch(first, k_part);
   float offset = 0.0f;
@@ -316,17 +330,92 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
         asm volatile("prefetch.global.L2 [%0];" ::"l"(prefetch_row + ahead * (kGroup * kUnroll / 2)));
     }
   };
-  int64_t batch = k_part;
-  if (kEarlyFirstBatch && batch < batches) {
-    prefetch_l2(batch);
-    compute_batch(first, batch);
-    batch += kKSplit;
-  }
-  for (; batch < batches; batch += kKSplit) {
-    prefetch_l2(batch);
-    BatchLoads b;
-    load_batch(b, batch);
-    compute_batch(b, batch);
+  // Wide loads (see the top of the file): a batch is kWideBatch columns; lane (g, t) reads 32 columns of
+  // each 128-column group, codes from byte 16t of the group's 64 per row, activations from column 32t.
+  auto stream_wide_batches = [&] {
+    constexpr int kGroups = kWideBatch / kWideGroup;
+    for (int64_t wb = k_part; wb < K / kWideBatch; wb += kKSplit) {
+      const int64_t col0 = wb * kWideBatch;
+      uint4 codes[kGroups][kTiles][2];
+#pragma unroll
+      for (int p = 0; p < kGroups; ++p)
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            codes[p][j][h] = __ldg(reinterpret_cast<const uint4*>(codes_at[j][h] + 8 * t + (col0 + p * kWideGroup) / 2));
+      // The batch's scales go to L1 now, holding no registers, and are read group by group below.
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t block = first_block[j][h] + (col0 >> args.log2_blocksize);
+          if constexpr (Nested) asm volatile("prefetch.global.L1 [%0];" ::"l"(args.absmax_q + block));
+          else asm volatile("prefetch.global.L1 [%0];" ::"l"(args.absmax + block));
+        }
+#pragma unroll
+      for (int p = 0; p < kGroups; ++p) {
+        const int64_t col = col0 + p * kWideGroup;
+        // Activation words: row g + 8i, columns 32t + 2w, 2w + 1 in word w (zero rows past M).
+        uint32_t x[NTiles][16];
+#pragma unroll
+        for (int i = 0; i < NTiles; ++i)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const uint4 v = has_act[i] ? __ldg(reinterpret_cast<const uint4*>(act[i] + 16 * t + col + 8 * q))
+                                       : make_uint4(0, 0, 0, 0);
+            x[i][4 * q] = v.x, x[i][4 * q + 1] = v.y, x[i][4 * q + 2] = v.z, x[i][4 * q + 3] = v.w;
+          }
+        const int64_t lane_block = (col + 32 * t) >> args.log2_blocksize;  // the lane's 32 columns share a block
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          typename cuda::Vec2<T>::type scale[2];  // rows g and g + 8
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int64_t block = first_block[j][h] + lane_block;
+            const float v = Nested ? nested_code[__ldg(args.absmax_q + block)] * __ldg(args.absmax + block / kNestedBlocksize) + offset
+                                   : __ldg(args.absmax + block);
+            scale[h] = cuda::Vec2<T>::broadcast(v);
+          }
+          const uint4 lo4 = codes[p][j][0], hi4 = codes[p][j][1];
+          const uint32_t lo_words[4] = {lo4.x, lo4.y, lo4.z, lo4.w}, hi_words[4] = {hi4.x, hi4.y, hi4.z, hi4.w};
+#pragma unroll
+          for (int step = 0; step < 8; ++step) {
+            // Codes of columns 32t + 4 step + {0..3}: bytes 2 (step % 2) and 2 (step % 2) + 1 of word step / 2.
+            const uint32_t lo = lo_words[step / 2], hi = hi_words[step / 2];
+            uint32_t a[4];
+            if (step % 2 == 0) {
+              a[0] = pair(pair_offset<0, kWide>(lo, lane4)), a[1] = pair(pair_offset<0, kWide>(hi, lane4));
+              a[2] = pair(pair_offset<1, kWide>(lo, lane4)), a[3] = pair(pair_offset<1, kWide>(hi, lane4));
+            } else {
+              a[0] = pair(pair_offset<2, kWide>(lo, lane4)), a[1] = pair(pair_offset<2, kWide>(hi, lane4));
+              a[2] = pair(pair_offset<3, kWide>(lo, lane4)), a[3] = pair(pair_offset<3, kWide>(hi, lane4));
+            }
+            a[0] = cuda::scale_pair_word<T>(a[0], scale[0]), a[2] = cuda::scale_pair_word<T>(a[2], scale[0]);
+            a[1] = cuda::scale_pair_word<T>(a[1], scale[1]), a[3] = cuda::scale_pair_word<T>(a[3], scale[1]);
+#pragma unroll
+            for (int i = 0; i < NTiles; ++i) mma_16816<T>(acc[j][i], a, x[i][2 * step], x[i][2 * step + 1]);
+          }
+        }
+      }
+    }
+  };
+
+  if constexpr (WideLoads) {
+    stream_wide_batches();
+  } else {
+    int64_t batch = k_part;
+    if (kEarlyFirstBatch && batch < batches) {
+      prefetch_l2(batch);
+      compute_batch(first, batch);
+      batch += kKSplit;
+    }
+    for (; batch < batches; batch += kKSplit) {
+      prefetch_l2(batch);
+      BatchLoads b;
+      load_batch(b, batch);
+      compute_batch(b, batch);
+    }
   }
 
   // Sum the warps' partial products: warp w's accumulators go to smem, then each thread adds up
@@ -362,10 +451,10 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
 bool tensor_cores_available(int32_t device) { return cuda::compute_capability(device) >= 80; }
 
 // One kernel of the family, its dynamic shared memory allowed once per device.
-template <typename T, bool Nested, int NT, int RG, int S, bool L2Prefetch>
+template <typename T, bool Nested, int NT, int RG, int S, bool L2Prefetch, bool WideLoads>
 void launch_small_m(const GemvArgs& args, unsigned ctas, int32_t device, cudaStream_t stream) {
   using Smem = GemvSmem<NT, RG>;
-  auto* kernel = gemm_4bit_small_m<T, Nested, NT, RG, S, L2Prefetch>;
+  auto* kernel = gemm_4bit_small_m<T, Nested, NT, RG, S, L2Prefetch, WideLoads>;
   static std::atomic<uint64_t> opted_in{0};
   cuda::allow_dynamic_smem(kernel, Smem::kBytes, device, opted_in);
   cuda::launch_with_smem_after_previous(kernel, ctas, GemvShape<NT, RG>::kThreads, Smem::kBytes, stream, device,
@@ -392,9 +481,17 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       if (NT == 1 && RG == 1 && one_wave) return false;  // the larger CTAs serve it
       // One activation operand streams from L2 ahead of its loads where the grid takes several waves.
       const auto grid = static_cast<unsigned>(ctas);
+      // The two-row-group CTAs of a one-wave grid read 16 bytes per lane where few activation rows leave
+      // the registers for it (see the top of the file).
+      if constexpr (NT == 1 && RG == 2) {
+        if (p.M <= kWideMaxRows && p.K % kWideBatch == 0) {
+          launch_small_m<T, Nested, NT, RG, S, false, true>(args, grid, device, stream);
+          return true;
+        }
+      }
       constexpr bool kPrefetching = NT == 1 && RG == 1;
-      kPrefetching && !one_wave ? launch_small_m<T, Nested, NT, RG, S, kPrefetching>(args, grid, device, stream)
-                                : launch_small_m<T, Nested, NT, RG, S, false>(args, grid, device, stream);
+      kPrefetching && !one_wave ? launch_small_m<T, Nested, NT, RG, S, kPrefetching, false>(args, grid, device, stream)
+                                : launch_small_m<T, Nested, NT, RG, S, false, false>(args, grid, device, stream);
       return true;
     };
     using One = std::integral_constant<int, 1>;

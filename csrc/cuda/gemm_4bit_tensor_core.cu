@@ -92,20 +92,6 @@ struct TensorCoreArgs {
   float code[16];
 };
 
-// The 16-bit pair type of T, and a scale broadcast to both halves.
-template <typename T>
-struct Vec2;
-template <>
-struct Vec2<__half> {
-  using type = __half2;
-  __device__ static type broadcast(float v) { return __float2half2_rn(v); }
-};
-template <>
-struct Vec2<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-  __device__ static type broadcast(float v) { return __float2bfloat162_rn(v); }
-};
-
 // One row's block scale for a K tile, fetched a tile ahead: plain scales directly, nested ones as
 // their code and second-level scale (decoded when used, as dequantize_blockwise + offset rounds). The
 // row's first block is resolved once: a fetch is one load at a small offset from it (the 64-bit
@@ -153,7 +139,7 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   using Shape = TileShape<MB, BM>;
   constexpr int kStages = Shape::kStages;
   constexpr int kWeightRows = Shape::kWeightRows;
-  using V2 = Vec2<T>;
+  using V2 = cuda::Vec2<T>;
   // Aligned by an offset from the shared array itself: a pointer rebuilt from an integer is generic to
   // the compiler, and every read of the stages then compiled to a generic load (address-space check,
   // 64-bit address, the long scoreboard) instead of an LDS (K = N = 8192, M = 512: 123 -> 104 us).
@@ -215,8 +201,7 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   auto expand = [&](uint32_t word, typename V2::type scale) {
     const uint32_t byte = __byte_perm(word, 0, byte_select);
     const uint32_t pair = *reinterpret_cast<const uint32_t*>(table_bytes + (byte << 7 | lane4));
-    const typename V2::type scaled = __hmul2(*reinterpret_cast<const typename V2::type*>(&pair), scale);
-    return *reinterpret_cast<const uint32_t*>(&scaled);
+    return cuda::scale_pair_word<T>(pair, scale);
   };
 
   const int64_t blocks_per_row = static_cast<int64_t>(args.K) >> args.log2_blocksize;

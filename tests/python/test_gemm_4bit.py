@@ -320,6 +320,29 @@ def test_few_row_grids_of_one_and_several_waves_match_float64(m, N, nested):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("blocksize", [64, 128, 256])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_few_row_wide_loads_scale_each_lane_by_its_own_block(dtype, m, blocksize, nested):
+    # One-wave grids of at most three activation rows with K a multiple of 1024 read 16 bytes of codes per
+    # lane, and an mma step there spans two 64-column blocks: each lane scales its codes by its own block's
+    # scale. Odd 64-column stretches of the weight are 16 times larger, so a lane taking its neighbour's
+    # block scale would be far off; N = 200 is not a multiple of the CTA's 32 rows.
+    N, K = 200, 3072
+    w = randn((N, K), torch.float32, "cuda", seed=81)
+    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
+    x = randn((m, K), dtype, "cuda", seed=82)
+    bias = randn((N,), dtype, "cuda", seed=83)
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=nested)
+    with torch.no_grad():
+        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert y.shape == (m, N) and y.dtype == dtype
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+
+
+@needs_cuda
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("wide", [256, 9216], ids=["one-wave", "several-waves"])
 def test_chained_few_row_products_read_the_kernel_before_them(nested, wide):
