@@ -269,6 +269,17 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
   __syncthreads();
   const char* table = reinterpret_cast<const char*>(smem);
   auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table + off); };
+  // The A fragment of one mma step from code words of rows g (lo) and g + 8 (hi): the pairs of their bytes
+  // 0 and 1 for an even step, 2 and 3 for an odd one (unrolled steps make `odd` a constant).
+  auto step_fragment = [&](uint32_t lo, uint32_t hi, bool odd, uint32_t (&a)[4]) {
+    if (!odd) {
+      a[0] = pair(pair_offset<0, kWide>(lo, lane4)), a[1] = pair(pair_offset<0, kWide>(hi, lane4));
+      a[2] = pair(pair_offset<1, kWide>(lo, lane4)), a[3] = pair(pair_offset<1, kWide>(hi, lane4));
+    } else {
+      a[0] = pair(pair_offset<2, kWide>(lo, lane4)), a[1] = pair(pair_offset<2, kWide>(hi, lane4));
+      a[2] = pair(pair_offset<3, kWide>(lo, lane4)), a[3] = pair(pair_offset<3, kWide>(hi, lane4));
+    }
+  };
 
   float acc[kTiles][NTiles][4] = {};
   auto compute_batch = [&](const BatchLoads& b, int64_t batch) {
@@ -295,13 +306,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
           const uint32_t lo = step < 2 ? b.codes[u][j][0].x : b.codes[u][j][0].y;
           const uint32_t hi = step < 2 ? b.codes[u][j][1].x : b.codes[u][j][1].y;
           uint32_t a[4];
-          if (step % 2 == 0) {
-            a[0] = pair(pair_offset<0, kWide>(lo, lane4)), a[1] = pair(pair_offset<0, kWide>(hi, lane4));
-            a[2] = pair(pair_offset<1, kWide>(lo, lane4)), a[3] = pair(pair_offset<1, kWide>(hi, lane4));
-          } else {
-            a[0] = pair(pair_offset<2, kWide>(lo, lane4)), a[1] = pair(pair_offset<2, kWide>(hi, lane4));
-            a[2] = pair(pair_offset<3, kWide>(lo, lane4)), a[3] = pair(pair_offset<3, kWide>(hi, lane4));
-          }
+          step_fragment(lo, hi, step % 2 == 1, a);
 #pragma unroll
           for (int i = 0; i < NTiles; ++i) mma_16816<T>(part[i], a, x[i][2 * step], x[i][2 * step + 1]);
         }
@@ -384,13 +389,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
             // Codes of columns 32t + 4 step + {0..3}: bytes 2 (step % 2) and 2 (step % 2) + 1 of word step / 2.
             const uint32_t lo = lo_words[step / 2], hi = hi_words[step / 2];
             uint32_t a[4];
-            if (step % 2 == 0) {
-              a[0] = pair(pair_offset<0, kWide>(lo, lane4)), a[1] = pair(pair_offset<0, kWide>(hi, lane4));
-              a[2] = pair(pair_offset<1, kWide>(lo, lane4)), a[3] = pair(pair_offset<1, kWide>(hi, lane4));
-            } else {
-              a[0] = pair(pair_offset<2, kWide>(lo, lane4)), a[1] = pair(pair_offset<2, kWide>(hi, lane4));
-              a[2] = pair(pair_offset<3, kWide>(lo, lane4)), a[3] = pair(pair_offset<3, kWide>(hi, lane4));
-            }
+            step_fragment(lo, hi, step % 2 == 1, a);
             a[0] = cuda::scale_pair_word<T>(a[0], scale[0]), a[2] = cuda::scale_pair_word<T>(a[2], scale[0]);
             a[1] = cuda::scale_pair_word<T>(a[1], scale[1]), a[3] = cuda::scale_pair_word<T>(a[3], scale[1]);
 #pragma unroll
