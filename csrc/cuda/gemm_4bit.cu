@@ -22,7 +22,8 @@
 //
 // Wide loads (grids of one wave, at most kWideMaxRows activation rows): lane (g, t) reads 16 bytes of
 // each row per 128-column group instead, columns [32t, 32t + 32), and a warp's batch is 8 such groups
-// (512 bytes per row, sixteen 16-byte loads per lane in flight). The mma steps are permuted the same
+// (512 bytes per row: sixteen 16-byte loads per lane, which the compiler spreads over the batch's groups
+// to keep within 128 registers, two groups ahead of their use). The mma steps are permuted the same
 // way (step s takes columns 32t + 4s + {0..3}), so a step spans two 64-column blocks: each lane
 // multiplies its code pairs by its own block's scale in 16 bits before the mma (as the tensor-core
 // kernel does) instead of scaling the step's sums in float32. H100, K = 8192, graph replays, two
@@ -348,7 +349,8 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
         for (int j = 0; j < kTiles; ++j)
 #pragma unroll
           for (int h = 0; h < 2; ++h)
-            codes[p][j][h] = __ldg(reinterpret_cast<const uint4*>(codes_at[j][h] + 8 * t + (col0 + p * kWideGroup) / 2));
+            codes[p][j][h] =
+                __ldg(reinterpret_cast<const uint4*>(codes_at[j][h] + 8 * t + (col0 + p * kWideGroup) / 2));
       // The batch's scales go to L1 now, holding no registers, and are read group by group below.
 #pragma unroll
       for (int j = 0; j < kTiles; ++j)
@@ -378,7 +380,8 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int64_t block = first_block[j][h] + lane_block;
-            const float v = Nested ? nested_code[__ldg(args.absmax_q + block)] * __ldg(args.absmax + block / kNestedBlocksize) + offset
+            const float v = Nested ? nested_code[__ldg(args.absmax_q + block)] *
+                                             __ldg(args.absmax + block / kNestedBlocksize) + offset
                                    : __ldg(args.absmax + block);
             scale[h] = cuda::Vec2<T>::broadcast(v);
           }
@@ -483,7 +486,7 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       // The two-row-group CTAs of a one-wave grid read 16 bytes per lane where few activation rows leave
       // the registers for it (see the top of the file).
       if constexpr (NT == 1 && RG == 2) {
-        if (p.M <= kWideMaxRows && p.K % kWideBatch == 0) {
+        if (p.M <= kWideMaxRows && p.K % kWideBatch == 0 && cuda::is_aligned(p.packed, 16)) {
           launch_small_m<T, Nested, NT, RG, S, false, true>(args, grid, device, stream);
           return true;
         }

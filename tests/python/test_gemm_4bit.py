@@ -343,6 +343,23 @@ def test_few_row_wide_loads_scale_each_lane_by_its_own_block(dtype, m, blocksize
 
 
 @needs_cuda
+def test_few_row_codes_at_an_8_byte_offset_take_the_8_byte_loads():
+    # The 16-byte code loads need 16-byte aligned codes: packed codes 8 bytes into an allocation (a view)
+    # fall back to the 8-byte loads instead of faulting, and the product is still right.
+    N, K = 200, 2048
+    w = randn((N, K), torch.float32, "cuda", seed=91)
+    x = randn((1, K), torch.float16, "cuda", seed=92)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    storage = torch.empty(packed.numel() + 8, dtype=torch.uint8, device="cuda")
+    shifted = storage[8:]
+    shifted.copy_(packed.view(torch.uint8).view(-1))
+    assert shifted.data_ptr() % 16 == 8
+    y = ops.gemm_4bit(x, shifted, [N, K], state.absmax, 64, "nf4", None)
+    ref = _oracle(x, packed.view(torch.uint8).view(-1), state.absmax, 64, "nf4", (N, K))
+    assert _rel_err(y, ref) < RTOL[torch.float16]
+
+
+@needs_cuda
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("wide", [256, 9216], ids=["one-wave", "several-waves"])
 def test_chained_few_row_products_read_the_kernel_before_them(nested, wide):
