@@ -1,6 +1,8 @@
 // CUDA product of a few activation rows (M <= 16) with a 4-bit weight W [N, K], reading W once as
 // packed codes: at these M the product is bound by the weight's bytes, and 4-bit codes are a quarter
 // of a 16-bit weight's.
+// On Hopper, grids of several waves with at most 8 rows go to the kernel that streams the weight
+// through shared memory instead (gemm_4bit_streamed.cu): beyond L2 this kernel's loads read DRAM slower.
 //
 // Tensor cores do the arithmetic (mma.sync m16n8k16, float32 accumulation) with the weight as the
 // 16-row operand and up to 8 activation rows per 8-column operand, so one activation row costs no
@@ -45,41 +47,25 @@
 #include "core/formats.h"
 #include "cuda/common.cuh"
 #include "cuda/dequantize_vectors.cuh"
+#include "cuda/gemm_4bit_streamed.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
+#include "cuda/pair_table.cuh"
 
 namespace bnb::backend {
 namespace {
 
 using cuda::CudaType;
+using cuda::kPairTableWords;
 using cuda::kWarpSize;
+using cuda::mma_16816;
+using cuda::pair_offset;
 
 constexpr int kGroup = 64;             // columns per group (4 mma k16 steps)
 constexpr int kUnroll = 4;             // groups whose loads a warp issues before using them
 constexpr int kMaxRows = 16;           // activation rows: two n8 operands
-constexpr int kPairTableWords = 256 * kWarpSize;
 constexpr int kWideGroup = 128;                       // wide loads: columns per group (16 bytes per lane)
 constexpr int kWideBatch = 8 * kWideGroup;            // wide loads: columns per batch
 constexpr int kWideMaxRows = 3;                       // wide loads serve up to this many activation rows
-
-// d += a * b for one m16n8k16 tile (row-major A, column-major B, float32 accumulators).
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-#endif
-}
 
 struct GemvArgs {
   const void* A;
@@ -133,17 +119,6 @@ struct BatchScales {
     return v[i];
   }
 };
-
-// Byte B of code word w as a byte offset into the pair table. Narrow table (32 KB): entry (byte << 7) |
-// (lane << 2), i.e. word byte * 32 + lane: one shift and one three-input logic op per byte. Wide table
-// (64 KB, each byte's 32 words 256 bytes apart, the upper 128 bytes of each unused): byte * 256 +
-// lane * 4 is one byte permute. The table's base address folds into the load's immediate offset.
-template <int B, bool Wide>
-__device__ __forceinline__ uint32_t pair_offset(uint32_t w, uint32_t lane4) {
-  if constexpr (Wide) return __byte_perm(w, lane4, 0x5504u | (B << 4));
-  else if constexpr (B == 0) return ((w << 7) & 0x7f80u) | lane4;
-  else return ((w >> (8 * B - 7)) & 0x7f80u) | lane4;
-}
 
 // Launch shape: Tiles 16-row tiles of W per warp; RowGroups groups of warps per CTA, each on its own
 // rows, whose KSplit warps split K; MinBlocks CTAs per SM (the register budget). Measured on the H100
@@ -223,12 +198,7 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
   }
 
   // The pair table holds the same word for all 32 lanes of a byte: four lanes per 16-byte store.
-  for (int i = threadIdx.x; i < kPairTableWords / 4; i += Shape::kThreads) {
-    const int byte = i / (kWarpSize / 4);
-    // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
-    const uint32_t v = cuda::pair_word<T>(args.code[byte >> 4], args.code[byte & 15]);
-    reinterpret_cast<uint4*>(smem)[kWide ? i + byte * (kWarpSize / 4) : i] = make_uint4(v, v, v, v);
-  }
+  cuda::fill_pair_table<T>(smem, args.code, kWide, threadIdx.x, Shape::kThreads);
 
   // Everything a batch reads from global memory but the activations (read as each group is used).
   struct BatchLoads {
@@ -517,6 +487,10 @@ void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream) {
   cuda::DeviceGuard guard(device);
   if (p.M > kMaxRows && gemm_4bit_tensor_core_serves(p, device)) {
     gemm_4bit_tensor_core(p, device, cuda::as_cuda(stream));
+    return;
+  }
+  if (p.M <= kMaxRows && gemm_4bit_streamed_serves(p, device)) {
+    gemm_4bit_streamed(p, device, cuda::as_cuda(stream));
     return;
   }
   // Scales are read as vectors of up to 4 (codes: 4 bytes) per row and batch.

@@ -36,6 +36,7 @@
 #include "cuda/common.cuh"
 #include "cuda/dequantize_vectors.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
+#include "cuda/pair_table.cuh"
 #include "cuda/sm90.cuh"
 #include "cuda/tensor_map.cuh"
 
@@ -50,7 +51,7 @@ constexpr int kConsumerThreads = 256;
 constexpr int kThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (one lane), 1 and 2 consume
 constexpr int kProducerRegisters = 40;            // registers move from the producer to the consumers
 constexpr int kConsumerRegisters = 232;
-constexpr int kPairTableWords = 256 * kWarpSize;
+using cuda::kPairTableWords;
 constexpr int kGroupN = 16;             // CTAs launched in turn cycle over this many weight tiles
 constexpr int kSmemBudget = 227 * 1024;
 
@@ -160,12 +161,7 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumerThreads / kWarpSize);
-  for (int i = threadIdx.x; i < kPairTableWords / 4; i += kThreads) {
-    const int byte = i / (kWarpSize / 4);
-    // Element 2j of the flat weight is the high nibble and the lower k: it goes in the low half.
-    const uint32_t v = cuda::pair_word<T>(args.code[byte >> 4], args.code[byte & 15]);
-    reinterpret_cast<uint4*>(table)[i] = make_uint4(v, v, v, v);
-  }
+  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
   float offset = 0.0f;
   if constexpr (Nested) {
     for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];

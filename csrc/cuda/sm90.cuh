@@ -74,6 +74,29 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, i
 #endif
 }
 
+// Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory with the
+// bulk-copy engine; the bytes are counted on `bar`. The source is marked first to leave L2: a weight
+// streamed once should not push out what is read again.
+__device__ __forceinline__ void bulk_copy_to_smem(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                                  uint64_t evict_first_policy) {
+#ifdef BNB_SM90A_DEVICE
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(smem_addr(bar)), "l"(evict_first_policy)
+      : "memory");
+#endif
+}
+
+// An L2 policy for bulk copies: evict the lines first.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy = 0;
+#ifdef BNB_SM90A_DEVICE
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+
 __device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
 #ifdef BNB_SM90A_DEVICE
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(tensor_map)) : "memory");

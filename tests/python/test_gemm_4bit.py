@@ -362,12 +362,14 @@ def test_few_row_codes_at_an_8_byte_offset_take_the_8_byte_loads():
 @needs_cuda
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("wide", [256, 9216], ids=["one-wave", "several-waves"])
-def test_chained_few_row_products_read_the_kernel_before_them(nested, wide):
+@pytest.mark.parametrize("K", [256, 4096])
+def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K):
     # The few-row kernel may be scheduled while the kernel before it in the stream still runs
     # (programmatic dependent launch on Hopper): it must still see that kernel's results. Each product
     # here reads the output of the one before it, and each weight is quantized right before its first
-    # use; 9216 output rows take several waves of CTAs (the variant that asks L2 ahead of its loads).
-    K = 256
+    # use; 9216 output rows take several waves of CTAs (the variant that asks L2 ahead of its loads, or
+    # at K = 4096 on Hopper the kernel streaming the weight through shared memory, after and before the
+    # register-fed one).
     dtype = torch.float16
     x = randn((1, K), dtype, "cuda", seed=61) / 4
     outs, weights = [x], []
@@ -383,3 +385,26 @@ def test_chained_few_row_products_read_the_kernel_before_them(nested, wide):
         ref = outs[step].double() @ weight.T
         assert outs[step + 1].shape == (1, weight.shape[0])
         assert _rel_err(outs[step + 1], ref.cpu()) < RTOL[dtype]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("N", [200, 9208], ids=["one-round", "several-rounds"])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_few_row_products_with_whole_stages_match_float64(dtype, m, N, nested):
+    # K a multiple of 4096 at blocksize 64, up to 8 rows and a grid of several waves (N = 9208): on Hopper
+    # the weight streams through shared memory in stages of 4096 columns, each CTA taking several 16-row
+    # tiles (the last one partial); other shapes here take the register-fed kernel. Odd 64-column stretches
+    # are 16 times larger, so a scale taken from the wrong block or row would be far off.
+    K = 4096
+    w = randn((N, K), torch.float32, "cuda", seed=101)
+    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
+    x = randn((m, K), dtype, "cuda", seed=102)
+    bias = randn((N,), dtype, "cuda", seed=103)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    with torch.no_grad():
+        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert y.shape == (m, N) and y.dtype == dtype
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
