@@ -80,9 +80,9 @@ __device__ __forceinline__ void consumers_sync() {
 }
 
 template <typename T, bool Nested>
-// 200 registers: the compiler requests a stage's activation words early, and within the 168 that the launch
-// bounds of 288 threads allow it spilled.
-__global__ void __maxnreg__(200) gemm_4bit_streamed(const __grid_constant__ StreamArgs args) {
+// 168 registers at most: registers go to warps in fours, so 9 warps are budgeted as 12. Each group reads its
+// block scales as it goes (a stage's 16 scales held up front spilled).
+__global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_constant__ StreamArgs args) {
 #ifdef BNB_SM90A_DEVICE
   using Smem = StreamSmem<Nested>;
   __shared__ __align__(16) uint32_t table[cuda::kPairTableWords];
@@ -164,21 +164,7 @@ __global__ void __maxnreg__(200) gemm_4bit_streamed(const __grid_constant__ Stre
       sm90::mbar_wait(&full[s], (it / kStages) & 1);
       const uint8_t* stage = smem + s * Smem::kStageBytes;
       const int first_group = warp * kGroups;  // the warp's groups of the stage
-      float scale[2][kGroups];                 // rows g and g + 8
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* at = stage + kTileRows * kCodeStride + (g + 8 * h) * Smem::kScaleStride;
-        if constexpr (Nested) {
-#pragma unroll
-          for (int u = 0; u < kGroups; ++u) scale[h][u] = nested_code[at[first_group + u]] * second[h] + offset;
-        } else {
-#pragma unroll
-          for (int u = 0; u < kGroups; u += 2) {
-            const float2 f = *reinterpret_cast<const float2*>(at + 4 * (first_group + u));
-            scale[h][u] = f.x, scale[h][u + 1] = f.y;
-          }
-        }
-      }
+      const uint8_t* scales = stage + kTileRows * kCodeStride + g * Smem::kScaleStride;  // row g; g + 8 below
 #pragma unroll
       for (int u = 0; u < kGroups; ++u) {
         const int64_t col = c * kChunkCols + (first_group + u) * kGroupCols;
@@ -191,6 +177,14 @@ __global__ void __maxnreg__(200) gemm_4bit_streamed(const __grid_constant__ Stre
         const int byte0 = (first_group + u) * (kGroupCols / 2) + 8 * t;
         const uint2 lo = *reinterpret_cast<const uint2*>(stage + g * kCodeStride + byte0);
         const uint2 hi = *reinterpret_cast<const uint2*>(stage + (g + 8) * kCodeStride + byte0);
+        // The block scales of rows g and g + 8 for this group.
+        float scale[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint8_t* at = scales + 8 * h * Smem::kScaleStride;
+          scale[h] = Nested ? nested_code[at[first_group + u]] * second[h] + offset
+                            : *reinterpret_cast<const float*>(at + 4 * (first_group + u));
+        }
         float part[4] = {};
 #pragma unroll
         for (int step = 0; step < 4; ++step) {
@@ -206,10 +200,10 @@ __global__ void __maxnreg__(200) gemm_4bit_streamed(const __grid_constant__ Stre
           }
           cuda::mma_16816<T>(part, a, x[2 * step], x[2 * step + 1]);
         }
-        acc[0] += part[0] * scale[0][u];
-        acc[1] += part[1] * scale[0][u];
-        acc[2] += part[2] * scale[1][u];
-        acc[3] += part[3] * scale[1][u];
+        acc[0] += part[0] * scale[0];
+        acc[1] += part[1] * scale[0];
+        acc[2] += part[2] * scale[1];
+        acc[3] += part[3] * scale[1];
       }
       __syncwarp();
       if (lane == 0) sm90::mbar_arrive(&empty[s]);
