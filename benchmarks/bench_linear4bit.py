@@ -61,12 +61,6 @@ def run(device: str, shapes, ms, dtypes, repeats: int) -> list:
             dense = torch.nn.Linear(k, n, bias=False, device=device, dtype=dtype)
             plain = linear4bit(dense.weight, dtype, False, device)
             nested = linear4bit(dense.weight, dtype, True, device)
-            if device == "cuda":
-                # One untimed round first: right after the layers are built the host is still settling
-                # (one run had its first two rows' eager times host-paced, twice their usual).
-                x = torch.randn(ms[0], k, device=device, dtype=dtype)
-                with torch.no_grad():
-                    time_of([lambda: dense(x), lambda: plain(x), lambda: nested(x)])
             for m in ms:
                 x = torch.randn(m, k, device=device, dtype=dtype)
                 with torch.no_grad():
