@@ -1,6 +1,6 @@
 // CUDA product of up to 8 activation rows with a 4-bit weight W [N, K] on Hopper, the weight streamed
-// into shared memory by the bulk-copy engine. Serves grids of several waves, blocksize 64 and K a multiple of
-// 1024 from 4096 on (gemm_4bit.cu keeps the register-fed kernel for the rest).
+// into shared memory by the bulk-copy engine. Serves grids of several waves (gemm_4bit.cu keeps the
+// register-fed kernel for the rest).
 //
 // The register-fed few-row kernel (gemm_4bit.cu) reads the codes with loads shaped by the mma's operand
 // layout: each warp instruction touches 8 weight rows, a few dozen bytes of each, and beyond L2 that
@@ -49,7 +49,6 @@ constexpr int kCodeStride = kChunkBytes + 32;  // bytes between staged rows (ban
 constexpr int kChunkBlocks = kChunkCols / kBlocksize;
 constexpr int kGroupCols = 64;                 // columns per mma group (4 k16 steps)
 constexpr int kGroups = kChunkCols / kGroupCols / kConsumers;  // groups per consumer warp and stage
-constexpr int kKMultiple = 1024;                               // K: a multiple of this (see chunk_bytes)
 constexpr int kPartialFloats = kConsumers * 4 * kWarpSize;     // a tile's partial sums
 
 // Shared memory besides the pair table and the second-level code table (static arrays).
@@ -58,8 +57,6 @@ struct StreamSmem {
   // Staged scales per row: the chunk's block scales (float32, or 8-bit codes when nested), padded so the
   // eight rows a warp reads at once land on different banks.
   static constexpr int kScaleBytes = Nested ? kChunkBlocks : 4 * kChunkBlocks;
-  // Of a stage of `code_bytes` per row (a multiple of 512: at least 16 here too).
-  __device__ static constexpr int scale_bytes(int code_bytes) { return code_bytes * 2 / kBlocksize * (Nested ? 1 : 4); }
   static constexpr int kScaleStride = kScaleBytes + 16;
   static constexpr int kStageBytes = kTileRows * (kCodeStride + kScaleStride);
   static constexpr int kBytes = kStages * kStageBytes + 2 * kPartialFloats * 4 + 2 * kStages * 8;
@@ -97,13 +94,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_c
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t K = args.K, N = args.N;
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
-  // Stages of kChunkCols columns, the last one possibly shorter (a multiple of kKMultiple columns: whole warps'
-  // shares, and nested scales in whole 16-byte copies).
-  const int64_t chunks = (K + kChunkCols - 1) / kChunkCols;
-  auto chunk_bytes = [&](int64_t c) {
-    const int64_t left = K / 2 - c * kChunkBytes;
-    return static_cast<int>(left < kChunkBytes ? left : kChunkBytes);
-  };
+  const int64_t chunks = K / kChunkCols;
 
   cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
   if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumers);
@@ -127,21 +118,20 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_c
       const int64_t row = min(tile * kTileRows + r, N - 1);  // rows past N repeat row N - 1, never stored
       for (int64_t c = 0; c < chunks; ++c, ++it) {
         const int s = static_cast<int>(it % kStages);
-        const int bytes = chunk_bytes(c);
         if (lane == 0) {
           sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          sm90::mbar_arrive_expect_tx(&full[s], kTileRows * (bytes + Smem::scale_bytes(bytes)));
+          sm90::mbar_arrive_expect_tx(&full[s], kTileRows * (kChunkBytes + Smem::kScaleBytes));
         }
         __syncwarp();
         uint8_t* stage = smem + s * Smem::kStageBytes;
         if (lane < kTileRows) {
-          sm90::bulk_copy_to_smem(stage + r * kCodeStride, args.packed + row * (K / 2) + c * kChunkBytes, bytes, &full[s],
-                                  policy);
+          sm90::bulk_copy_to_smem(stage + r * kCodeStride, args.packed + row * (K / 2) + c * kChunkBytes, kChunkBytes,
+                                  &full[s], policy);
         } else {
           const int64_t block = row * (K / kBlocksize) + c * kChunkBlocks;
           const void* src = Nested ? static_cast<const void*>(args.absmax_q + block)
                                    : static_cast<const void*>(args.absmax + block);
-          sm90::bulk_copy_to_smem(stage + kTileRows * kCodeStride + r * Smem::kScaleStride, src, Smem::scale_bytes(bytes),
+          sm90::bulk_copy_to_smem(stage + kTileRows * kCodeStride + r * Smem::kScaleStride, src, Smem::kScaleBytes,
                                   &full[s], policy);
         }
       }
@@ -174,11 +164,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_c
       sm90::mbar_wait(&full[s], (it / kStages) & 1);
       const uint8_t* stage = smem + s * Smem::kStageBytes;
       const int first_group = warp * kGroups;  // the warp's groups of the stage
-      if (first_group * (kGroupCols / 2) >= chunk_bytes(c)) {  // past a short last stage
-        __syncwarp();
-        if (lane == 0) sm90::mbar_arrive(&empty[s]);
-        continue;
-      }
       const uint8_t* scales = stage + kTileRows * kCodeStride + g * Smem::kScaleStride;  // row g; g + 8 below
 #pragma unroll
       for (int u = 0; u < kGroups; ++u) {
@@ -270,8 +255,7 @@ bool gemm_4bit_streamed_serves(const Gemm4bitParams& p, int32_t device) {
   return false;
 #else
   // Bulk copies: 16-byte aligned sources (every row's chunk and scales then are).
-  const bool shapes = p.M >= 1 && p.M <= kMaxRows && p.K >= kChunkCols && p.K % kKMultiple == 0 &&
-                      p.blocksize == kBlocksize &&
+  const bool shapes = p.M >= 1 && p.M <= kMaxRows && p.K % kChunkCols == 0 && p.blocksize == kBlocksize &&
                       (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
   const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
                        cuda::is_aligned(p.absmax, 16) && (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 16));

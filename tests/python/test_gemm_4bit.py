@@ -392,13 +392,12 @@ def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K):
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("N", [200, 9208], ids=["one-round", "several-rounds"])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
-@pytest.mark.parametrize("K", [4096, 5120])
-def test_few_row_products_streamed_in_stages_match_float64(dtype, m, N, nested, K):
-    # Blocksize 64, up to 8 rows, K a multiple of 1024 from 4096 on and a grid of several waves (N = 9208):
-    # on Hopper the weight streams through shared memory in stages of 4096 columns (at K = 5120 the last is
-    # 1024 columns, which only two of the eight consumer warps take), each CTA taking several 16-row tiles
-    # (the last one partial); other shapes here take the register-fed kernel. Odd 64-column stretches are 16
-    # times larger, so a scale taken from the wrong block or row would be far off.
+def test_few_row_products_with_whole_stages_match_float64(dtype, m, N, nested):
+    # K a multiple of 4096 at blocksize 64, up to 8 rows and a grid of several waves (N = 9208): on Hopper
+    # the weight streams through shared memory in stages of 4096 columns, each CTA taking several 16-row
+    # tiles (the last one partial); other shapes here take the register-fed kernel. Odd 64-column stretches
+    # are 16 times larger, so a scale taken from the wrong block or row would be far off.
+    K = 4096
     w = randn((N, K), torch.float32, "cuda", seed=101)
     w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
     x = randn((m, K), dtype, "cuda", seed=102)
