@@ -49,6 +49,7 @@
 #include "cuda/dequantize_vectors.cuh"
 #include "cuda/gemm_4bit_streamed.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
+#include "cuda/gemv_args.cuh"
 #include "cuda/pair_table.cuh"
 
 namespace bnb::backend {
@@ -66,20 +67,6 @@ constexpr int kMaxRows = 16;           // activation rows: two n8 operands
 constexpr int kWideGroup = 128;                       // wide loads: columns per group (16 bytes per lane)
 constexpr int kWideBatch = 8 * kWideGroup;            // wide loads: columns per batch
 constexpr int kWideMaxRows = 3;                       // wide loads serve up to this many activation rows
-
-struct GemvArgs {
-  const void* A;
-  const uint8_t* packed;
-  const float* absmax;
-  const uint8_t* absmax_q;
-  const float* absmax_code;
-  const float* absmax_offset;
-  const void* bias;
-  void* out;
-  int64_t M, K, N;
-  int log2_blocksize;
-  float code[16];  // the 16 values of the 4-bit type, read once per CTA to build the pair table
-};
 
 // The block scales of one CTA row for the kUnroll consecutive groups of a batch: ScalesPerBatch
 // consecutive blocks (4 at blocksize 64, 2 at 128, 1 from 256 on), read with one vector load.
@@ -435,10 +422,7 @@ void launch_small_m(const GemvArgs& args, unsigned ctas, int32_t device, cudaStr
 
 template <typename T, bool Nested>
 void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
-  GemvArgs args{p.A, p.packed, p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
-                p.M, p.K, p.N, cuda::log2_of(p.blocksize), {}};
-  const float* values = p.qtype == QuantType::NF4 ? kNF4Values : kFP4Values;
-  for (int i = 0; i < 16; ++i) args.code[i] = values[i];
+  const GemvArgs args = gemv_args(p);
   auto run = [&](auto scales_per_batch) {
     constexpr int S = decltype(scales_per_batch)::value;
     // Grids of several waves stream better from many small CTAs, each with an L2 prefetch; a grid of

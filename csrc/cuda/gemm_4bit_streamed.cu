@@ -28,6 +28,7 @@
 #include "core/formats.h"
 #include "cuda/common.cuh"
 #include "cuda/gemm_4bit_streamed.cuh"
+#include "cuda/gemv_args.cuh"
 #include "cuda/pair_table.cuh"
 #include "cuda/sm90.cuh"
 
@@ -62,19 +63,6 @@ struct StreamSmem {
   static constexpr int kBytes = kStages * kStageBytes + 2 * kPartialFloats * 4 + 2 * kStages * 8;
 };
 
-struct StreamArgs {
-  const void* A;
-  const uint8_t* packed;
-  const float* absmax;
-  const uint8_t* absmax_q;
-  const float* absmax_code;
-  const float* absmax_offset;
-  const void* bias;
-  void* out;
-  int64_t M, K, N;
-  float code[16];
-};
-
 __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;" ::"n"(kConsumers * kWarpSize) : "memory");
 }
@@ -82,7 +70,7 @@ __device__ __forceinline__ void consumers_sync() {
 template <typename T, bool Nested>
 // 168 registers at most: registers go to warps in fours, so 9 warps are budgeted as 12. Each group reads its
 // block scales as it goes (a stage's 16 scales held up front spilled).
-__global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_constant__ StreamArgs args) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_constant__ GemvArgs args) {
 #ifdef BNB_SM90A_DEVICE
   using Smem = StreamSmem<Nested>;
   __shared__ __align__(16) uint32_t table[cuda::kPairTableWords];
@@ -236,10 +224,7 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   auto* kernel = gemm_4bit_streamed<T, Nested>;
   static std::atomic<uint64_t> opted_in{0};
   cuda::allow_dynamic_smem(kernel, StreamSmem<Nested>::kBytes, device, opted_in);
-  StreamArgs args{p.A, p.packed, p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
-                  p.M, p.K, p.N, {}};
-  const float* values = p.qtype == QuantType::NF4 ? kNF4Values : kFP4Values;
-  for (int i = 0; i < 16; ++i) args.code[i] = values[i];
+  const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
   cuda::launch_with_smem_after_previous(kernel, grid, kThreads, StreamSmem<Nested>::kBytes, stream, device,
