@@ -67,9 +67,9 @@ __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;" ::"n"(kConsumers * kWarpSize) : "memory");
 }
 
-template <typename T, bool Nested>
 // 168 registers at most: registers go to warps in fours, so 9 warps are budgeted as 12. Each group reads its
 // block scales as it goes (a stage's 16 scales held up front spilled).
+template <typename T, bool Nested>
 __global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_constant__ GemvArgs args) {
 #ifdef BNB_SM90A_DEVICE
   using Smem = StreamSmem<Nested>;
