@@ -169,6 +169,16 @@ class NativeLibrary:
     def call(self, name: str, *args) -> None:
         fn = getattr(self._dll, name)
         status = fn(*args)
+        if status != STATUS_OK:
+            self.finish(status, fn, args)
+
+    def entry(self, name: str):
+        """The typed C function itself, for a hot path that calls it directly and hands a failed status to
+        finish() (saves the lookup and this wrapper's frame: about a microsecond per call)."""
+        return getattr(self._dll, name)
+
+    def finish(self, status: int, fn, args: tuple) -> None:
+        """Raises for the failed `status` of fn(*args); a call that ran out of CUDA memory is retried once."""
         if status == STATUS_OUT_OF_MEMORY and self.name == "cuda" and _release_cached_cuda_memory():
             # Once more, now that torch has handed back what it was caching. A call that runs out of
             # memory for its scratch has written nothing the retry does not write again.

@@ -281,6 +281,9 @@ def _streaming_plan(A: torch.Tensor, B: torch.Tensor, b_device: torch.device, qu
             _native.QUANT_TYPES[quant_state.quant_type], index, *args)
 
 
+_gemm_entries: dict = {}  # device type -> (its native library, that library's bnb_gemm_4bit)
+
+
 def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Optional[torch.Tensor]):
     """``A @ dequant(B).T + bias`` by the streaming kernel, or None when the op must handle the call."""
     if (type(A) is not torch.Tensor or torch.compiler.is_compiling()
@@ -297,7 +300,7 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
         quant_state.__dict__["_streaming_plan"] = plan
     if plan[1] is None:
         return None
-    _, _, dtype_code, K, N, blocksize, qt, index, packed, scales, q, code, offset = plan
+    _, device_type, dtype_code, K, N, blocksize, qt, index, packed, scales, q, code, offset = plan
     max_rows = CUDA_STREAMING_MAX_ROWS if index >= 0 else _cpu_streaming_max_rows(A.dtype)
     if A.dim() == 0 or A.shape[-1] != K or not A.is_contiguous():
         return None
@@ -310,12 +313,19 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
     out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=A.dtype)
     stream = (_raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream) \
         if index >= 0 else None
-    lib = library(A.device)
-    try:
-        lib.call("bnb_gemm_4bit", A.data_ptr(), dtype_code, rows, K, packed, scales, q, code, offset, qt, N, blocksize,
-                 _ptr(bias), out.data_ptr(), index, stream)
-    except NotImplementedError:
-        if index >= 0:
-            _no_cuda_streaming.add(A.device)
-        return None
+    entry = _gemm_entries.get(device_type)
+    if entry is None:
+        lib = library(A.device)
+        entry = _gemm_entries[device_type] = (lib, lib.entry("bnb_gemm_4bit"))
+    lib, fn = entry
+    args = (A.data_ptr(), dtype_code, rows, K, packed, scales, q, code, offset, qt, N, blocksize, _ptr(bias),
+            out.data_ptr(), index, stream)
+    status = fn(*args)
+    if status != _native.STATUS_OK:
+        try:
+            lib.finish(status, fn, args)
+        except NotImplementedError:
+            if index >= 0:
+                _no_cuda_streaming.add(A.device)
+            return None
     return out

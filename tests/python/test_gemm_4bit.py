@@ -203,6 +203,26 @@ def test_eligible_shapes_take_the_streaming_kernel(device, nested):
     assert torch.device(device) not in m._no_cuda_streaming
 
 
+def test_direct_call_refused_by_the_native_library_falls_back(monkeypatch):
+    # Eager inference calls the native product directly (bypassing the op and its wrapper); a status saying
+    # the kernel cannot serve the call returns None, which sends the layer through the op instead.
+    from bitsandbytes.backends import native_4bit_matmul as m
+
+    packed, state = F.quantize_4bit(randn((64, 512), torch.float32, "cpu", seed=28), blocksize=64, quant_type="nf4")
+    x = randn((2, 512), torch.float32, "cpu", seed=29)
+    assert m.gemm_4bit_direct(x, packed, state, None) is not None
+    lib, _ = m._gemm_entries["cpu"]
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        return 3  # BNB_STATUS_NOT_IMPLEMENTED
+
+    monkeypatch.setitem(m._gemm_entries, "cpu", (lib, refuse))
+    assert m.gemm_4bit_direct(x, packed, state, None) is None
+    assert len(calls) == 1 and calls[0][0] == x.data_ptr()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_eager_path_checks_the_bias_length(device):
     packed, state = F.quantize_4bit(randn((64, 256), torch.float16, device, seed=31), quant_type="nf4")
