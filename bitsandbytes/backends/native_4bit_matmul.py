@@ -293,7 +293,12 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
         b_ptr, b_device = B.data_ptr(), B.device
     # Every tensor the kernel reads is in the key: a state whose pieces were replaced (or moved and
     # given back other addresses) is planned again rather than read through stale pointers.
-    key = (b_ptr, A.device, A.dtype, *[t.data_ptr() for t in _scale_tensors(quant_state)])
+    if quant_state.nested:  # (written out: the key is built on every call)
+        state2 = quant_state.state2
+        key = (b_ptr, A.device, A.dtype, state2.absmax.data_ptr(), quant_state.absmax.data_ptr(), state2.code.data_ptr(),
+               quant_state.offset.data_ptr())
+    else:
+        key = (b_ptr, A.device, A.dtype, quant_state.absmax.data_ptr())
     plan = quant_state.__dict__.get("_streaming_plan")
     if plan is None or plan[0] != key:
         plan = _streaming_plan(A, B, b_device, quant_state, key)
