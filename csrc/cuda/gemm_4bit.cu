@@ -1,8 +1,10 @@
 // CUDA product of a few activation rows (M <= 16) with a 4-bit weight W [N, K], reading W once as
 // packed codes: at these M the product is bound by the weight's bytes, and 4-bit codes are a quarter
 // of a 16-bit weight's.
-// On Hopper, grids of several waves with at most 8 rows go to the kernel that streams the weight
-// through shared memory instead (gemm_4bit_streamed.cu): beyond L2 this kernel's loads read DRAM slower.
+// On Hopper, grids of several waves go to kernels that stage the weight in shared memory instead: at
+// most 8 rows to gemm_4bit_streamed.cu (beyond L2 this kernel's loads read DRAM slower), 9..16 rows to
+// gemm_4bit_staged.cu (which also stages the activations once for eight tiles: here each warp reads them
+// for its own tile, four times the weight's bytes at 16 rows).
 //
 // Tensor cores do the arithmetic (mma.sync m16n8k16, float32 accumulation) with the weight as the
 // 16-row operand and up to 8 activation rows per 8-column operand, so one activation row costs no
@@ -47,6 +49,7 @@
 #include "core/formats.h"
 #include "cuda/common.cuh"
 #include "cuda/dequantize_vectors.cuh"
+#include "cuda/gemm_4bit_staged.cuh"
 #include "cuda/gemm_4bit_streamed.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
 #include "cuda/gemv_args.cuh"
@@ -475,6 +478,10 @@ void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream) {
   }
   if (p.M <= kMaxRows && gemm_4bit_streamed_serves(p, device)) {
     gemm_4bit_streamed(p, device, cuda::as_cuda(stream));
+    return;
+  }
+  if (p.M <= kMaxRows && gemm_4bit_staged_serves(p, device)) {
+    gemm_4bit_staged(p, device, cuda::as_cuda(stream));
     return;
   }
   // Scales are read as vectors of up to 4 (codes: 4 bytes) per row and batch.

@@ -19,9 +19,9 @@
 // 1024-byte copies, 6 stages: M = 1 87 us (stream alone 65: the per-copy cost of 32 copies per stage
 // caps it), two CTAs per SM of 3 such stages 59 us (48); 2048-byte copies, 4 stages: M = 1 50.0-50.6
 // us plain, 52.0 nested (46.1 / 41.8) against 59.9 / 58.0 for the register-fed kernel; 4096-byte copies,
-// 2 stages: 50.0 / 53.5. Not served: 9..16 rows (two operands: 97-110 us against 87, the eight consumer
-// warps' latency), grids of one wave (N = 8192 M = 1: 18.8 us against 14.1; the other kernel keeps the
-// weight in L2 between calls and starts faster).
+// 2 stages: 50.0 / 53.5. Not served: 9..16 rows (two operands: 97-110 us against 87, with 12 consumer
+// warps after a producer warpgroup 93; gemm_4bit_staged.cu takes them), grids of one wave (N = 8192 M = 1:
+// 18.8 us against 14.1; the other kernel keeps the weight in L2 between calls and starts faster).
 #include <atomic>
 
 #include "core/error.h"

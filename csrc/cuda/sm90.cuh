@@ -74,6 +74,18 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, i
 #endif
 }
 
+// The same with an L2 cache policy for the box's lines (evict_first_policy for data read once).
+__device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, int32_t x, int32_t y, uint64_t* bar,
+                                            uint64_t policy) {
+#ifdef BNB_SM90A_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3}], [%4], %5;" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(smem_addr(bar)), "l"(policy)
+      : "memory");
+#endif
+}
+
 // Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory with the
 // bulk-copy engine; the bytes are counted on `bar`. The source is marked first to leave L2: a weight
 // streamed once should not push out what is read again.

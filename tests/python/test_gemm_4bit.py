@@ -383,15 +383,16 @@ def test_few_row_codes_at_an_8_byte_offset_take_the_8_byte_loads():
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("wide", [256, 9216], ids=["one-wave", "several-waves"])
 @pytest.mark.parametrize("K", [256, 4096])
-def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K):
+@pytest.mark.parametrize("m", [1, 16])
+def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K, m):
     # The few-row kernel may be scheduled while the kernel before it in the stream still runs
     # (programmatic dependent launch on Hopper): it must still see that kernel's results. Each product
     # here reads the output of the one before it, and each weight is quantized right before its first
     # use; 9216 output rows take several waves of CTAs (the variant that asks L2 ahead of its loads, or
     # at K = 4096 on Hopper the kernel streaming the weight through shared memory, after and before the
-    # register-fed one).
+    # register-fed one; 16 rows there take the kernel staging weight and activations together).
     dtype = torch.float16
-    x = randn((1, K), dtype, "cuda", seed=61) / 4
+    x = randn((m, K), dtype, "cuda", seed=61) / 4
     outs, weights = [x], []
     for step in range(4):
         shape = (wide, K) if step % 2 == 0 else (K, wide)
@@ -403,8 +404,32 @@ def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K):
     torch.cuda.synchronize()
     for step, weight in enumerate(weights):
         ref = outs[step].double() @ weight.T
-        assert outs[step + 1].shape == (1, weight.shape[0])
+        assert outs[step + 1].shape == (m, weight.shape[0])
         assert _rel_err(outs[step + 1], ref.cpu()) < RTOL[dtype]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [9, 12, 16])
+@pytest.mark.parametrize("K", [1536, 2048])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested):
+    # 9..16 rows on a grid of several waves: on Hopper each CTA takes its tiles in passes of eight 16-row
+    # tiles over 512-column stages, the activations staged once per stage for all of them. N = 20008 gives
+    # each CTA more than eight tiles (a full pass, then a partial one) and a partial last tile; K = 1536 is
+    # served plain only (double-quantized codes need K % 1024 == 0) and takes the register-fed kernel nested.
+    # Odd 64-column stretches are 16 times larger, so a scale of the wrong block or row would be far off.
+    N = 20008
+    w = randn((N, K), torch.float32, "cuda", seed=111)
+    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
+    x = randn((m, K), dtype, "cuda", seed=112)
+    bias = randn((N,), dtype, "cuda", seed=113)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    with torch.no_grad():
+        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert y.shape == (m, N) and y.dtype == dtype
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
 
 
 @needs_cuda

@@ -1,0 +1,300 @@
+// CUDA product of 9..16 activation rows with a 4-bit weight W [N, K] on Hopper, the weight's codes and
+// scales and the activations staged together in shared memory by tensor copies. Serves grids of several
+// waves (gemm_4bit.cu keeps the register-fed kernel for the rest, gemm_4bit_streamed.cu 1..8 rows).
+//
+// In the other few-row kernels each warp reads the activation columns of its own weight rows straight from
+// global memory. A 16-row weight tile at K = 8192 is 64 KB of codes but 256 KB of 16 activation rows, and
+// L1 cannot keep them from one tile to the next: four times the weight's bytes cross from L2 per tile. Here
+// the eight consumer warps of a CTA work on eight different 16-row tiles at the same columns, so one staged
+// copy of each 512-column chunk of the activations serves 128 weight rows: the activations' bytes become
+// half the weight's.
+//
+// A CTA (one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one tile)
+// and takes them in passes of up to eight, each pass over all of K in 512-column stages. One producer warp
+// copies each stage: per tile a [16 rows, 256 bytes] box of codes (two 128-byte boxes, 128-byte swizzled)
+// and its [16 rows, 8] block scales (double-quantized: [16 rows, 16] 8-bit codes, this chunk's and the
+// next, as boxes start on 16-byte boundaries), and the chunk's activations as eight [16 rows, 64 columns]
+// boxes (128-byte swizzled; rows past M read as zeros). Within a 64-column group lane (g, t) reads 8 bytes
+// (columns [16t, 16t + 16)) of weight rows g and g + 8 and the same 16 columns of activation rows g and
+// g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu; the swizzle puts the eight rows a
+// quarter-warp reads on different banks.
+//
+// H100, K = 8192, graph replays, two rounds (register-fed kernel before): N = 28672 M = 16 86.5-87.0 ->
+// 70.1-70.9 us plain, 87.2-87.6 -> 72.4-73.0 nested; N = 16384 M = 16 46.4-46.6 -> 38.4-39.3 / 46.9-47.0 ->
+// 38.9-39.3. Measured and not kept: 1..8 rows here (one operand, 8-row activation boxes): 61-62 us at
+// N = 28672 whatever M, against 49-64 us streamed (the 256 bytes per row a stage reads stream DRAM slower
+// than its 2048-byte copies), though faster at N = 16384 M = 8 (34.0-34.8 us against 36.8-39.2); an L2
+// prefetch of each row's next 1 KB or 2 KB of codes: 70.9 -> 93.6 / 86.9 us; one-wave grids (N = 8192 M = 16:
+// 22.1 -> 26.2 us, the register-fed kernel keeps the weight in L2 between calls).
+#include <atomic>
+
+#include "core/error.h"
+#include "core/formats.h"
+#include "cuda/common.cuh"
+#include "cuda/gemm_4bit_staged.cuh"
+#include "cuda/gemv_args.cuh"
+#include "cuda/pair_table.cuh"
+#include "cuda/sm90.cuh"
+#include "cuda/tensor_map.cuh"
+
+namespace bnb::backend {
+namespace {
+
+using cuda::kWarpSize;
+namespace sm90 = cuda::sm90;
+
+constexpr int kTileRows = 16;                     // weight rows per tile: the mma's 16-row operand
+constexpr int kOps = 2;                           // n8 activation operands: rows 0..7 and 8..15
+constexpr int kConsumers = 8;                     // consumer warps: one tile each per pass
+constexpr int kThreads = (kConsumers + 1) * kWarpSize;
+constexpr int kStages = 3;
+constexpr int kBlocksize = 64;                    // the blocksize served
+constexpr int kChunkCols = 512;                   // columns per stage
+constexpr int kBoxBytes = 128;                    // codes per row in one swizzled box (the swizzle's span)
+constexpr int kGroupCols = 64;                    // columns per mma group (4 k16 steps): one block
+constexpr int kGroups = kChunkCols / kGroupCols;  // groups per stage
+constexpr int kChunkBlocks = kChunkCols / kBlocksize;
+constexpr int kCodeTileBytes = kTileRows * kChunkCols / 2;
+
+// One stage: [tile][box][16 rows][128 bytes] codes, [group][activation rows][64] activations, [tile][16 rows]
+// scales. The swizzled boxes start on 1024-byte boundaries.
+template <bool Nested>
+struct StagedSmem {
+  static constexpr int kActRows = 8 * kOps;
+  static constexpr int kActBoxBytes = kActRows * kGroupCols * 2;
+  static constexpr int kScaleRowBytes = Nested ? 2 * kChunkBlocks : 4 * kChunkBlocks;  // nested: two chunks'
+  static constexpr int kScaleTileBytes = kTileRows * kScaleRowBytes;
+  static constexpr int kActOffset = kConsumers * kCodeTileBytes;
+  static constexpr int kScaleOffset = kActOffset + kGroups * kActBoxBytes;
+  static constexpr int kStageBytes = (kScaleOffset + kConsumers * kScaleTileBytes + 1023) / 1024 * 1024;
+  static constexpr int kBytes = kStages * kStageBytes + 1024;  // + alignment of the dynamic window
+};
+
+struct StagedMaps {
+  CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, 128], 128-byte swizzle
+  CUtensorMap act;     // A [M, K], boxes [16, 64], 128-byte swizzle
+  CUtensorMap scales;  // absmax [N, K / 64] floats, boxes [16, 8]; nested: absmax_q bytes, boxes [16, 16]
+};
+
+// Byte offset of 16-byte piece `piece` of line `line` in a box with the 128-byte swizzle.
+__device__ __forceinline__ int swizzled(int line, int piece) { return line * 128 + ((piece ^ (line & 7)) << 4); }
+
+template <typename T, bool Nested>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_4bit_staged(const __grid_constant__ StagedMaps maps, const __grid_constant__ GemvArgs args) {
+#ifdef BNB_SM90A_DEVICE
+  using Smem = StagedSmem<Nested>;
+  __shared__ __align__(16) uint32_t table[cuda::kPairTableWords];
+  __shared__ float nested_code[Nested ? 256 : 1];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t K = args.K, N = args.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t first_tile = tiles * blockIdx.x / gridDim.x, end_tile = tiles * (blockIdx.x + 1) / gridDim.x;
+  const int64_t chunks = K / kChunkCols;
+
+  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
+  if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumers);
+  if (warp == kConsumers && lane == 0) {
+    sm90::prefetch_tensor_map(&maps.codes);
+    sm90::prefetch_tensor_map(&maps.act);
+    sm90::prefetch_tensor_map(&maps.scales);
+  }
+  // Launched to overlap the kernel before it: nothing in global memory is read before it has finished.
+  cuda::allow_next_kernel();
+  cuda::wait_for_previous_kernel();
+  float offset = 0.0f;
+  if constexpr (Nested) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
+    offset = *args.absmax_offset;
+  }
+  __syncthreads();
+
+  if (warp == kConsumers) {
+    // Producer: lanes 0..7 copy tile `lane` of the pass (codes and scales), lanes 8..15 activation group
+    // lane - 8. The weight is read once: its lines leave L2 first.
+    const uint64_t policy = sm90::evict_first_policy();
+    int64_t it = 0;
+    for (int64_t pass = first_tile; pass < end_tile; pass += kConsumers) {
+      const int in_pass = end_tile - pass < kConsumers ? static_cast<int>(end_tile - pass) : kConsumers;
+      for (int64_t c = 0; c < chunks; ++c, ++it) {
+        const int s = static_cast<int>(it % kStages);
+        if (lane == 0) {
+          sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (kCodeTileBytes + Smem::kScaleTileBytes) +
+                                                    kGroups * Smem::kActBoxBytes);
+        }
+        __syncwarp();
+        uint8_t* stage = smem + s * Smem::kStageBytes;
+        const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
+        if (lane < in_pass) {
+          uint8_t* codes = stage + lane * kCodeTileBytes;
+          const int32_t x = static_cast<int32_t>(c * (kChunkCols / 2));
+          sm90::tma_load_2d(codes, &maps.codes, x, row, &full[s], policy);
+          sm90::tma_load_2d(codes + kCodeTileBytes / 2, &maps.codes, x + kBoxBytes, row, &full[s], policy);
+          // Nested: the codes of the pair of chunks holding this one (boxes start on 16-byte boundaries).
+          const int64_t scale_x = Nested ? (c & ~int64_t{1}) * kChunkBlocks : c * kChunkBlocks;
+          sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales,
+                            static_cast<int32_t>(scale_x), row, &full[s], policy);
+        } else if (lane >= kConsumers && lane < kConsumers + kGroups) {
+          const int j = lane - kConsumers;
+          sm90::tma_load_2d(stage + Smem::kActOffset + j * Smem::kActBoxBytes, &maps.act,
+                            static_cast<int32_t>(c * kChunkCols + j * kGroupCols), 0, &full[s]);
+        }
+      }
+    }
+    return;
+  }
+
+  // Consumers: warp w multiplies tile w of each pass. Lane (g, t) accumulates weight rows g and g + 8 against
+  // activation rows 2t, 2t + 1 (+ 8 for the second operand).
+  const int g = lane / 4, t = lane % 4;
+  const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
+  const char* table_bytes = reinterpret_cast<const char*>(table);
+  auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table_bytes + off); };
+  int64_t it = 0;
+  for (int64_t pass = first_tile; pass < end_tile; pass += kConsumers) {
+    const bool active = pass + warp < end_tile;
+    const int64_t row0 = (pass + warp) * kTileRows;
+    float acc[kOps][4] = {};
+    for (int64_t c = 0; c < chunks; ++c, ++it) {
+      const int s = static_cast<int>(it % kStages);
+      float second[2] = {0.0f, 0.0f};  // nested: the second-level scale of rows g and g + 8 in this chunk
+      if (Nested && active) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t row = min(row0 + g + 8 * h, N - 1);
+          second[h] = __ldg(args.absmax + (row * (K / kBlocksize) + c * kChunkBlocks) / kNestedBlocksize);
+        }
+      }
+      sm90::mbar_wait(&full[s], (it / kStages) & 1);
+      if (active) {
+        const uint8_t* stage = smem + s * Smem::kStageBytes;
+        const uint8_t* codes = stage + warp * kCodeTileBytes;
+        const uint8_t* scales = stage + Smem::kScaleOffset + warp * Smem::kScaleTileBytes +
+                                (Nested ? (c % 2) * kChunkBlocks : 0);
+#pragma unroll 2  // fully unrolled, the groups' loads are hoisted and spill
+        for (int j = 0; j < kGroups; ++j) {
+          // Activation words of rows g (+ 8): columns 16t + 2w, 2w + 1 in word w, pieces 2t and 2t + 1.
+          const uint8_t* act = stage + Smem::kActOffset + j * Smem::kActBoxBytes;
+          uint32_t x[kOps][8];
+#pragma unroll
+          for (int op = 0; op < kOps; ++op) {
+            const uint4 v0 = *reinterpret_cast<const uint4*>(act + swizzled(g + 8 * op, 2 * t));
+            const uint4 v1 = *reinterpret_cast<const uint4*>(act + swizzled(g + 8 * op, 2 * t + 1));
+            x[op][0] = v0.x, x[op][1] = v0.y, x[op][2] = v0.z, x[op][3] = v0.w;
+            x[op][4] = v1.x, x[op][5] = v1.y, x[op][6] = v1.z, x[op][7] = v1.w;
+          }
+          // Codes of columns 16t .. 16t + 15 of rows g (lo) and g + 8 (hi): bytes 32 (j % 4) + 8t of box j / 4.
+          const uint8_t* box = codes + (j / 4) * (kCodeTileBytes / 2) + (t % 2) * 8;
+          const int piece = 2 * (j % 4) + t / 2;
+          const uint2 lo = *reinterpret_cast<const uint2*>(box + swizzled(g, piece));
+          const uint2 hi = *reinterpret_cast<const uint2*>(box + swizzled(g + 8, piece));
+          float scale[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint8_t* at = scales + (g + 8 * h) * Smem::kScaleRowBytes;
+            scale[h] = Nested ? nested_code[at[j]] * second[h] + offset : reinterpret_cast<const float*>(at)[j];
+          }
+          float part[kOps][4] = {};
+#pragma unroll
+          for (int step = 0; step < 4; ++step) {
+            // Columns 16t + 4 step + {0..3}: bytes 2 (step % 2) and 2 (step % 2) + 1 of word step / 2.
+            const uint32_t wl = step < 2 ? lo.x : lo.y, wh = step < 2 ? hi.x : hi.y;
+            uint32_t a[4];
+            if (step % 2 == 0) {
+              a[0] = pair(cuda::pair_offset<0, false>(wl, lane4)), a[1] = pair(cuda::pair_offset<0, false>(wh, lane4));
+              a[2] = pair(cuda::pair_offset<1, false>(wl, lane4)), a[3] = pair(cuda::pair_offset<1, false>(wh, lane4));
+            } else {
+              a[0] = pair(cuda::pair_offset<2, false>(wl, lane4)), a[1] = pair(cuda::pair_offset<2, false>(wh, lane4));
+              a[2] = pair(cuda::pair_offset<3, false>(wl, lane4)), a[3] = pair(cuda::pair_offset<3, false>(wh, lane4));
+            }
+#pragma unroll
+            for (int op = 0; op < kOps; ++op) cuda::mma_16816<T>(part[op], a, x[op][2 * step], x[op][2 * step + 1]);
+          }
+#pragma unroll
+          for (int op = 0; op < kOps; ++op) {
+            acc[op][0] += part[op][0] * scale[0];
+            acc[op][1] += part[op][1] * scale[0];
+            acc[op][2] += part[op][2] * scale[1];
+            acc[op][3] += part[op][3] * scale[1];
+          }
+        }
+      }
+      __syncwarp();
+      if (lane == 0) sm90::mbar_arrive(&empty[s]);
+    }
+    if (!active) continue;
+    // d[0], d[1]: weight row g, activation rows 8 op + 2t, 2t + 1; d[2], d[3]: weight row g + 8.
+    const T* bias = static_cast<const T*>(args.bias);
+    T* out = static_cast<T*>(args.out);
+#pragma unroll
+    for (int op = 0; op < kOps; ++op) {
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc) {
+        const int64_t n = row0 + g + 8 * (cc / 2);
+        const int64_t m = 8 * op + 2 * t + cc % 2;
+        if (n < N && m < args.M)
+          out[m * N + n] = cuda::from_f32<T>(acc[op][cc] + (bias ? cuda::to_f32(bias[n]) : 0.0f));
+      }
+    }
+  }
+#endif
+}
+
+template <typename T, bool Nested>
+void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  using Smem = StagedSmem<Nested>;
+  auto* kernel = gemm_4bit_staged<T, Nested>;
+  static std::atomic<uint64_t> opted_in{0};
+  cuda::allow_dynamic_smem(kernel, Smem::kBytes, device, opted_in);
+  const CUtensorMapDataType act_type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const int64_t blocks_per_row = p.K / kBlocksize;
+  StagedMaps maps{
+      cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2, kTileRows, kBoxBytes,
+                          CU_TENSOR_MAP_SWIZZLE_128B),
+      cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
+      Nested ? cuda::tensor_map_2d(p.absmax_q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, blocks_per_row, kTileRows, 16,
+                                   CU_TENSOR_MAP_SWIZZLE_NONE)
+             : cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, kTileRows,
+                                   kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE)};
+  const GemvArgs args = gemv_args(p);
+  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
+  cuda::launch_with_smem_after_previous(kernel, grid, kThreads, Smem::kBytes, stream, device, /*overlap=*/true, maps,
+                                        args);
+  BNB_CUDA_CHECK_LAUNCH("gemm_4bit_staged");
+}
+
+}  // namespace
+
+bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
+#ifndef BNB_CUDA_SM90A
+  (void)p, (void)device;
+  return false;
+#else
+  // Tensor maps: 16-byte aligned bases and row strides (absmax_q's row of K / 64 codes: K % 1024 == 0).
+  const int64_t k_multiple = p.nested() ? 1024 : kChunkCols;
+  const bool shapes = p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && p.blocksize == kBlocksize &&
+                      (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
+  const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
+                       cuda::is_aligned(p.absmax, 16) && (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 16));
+  // Grids of several waves of the register-fed kernel (four 16-row CTAs per SM) only.
+  const bool several_waves = (p.N + kTileRows - 1) / kTileRows > int64_t{4} * cuda::sm_count(device);
+  return shapes && aligned && several_waves && cuda::compute_capability(device) == 90;
+#endif
+}
+
+void gemm_4bit_staged(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;
+  if (p.nested()) {
+    half ? launch<__half, true>(p, device, stream) : launch<__nv_bfloat16, true>(p, device, stream);
+  } else {
+    half ? launch<__half, false>(p, device, stream) : launch<__nv_bfloat16, false>(p, device, stream);
+  }
+}
+
+}  // namespace bnb::backend
