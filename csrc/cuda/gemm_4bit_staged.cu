@@ -5,27 +5,34 @@
 // In the other few-row kernels each warp reads the activation columns of its own weight rows straight from
 // global memory. A 16-row weight tile at K = 8192 is 64 KB of codes but 256 KB of 16 activation rows, and
 // L1 cannot keep them from one tile to the next: four times the weight's bytes cross from L2 per tile. Here
-// the eight consumer warps of a CTA work on eight different 16-row tiles at the same columns, so one staged
-// copy of each 512-column chunk of the activations serves 128 weight rows: the activations' bytes become
-// half the weight's.
+// the consumer warps of a CTA work on different 16-row tiles at the same columns, so one staged copy of each
+// chunk of the activations serves 7 or 8 tiles: the activations' bytes become about half the weight's.
 //
 // A CTA (one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one tile)
-// and takes them in passes of up to eight, each pass over all of K in 512-column stages. One producer warp
-// copies each stage: per tile a [16 rows, 256 bytes] box of codes (two 128-byte boxes, 128-byte swizzled)
-// and its [16 rows, 8] block scales (double-quantized: [16 rows, 16] 8-bit codes, this chunk's and the
-// next, as boxes start on 16-byte boundaries), and the chunk's activations as eight [16 rows, 64 columns]
+// and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
+// warp copies each stage: per tile the codes as [16 rows, 128 bytes] boxes (128-byte swizzled) and the
+// block scales as a [16 rows, blocks] box (double-quantized: [16 rows, 16] 8-bit codes from a 16-block
+// boundary, as boxes start on 16-byte boundaries), and the chunk's activations as [16 rows, 64 columns]
 // boxes (128-byte swizzled; rows past M read as zeros). Within a 64-column group lane (g, t) reads 8 bytes
 // (columns [16t, 16t + 16)) of weight rows g and g + 8 and the same 16 columns of activation rows g and
 // g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu; the swizzle puts the eight rows a
 // quarter-warp reads on different banks.
 //
+// Two stage shapes: 512 columns in 3 stages for 8 consumer warps, or 1024 columns in 2 stages for 7 (the
+// most that fit shared memory), taken where it needs no more passes (N = 28672 on 132 SMs: 14 tiles per
+// CTA, 2 passes either way; N = 16384: 8 tiles, 1 pass against 2).
 // H100, K = 8192, graph replays, two rounds (register-fed kernel before): N = 28672 M = 16 86.5-87.0 ->
-// 70.1-70.9 us plain, 87.2-87.6 -> 72.4-73.0 nested; N = 16384 M = 16 46.4-46.6 -> 38.4-39.3 / 46.9-47.0 ->
-// 38.9-39.3. Measured and not kept: 1..8 rows here (one operand, 8-row activation boxes): 61-62 us at
-// N = 28672 whatever M, against 49-64 us streamed (the 256 bytes per row a stage reads stream DRAM slower
-// than its 2048-byte copies), though faster at N = 16384 M = 8 (34.0-34.8 us against 36.8-39.2); an L2
-// prefetch of each row's next 1 KB or 2 KB of codes: 70.9 -> 93.6 / 86.9 us; one-wave grids (N = 8192 M = 16:
-// 22.1 -> 26.2 us, the register-fed kernel keeps the weight in L2 between calls).
+// 70.1-70.9 us plain, 87.2-87.6 -> 72.4-73.0 nested with narrow stages, wide stages 69.7-69.9 / 64.8-65.0
+// (the same run: narrow 69.7-70.1 / 72.3-72.4; on slower instances narrow 73.0 / 73.1, wide 65.2 / 67.1);
+// N = 20480 narrow 63.5 / 63.4, wide 57.2 / 57.1; N = 16384 M = 16 46.4-46.6 -> 38.4-39.3 / 46.9-47.0 ->
+// 38.9-39.3 narrow, wide 56.8 / 54.6 (two passes).
+// Measured and not kept: 1..8 rows here (one operand, 8-row activation boxes): 61-62 us at N = 28672
+// whatever M, against 49-64 us streamed, though faster at N = 16384 M = 8 (34.0-34.8 us against 36.8-39.2);
+// an L2 prefetch of each row's next 1 KB or 2 KB of codes: 70.9 -> 93.6 / 86.9 us; passes of equal size
+// (14 tiles as 7 + 7): N = 28672 73.0 -> 70.8 but N = 20480 63.5 -> 68.6; separate rings with the weights
+// two stages ahead of the activations (4 + 2 stages): slower everywhere (N = 28672 72.6-74.9 -> 77.2-78.0);
+// 6 consumers with wide stages: 82 us at N = 28672; one-wave grids (N = 8192 M = 16: 22.1 -> 26.2 us, the
+// register-fed kernel keeps the weight in L2 between calls).
 #include <atomic>
 
 #include "core/error.h"
@@ -44,30 +51,35 @@ using cuda::kWarpSize;
 namespace sm90 = cuda::sm90;
 
 constexpr int kTileRows = 16;                     // weight rows per tile: the mma's 16-row operand
-constexpr int kOps = 2;                           // n8 activation operands: rows 0..7 and 8..15
-constexpr int kConsumers = 8;                     // consumer warps: one tile each per pass
-constexpr int kThreads = (kConsumers + 1) * kWarpSize;
-constexpr int kStages = 3;
 constexpr int kBlocksize = 64;                    // the blocksize served
-constexpr int kChunkCols = 512;                   // columns per stage
 constexpr int kBoxBytes = 128;                    // codes per row in one swizzled box (the swizzle's span)
 constexpr int kGroupCols = 64;                    // columns per mma group (4 k16 steps): one block
-constexpr int kGroups = kChunkCols / kGroupCols;  // groups per stage
-constexpr int kChunkBlocks = kChunkCols / kBlocksize;
-constexpr int kCodeTileBytes = kTileRows * kChunkCols / 2;
+
+constexpr int kOps = 2;                           // n8 activation operands: rows 0..7 and 8..15
+
+// Columns per stage, stages, consumer warps (one producer warp besides).
+template <int ChunkCols, int Stages, int Consumers>
+struct StagedShape {
+  static constexpr int kChunkCols = ChunkCols, kStages = Stages, kConsumers = Consumers;
+  static constexpr int kThreads = (Consumers + 1) * kWarpSize;
+  static constexpr int kGroups = ChunkCols / kGroupCols;
+  static constexpr int kChunkBlocks = ChunkCols / kBlocksize;
+  static constexpr int kBoxes = ChunkCols / 2 / kBoxBytes;
+  static constexpr int kCodeTileBytes = kTileRows * ChunkCols / 2;
+};
 
 // One stage: [tile][box][16 rows][128 bytes] codes, [group][activation rows][64] activations, [tile][16 rows]
 // scales. The swizzled boxes start on 1024-byte boundaries.
-template <bool Nested>
+template <typename S, bool Nested>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
   static constexpr int kActBoxBytes = kActRows * kGroupCols * 2;
-  static constexpr int kScaleRowBytes = Nested ? 2 * kChunkBlocks : 4 * kChunkBlocks;  // nested: two chunks'
+  static constexpr int kScaleRowBytes = Nested ? 16 : 4 * S::kChunkBlocks;  // nested: 16 codes from a 16-block boundary
   static constexpr int kScaleTileBytes = kTileRows * kScaleRowBytes;
-  static constexpr int kActOffset = kConsumers * kCodeTileBytes;
-  static constexpr int kScaleOffset = kActOffset + kGroups * kActBoxBytes;
-  static constexpr int kStageBytes = (kScaleOffset + kConsumers * kScaleTileBytes + 1023) / 1024 * 1024;
-  static constexpr int kBytes = kStages * kStageBytes + 1024;  // + alignment of the dynamic window
+  static constexpr int kActOffset = S::kConsumers * S::kCodeTileBytes;
+  static constexpr int kScaleOffset = kActOffset + S::kGroups * kActBoxBytes;
+  static constexpr int kStageBytes = (kScaleOffset + S::kConsumers * kScaleTileBytes + 1023) / 1024 * 1024;
+  static constexpr int kBytes = S::kStages * kStageBytes + 1024;  // + alignment of the dynamic window
 };
 
 struct StagedMaps {
@@ -79,25 +91,25 @@ struct StagedMaps {
 // Byte offset of 16-byte piece `piece` of line `line` in a box with the 128-byte swizzle.
 __device__ __forceinline__ int swizzled(int line, int piece) { return line * 128 + ((piece ^ (line & 7)) << 4); }
 
-template <typename T, bool Nested>
-__global__ void __launch_bounds__(kThreads, 1)
+template <typename T, bool Nested, typename S>
+__global__ void __launch_bounds__(S::kThreads, 1)
     gemm_4bit_staged(const __grid_constant__ StagedMaps maps, const __grid_constant__ GemvArgs args) {
 #ifdef BNB_SM90A_DEVICE
-  using Smem = StagedSmem<Nested>;
+  using Smem = StagedSmem<S, Nested>;
   __shared__ __align__(16) uint32_t table[cuda::kPairTableWords];
   __shared__ float nested_code[Nested ? 256 : 1];
-  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
+  __shared__ __align__(8) uint64_t full[S::kStages], empty[S::kStages];
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t K = args.K, N = args.N;
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
   const int64_t first_tile = tiles * blockIdx.x / gridDim.x, end_tile = tiles * (blockIdx.x + 1) / gridDim.x;
-  const int64_t chunks = K / kChunkCols;
+  const int64_t chunks = K / S::kChunkCols;
 
-  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
-  if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumers);
-  if (warp == kConsumers && lane == 0) {
+  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, S::kThreads);
+  if (threadIdx.x == 0) sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers);
+  if (warp == S::kConsumers && lane == 0) {
     sm90::prefetch_tensor_map(&maps.codes);
     sm90::prefetch_tensor_map(&maps.act);
     sm90::prefetch_tensor_map(&maps.scales);
@@ -107,41 +119,42 @@ __global__ void __launch_bounds__(kThreads, 1)
   cuda::wait_for_previous_kernel();
   float offset = 0.0f;
   if constexpr (Nested) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
+    for (int i = threadIdx.x; i < 256; i += S::kThreads) nested_code[i] = args.absmax_code[i];
     offset = *args.absmax_offset;
   }
   __syncthreads();
 
-  if (warp == kConsumers) {
+  if (warp == S::kConsumers) {
     // Producer: lanes 0..7 copy tile `lane` of the pass (codes and scales), lanes 8..15 activation group
     // lane - 8. The weight is read once: its lines leave L2 first.
     const uint64_t policy = sm90::evict_first_policy();
     int64_t it = 0;
-    for (int64_t pass = first_tile; pass < end_tile; pass += kConsumers) {
-      const int in_pass = end_tile - pass < kConsumers ? static_cast<int>(end_tile - pass) : kConsumers;
+    for (int64_t pass = first_tile; pass < end_tile; pass += S::kConsumers) {
+      const int in_pass = end_tile - pass < S::kConsumers ? static_cast<int>(end_tile - pass) : S::kConsumers;
       for (int64_t c = 0; c < chunks; ++c, ++it) {
-        const int s = static_cast<int>(it % kStages);
+        const int s = static_cast<int>(it % S::kStages);
         if (lane == 0) {
-          sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
-          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (kCodeTileBytes + Smem::kScaleTileBytes) +
-                                                    kGroups * Smem::kActBoxBytes);
+          sm90::mbar_wait(&empty[s], ((it / S::kStages) & 1) ^ 1);
+          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (S::kCodeTileBytes + Smem::kScaleTileBytes) +
+                                                    S::kGroups * Smem::kActBoxBytes);
         }
         __syncwarp();
         uint8_t* stage = smem + s * Smem::kStageBytes;
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
-          uint8_t* codes = stage + lane * kCodeTileBytes;
-          const int32_t x = static_cast<int32_t>(c * (kChunkCols / 2));
-          sm90::tma_load_2d(codes, &maps.codes, x, row, &full[s], policy);
-          sm90::tma_load_2d(codes + kCodeTileBytes / 2, &maps.codes, x + kBoxBytes, row, &full[s], policy);
-          // Nested: the codes of the pair of chunks holding this one (boxes start on 16-byte boundaries).
-          const int64_t scale_x = Nested ? (c & ~int64_t{1}) * kChunkBlocks : c * kChunkBlocks;
+          uint8_t* codes = stage + lane * S::kCodeTileBytes;
+          const int32_t x = static_cast<int32_t>(c * (S::kChunkCols / 2));
+#pragma unroll
+          for (int b = 0; b < S::kBoxes; ++b)
+            sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s], policy);
+          // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
+          const int64_t scale_x = Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks;
           sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales,
                             static_cast<int32_t>(scale_x), row, &full[s], policy);
-        } else if (lane >= kConsumers && lane < kConsumers + kGroups) {
-          const int j = lane - kConsumers;
+        } else if (lane >= S::kConsumers && lane < S::kConsumers + S::kGroups) {
+          const int j = lane - S::kConsumers;
           sm90::tma_load_2d(stage + Smem::kActOffset + j * Smem::kActBoxBytes, &maps.act,
-                            static_cast<int32_t>(c * kChunkCols + j * kGroupCols), 0, &full[s]);
+                            static_cast<int32_t>(c * S::kChunkCols + j * kGroupCols), 0, &full[s]);
         }
       }
     }
@@ -155,28 +168,28 @@ __global__ void __launch_bounds__(kThreads, 1)
   const char* table_bytes = reinterpret_cast<const char*>(table);
   auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table_bytes + off); };
   int64_t it = 0;
-  for (int64_t pass = first_tile; pass < end_tile; pass += kConsumers) {
+  for (int64_t pass = first_tile; pass < end_tile; pass += S::kConsumers) {
     const bool active = pass + warp < end_tile;
     const int64_t row0 = (pass + warp) * kTileRows;
     float acc[kOps][4] = {};
     for (int64_t c = 0; c < chunks; ++c, ++it) {
-      const int s = static_cast<int>(it % kStages);
+      const int s = static_cast<int>(it % S::kStages);
       float second[2] = {0.0f, 0.0f};  // nested: the second-level scale of rows g and g + 8 in this chunk
       if (Nested && active) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int64_t row = min(row0 + g + 8 * h, N - 1);
-          second[h] = __ldg(args.absmax + (row * (K / kBlocksize) + c * kChunkBlocks) / kNestedBlocksize);
+          second[h] = __ldg(args.absmax + (row * (K / kBlocksize) + c * S::kChunkBlocks) / kNestedBlocksize);
         }
       }
-      sm90::mbar_wait(&full[s], (it / kStages) & 1);
+      sm90::mbar_wait(&full[s], (it / S::kStages) & 1);
       if (active) {
         const uint8_t* stage = smem + s * Smem::kStageBytes;
-        const uint8_t* codes = stage + warp * kCodeTileBytes;
+        const uint8_t* codes = stage + warp * S::kCodeTileBytes;
         const uint8_t* scales = stage + Smem::kScaleOffset + warp * Smem::kScaleTileBytes +
-                                (Nested ? (c % 2) * kChunkBlocks : 0);
+                                (Nested ? (c * S::kChunkBlocks) % 16 : 0);
 #pragma unroll 2  // fully unrolled, the groups' loads are hoisted and spill
-        for (int j = 0; j < kGroups; ++j) {
+        for (int j = 0; j < S::kGroups; ++j) {
           // Activation words of rows g (+ 8): columns 16t + 2w, 2w + 1 in word w, pieces 2t and 2t + 1.
           const uint8_t* act = stage + Smem::kActOffset + j * Smem::kActBoxBytes;
           uint32_t x[kOps][8];
@@ -188,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             x[op][4] = v1.x, x[op][5] = v1.y, x[op][6] = v1.z, x[op][7] = v1.w;
           }
           // Codes of columns 16t .. 16t + 15 of rows g (lo) and g + 8 (hi): bytes 32 (j % 4) + 8t of box j / 4.
-          const uint8_t* box = codes + (j / 4) * (kCodeTileBytes / 2) + (t % 2) * 8;
+          const uint8_t* box = codes + (j / 4) * (kTileRows * kBoxBytes) + (t % 2) * 8;
           const int piece = 2 * (j % 4) + t / 2;
           const uint2 lo = *reinterpret_cast<const uint2*>(box + swizzled(g, piece));
           const uint2 hi = *reinterpret_cast<const uint2*>(box + swizzled(g + 8, piece));
@@ -244,10 +257,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-template <typename T, bool Nested>
+template <typename T, bool Nested, typename S>
 void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
-  using Smem = StagedSmem<Nested>;
-  auto* kernel = gemm_4bit_staged<T, Nested>;
+  using Smem = StagedSmem<S, Nested>;
+  auto* kernel = gemm_4bit_staged<T, Nested, S>;
   static std::atomic<uint64_t> opted_in{0};
   cuda::allow_dynamic_smem(kernel, Smem::kBytes, device, opted_in);
   const CUtensorMapDataType act_type =
@@ -260,13 +273,31 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       Nested ? cuda::tensor_map_2d(p.absmax_q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, blocks_per_row, kTileRows, 16,
                                    CU_TENSOR_MAP_SWIZZLE_NONE)
              : cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, kTileRows,
-                                   kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE)};
+                                   S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE)};
   const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
-  cuda::launch_with_smem_after_previous(kernel, grid, kThreads, Smem::kBytes, stream, device, /*overlap=*/true, maps,
+  cuda::launch_with_smem_after_previous(kernel, grid, S::kThreads, Smem::kBytes, stream, device, /*overlap=*/true, maps,
                                         args);
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_staged");
+}
+
+// Wide stages (1024 columns, 2 stages, 7 consumer warps) where they take no more passes than the narrow ones
+// (512 columns, 3 stages, 8 consumers): see the top.
+using NarrowStages = StagedShape<512, 3, 8>;
+using WideStages = StagedShape<1024, 2, 7>;
+
+bool wide_stages(const Gemm4bitParams& p, int32_t device) {
+  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
+  const int64_t per_cta = (tiles + cuda::sm_count(device) - 1) / cuda::sm_count(device);
+  const auto passes = [&](int consumers) { return (per_cta + consumers - 1) / consumers; };
+  return p.K % WideStages::kChunkCols == 0 && passes(WideStages::kConsumers) == passes(NarrowStages::kConsumers);
+}
+
+template <typename T, bool Nested>
+void launch_shape(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  wide_stages(p, device) ? launch<T, Nested, WideStages>(p, device, stream)
+                         : launch<T, Nested, NarrowStages>(p, device, stream);
 }
 
 }  // namespace
@@ -277,7 +308,7 @@ bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
   return false;
 #else
   // Tensor maps: 16-byte aligned bases and row strides (absmax_q's row of K / 64 codes: K % 1024 == 0).
-  const int64_t k_multiple = p.nested() ? 1024 : kChunkCols;
+  const int64_t k_multiple = p.nested() ? 1024 : NarrowStages::kChunkCols;
   const bool shapes = p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && p.blocksize == kBlocksize &&
                       (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
   const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
@@ -291,9 +322,9 @@ bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
 void gemm_4bit_staged(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;
   if (p.nested()) {
-    half ? launch<__half, true>(p, device, stream) : launch<__nv_bfloat16, true>(p, device, stream);
+    half ? launch_shape<__half, true>(p, device, stream) : launch_shape<__nv_bfloat16, true>(p, device, stream);
   } else {
-    half ? launch<__half, false>(p, device, stream) : launch<__nv_bfloat16, false>(p, device, stream);
+    half ? launch_shape<__half, false>(p, device, stream) : launch_shape<__nv_bfloat16, false>(p, device, stream);
   }
 }
 

@@ -413,13 +413,17 @@ def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K, m
 @pytest.mark.parametrize("m", [9, 12, 16])
 @pytest.mark.parametrize("K", [1536, 2048])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
-def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested):
-    # 9..16 rows on a grid of several waves: on Hopper each CTA takes its tiles in passes of eight 16-row
-    # tiles over 512-column stages, the activations staged once per stage for all of them. N = 20008 gives
-    # each CTA more than eight tiles (a full pass, then a partial one) and a partial last tile; K = 1536 is
+@pytest.mark.parametrize("tiles_per_cta", [10, 8])
+def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, tiles_per_cta):
+    # 9..16 rows on a grid of several waves: on Hopper each CTA takes its 16-row tiles in passes of one tile
+    # per consumer warp, the activations staged once per stage for all of them: 1024-column stages for 7
+    # warps where that takes no more passes than 512-column stages for 8 (10 tiles per CTA, K % 1024 == 0),
+    # else the narrow ones (8 tiles per CTA: one pass of 8 against two of 7; K = 1536). Each CTA gets a full
+    # and a partial pass (10) or one full pass (8, most CTAs), and the last tile is partial. K = 1536 is
     # served plain only (double-quantized codes need K % 1024 == 0) and takes the register-fed kernel nested.
     # Odd 64-column stretches are 16 times larger, so a scale of the wrong block or row would be far off.
-    N = 20008
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    N = sms * tiles_per_cta * 16 - 8
     w = randn((N, K), torch.float32, "cuda", seed=111)
     w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
     x = randn((m, K), dtype, "cuda", seed=112)
