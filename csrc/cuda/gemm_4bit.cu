@@ -52,6 +52,7 @@
 #include "cuda/gemm_4bit_staged.cuh"
 #include "cuda/gemm_4bit_streamed.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
+#include "cuda/gemm_4bit_types.cuh"
 #include "cuda/gemv_args.cuh"
 #include "cuda/pair_table.cuh"
 
@@ -496,12 +497,8 @@ void gemm_4bit(const Gemm4bitParams& p, int32_t device, bnb_stream_t stream) {
          "K a multiple of 64 and N of 8; got M = ",
          p.M, ", K = ", p.K, ", blocksize ", p.blocksize, ", ", dtype_name(p.a_dtype));
   const cudaStream_t s = cuda::as_cuda(stream);
-  const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;
-  if (p.nested()) {
-    half ? launch<__half, true>(p, device, s) : launch<__nv_bfloat16, true>(p, device, s);
-  } else {
-    half ? launch<__half, false>(p, device, s) : launch<__nv_bfloat16, false>(p, device, s);
-  }
+  with_activation_type_and_nesting(
+      p, [&](auto type, auto nested) { launch<decltype(type), decltype(nested)::value>(p, device, s); });
 }
 
 }  // namespace bnb::backend

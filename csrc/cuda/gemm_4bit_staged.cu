@@ -39,6 +39,7 @@
 #include "core/formats.h"
 #include "cuda/common.cuh"
 #include "cuda/gemm_4bit_staged.cuh"
+#include "cuda/gemm_4bit_types.cuh"
 #include "cuda/gemv_args.cuh"
 #include "cuda/pair_table.cuh"
 #include "cuda/sm90.cuh"
@@ -307,25 +308,17 @@ bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
   (void)p, (void)device;
   return false;
 #else
-  // Tensor maps: 16-byte aligned bases and row strides (absmax_q's row of K / 64 codes: K % 1024 == 0).
+  // Tensor maps: 16-byte row strides (absmax_q's row of K / 64 codes: K % 1024 == 0).
   const int64_t k_multiple = p.nested() ? 1024 : NarrowStages::kChunkCols;
-  const bool shapes = p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && p.blocksize == kBlocksize &&
-                      (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
-  const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
-                       cuda::is_aligned(p.absmax, 16) && (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 16));
-  // Grids of several waves of the register-fed kernel (four 16-row CTAs per SM) only.
-  const bool several_waves = (p.N + kTileRows - 1) / kTileRows > int64_t{4} * cuda::sm_count(device);
-  return shapes && aligned && several_waves && cuda::compute_capability(device) == 90;
+  static_assert(kBlocksize == 64, "hopper_staging_serves checks blocksize 64");
+  return p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && hopper_staging_serves(p, device);
 #endif
 }
 
 void gemm_4bit_staged(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
-  const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;
-  if (p.nested()) {
-    half ? launch_shape<__half, true>(p, device, stream) : launch_shape<__nv_bfloat16, true>(p, device, stream);
-  } else {
-    half ? launch_shape<__half, false>(p, device, stream) : launch_shape<__nv_bfloat16, false>(p, device, stream);
-  }
+  with_activation_type_and_nesting(p, [&](auto type, auto nested) {
+    launch_shape<decltype(type), decltype(nested)::value>(p, device, stream);
+  });
 }
 
 }  // namespace bnb::backend

@@ -36,6 +36,7 @@
 #include "cuda/common.cuh"
 #include "cuda/dequantize_vectors.cuh"
 #include "cuda/gemm_4bit_tensor_core.cuh"
+#include "cuda/gemm_4bit_types.cuh"
 #include "cuda/pair_table.cuh"
 #include "cuda/sm90.cuh"
 #include "cuda/tensor_map.cuh"
@@ -437,12 +438,9 @@ bool gemm_4bit_tensor_core_serves(const Gemm4bitParams& p, int32_t device) {
 }
 
 void gemm_4bit_tensor_core(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
-  const bool half = p.a_dtype == BNB_DTYPE_FLOAT16;
-  if (p.nested()) {
-    half ? launch_for_rows<__half, true>(p, device, stream) : launch_for_rows<__nv_bfloat16, true>(p, device, stream);
-  } else {
-    half ? launch_for_rows<__half, false>(p, device, stream) : launch_for_rows<__nv_bfloat16, false>(p, device, stream);
-  }
+  with_activation_type_and_nesting(p, [&](auto type, auto nested) {
+    launch_for_rows<decltype(type), decltype(nested)::value>(p, device, stream);
+  });
 }
 
 }  // namespace bnb::backend

@@ -1,5 +1,6 @@
-// The kernel arguments of the few-row 4-bit products (gemm_4bit.cu, gemm_4bit_streamed.cu): the op's
-// pointers and shape, and the 16 values of the 4-bit type, from which each CTA builds its pair table.
+// The kernel arguments of the few-row 4-bit products (gemm_4bit.cu, gemm_4bit_streamed.cu,
+// gemm_4bit_staged.cu): the op's pointers and shape, and the 16 values of the 4-bit type, from which each CTA
+// builds its pair table; and the shapes the two Hopper kernels that stage the weight both serve.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,18 @@ inline GemvArgs gemv_args(const Gemm4bitParams& p) {
   const float* values = p.qtype == QuantType::NF4 ? kNF4Values : kFP4Values;
   for (int i = 0; i < 16; ++i) args.code[i] = values[i];
   return args;
+}
+
+// What the Hopper kernels that stage the weight in shared memory (gemm_4bit_streamed.cu, gemm_4bit_staged.cu)
+// both need: float16/bfloat16 activations, blocksize 64, 16-byte aligned operands (the copy engine's
+// sources), compute capability 9.0, and a grid of several waves of the register-fed kernel (four 16-row CTAs
+// per SM; on one wave that kernel keeps the weight in L2 between calls and starts faster).
+inline bool hopper_staging_serves(const Gemm4bitParams& p, int32_t device) {
+  const bool types = p.blocksize == 64 && (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
+  const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
+                       cuda::is_aligned(p.absmax, 16) && (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 16));
+  const bool several_waves = (p.N + 15) / 16 > int64_t{4} * cuda::sm_count(device);
+  return types && aligned && several_waves && cuda::compute_capability(device) == 90;
 }
 
 }  // namespace bnb::backend

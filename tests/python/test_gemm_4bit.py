@@ -339,6 +339,20 @@ def test_few_row_grids_of_one_and_several_waves_match_float64(m, N, nested):
     assert _rel_err(y, ref.cpu()) < RTOL[dtype]
 
 
+def _check_product_with_alternate_stretches_16x(N, K, m, dtype, nested, seed, blocksize=64):
+    # Odd 64-column stretches of the weight 16 times larger: a scale of the wrong block or row is far off.
+    w = randn((N, K), torch.float32, "cuda", seed=seed)
+    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
+    x = randn((m, K), dtype, "cuda", seed=seed + 1)
+    bias = randn((N,), dtype, "cuda", seed=seed + 2)
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=nested)
+    with torch.no_grad():
+        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert y.shape == (m, N) and y.dtype == dtype
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("m", [1, 2, 3])
@@ -349,17 +363,7 @@ def test_few_row_wide_loads_scale_each_lane_by_its_own_block(dtype, m, blocksize
     # lane, and an mma step there spans two 64-column blocks: each lane scales its codes by its own block's
     # scale. Odd 64-column stretches of the weight are 16 times larger, so a lane taking its neighbour's
     # block scale would be far off; N = 200 is not a multiple of the CTA's 32 rows.
-    N, K = 200, 3072
-    w = randn((N, K), torch.float32, "cuda", seed=81)
-    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
-    x = randn((m, K), dtype, "cuda", seed=82)
-    bias = randn((N,), dtype, "cuda", seed=83)
-    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=nested)
-    with torch.no_grad():
-        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
-    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
-    assert y.shape == (m, N) and y.dtype == dtype
-    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+    _check_product_with_alternate_stretches_16x(200, 3072, m, dtype, nested, seed=81, blocksize=blocksize)
 
 
 @needs_cuda
@@ -421,19 +425,8 @@ def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, t
     # else the narrow ones (8 tiles per CTA: one pass of 8 against two of 7; K = 1536). Each CTA gets a full
     # and a partial pass (10) or one full pass (8, most CTAs), and the last tile is partial. K = 1536 is
     # served plain only (double-quantized codes need K % 1024 == 0) and takes the register-fed kernel nested.
-    # Odd 64-column stretches are 16 times larger, so a scale of the wrong block or row would be far off.
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    N = sms * tiles_per_cta * 16 - 8
-    w = randn((N, K), torch.float32, "cuda", seed=111)
-    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
-    x = randn((m, K), dtype, "cuda", seed=112)
-    bias = randn((N,), dtype, "cuda", seed=113)
-    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
-    with torch.no_grad():
-        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
-    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
-    assert y.shape == (m, N) and y.dtype == dtype
-    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+    _check_product_with_alternate_stretches_16x(sms * tiles_per_cta * 16 - 8, K, m, dtype, nested, seed=111)
 
 
 @needs_cuda
@@ -444,16 +437,5 @@ def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, t
 def test_few_row_products_with_whole_stages_match_float64(dtype, m, N, nested):
     # K a multiple of 4096 at blocksize 64, up to 8 rows and a grid of several waves (N = 9208): on Hopper
     # the weight streams through shared memory in stages of 4096 columns, each CTA taking several 16-row
-    # tiles (the last one partial); other shapes here take the register-fed kernel. Odd 64-column stretches
-    # are 16 times larger, so a scale taken from the wrong block or row would be far off.
-    K = 4096
-    w = randn((N, K), torch.float32, "cuda", seed=101)
-    w = w * torch.where(torch.arange(K, device="cuda") // 64 % 2 == 1, 16.0, 1.0)
-    x = randn((m, K), dtype, "cuda", seed=102)
-    bias = randn((N,), dtype, "cuda", seed=103)
-    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
-    with torch.no_grad():
-        y = bnb.matmul_4bit(x, packed.t(), state, bias=bias)
-    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
-    assert y.shape == (m, N) and y.dtype == dtype
-    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+    # tiles (the last one partial); other shapes here take the register-fed kernel.
+    _check_product_with_alternate_stretches_16x(N, 4096, m, dtype, nested, seed=101)
