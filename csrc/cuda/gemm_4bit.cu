@@ -230,17 +230,8 @@ __global__ void __launch_bounds__(GemvShape<NTiles, RowGroups>::kThreads, GemvSh
   }
   __syncthreads();
   const char* table = reinterpret_cast<const char*>(smem);
-  auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table + off); };
-  // The A fragment of one mma step from code words of rows g (lo) and g + 8 (hi): the pairs of their bytes
-  // 0 and 1 for an even step, 2 and 3 for an odd one (unrolled steps make `odd` a constant).
   auto step_fragment = [&](uint32_t lo, uint32_t hi, bool odd, uint32_t (&a)[4]) {
-    if (!odd) {
-      a[0] = pair(pair_offset<0, kWide>(lo, lane4)), a[1] = pair(pair_offset<0, kWide>(hi, lane4));
-      a[2] = pair(pair_offset<1, kWide>(lo, lane4)), a[3] = pair(pair_offset<1, kWide>(hi, lane4));
-    } else {
-      a[0] = pair(pair_offset<2, kWide>(lo, lane4)), a[1] = pair(pair_offset<2, kWide>(hi, lane4));
-      a[2] = pair(pair_offset<3, kWide>(lo, lane4)), a[3] = pair(pair_offset<3, kWide>(hi, lane4));
-    }
+    cuda::step_fragment<kWide>(table, lo, hi, odd, lane4, a);
   };
 
   float acc[kTiles][NTiles][4] = {};

@@ -167,7 +167,6 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   const int g = lane / 4, t = lane % 4;
   const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
   const char* table_bytes = reinterpret_cast<const char*>(table);
-  auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table_bytes + off); };
   int64_t it = 0;
   for (int64_t pass = first_tile; pass < end_tile; pass += S::kConsumers) {
     const bool active = pass + warp < end_tile;
@@ -218,13 +217,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
             // Columns 16t + 4 step + {0..3}: bytes 2 (step % 2) and 2 (step % 2) + 1 of word step / 2.
             const uint32_t wl = step < 2 ? lo.x : lo.y, wh = step < 2 ? hi.x : hi.y;
             uint32_t a[4];
-            if (step % 2 == 0) {
-              a[0] = pair(cuda::pair_offset<0, false>(wl, lane4)), a[1] = pair(cuda::pair_offset<0, false>(wh, lane4));
-              a[2] = pair(cuda::pair_offset<1, false>(wl, lane4)), a[3] = pair(cuda::pair_offset<1, false>(wh, lane4));
-            } else {
-              a[0] = pair(cuda::pair_offset<2, false>(wl, lane4)), a[1] = pair(cuda::pair_offset<2, false>(wh, lane4));
-              a[2] = pair(cuda::pair_offset<3, false>(wl, lane4)), a[3] = pair(cuda::pair_offset<3, false>(wh, lane4));
-            }
+            cuda::step_fragment<false>(table_bytes, wl, wh, step % 2 == 1, lane4, a);
 #pragma unroll
             for (int op = 0; op < kOps; ++op) cuda::mma_16816<T>(part[op], a, x[op][2 * step], x[op][2 * step + 1]);
           }

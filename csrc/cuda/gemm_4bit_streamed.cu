@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_c
   const int g = lane / 4, t = lane % 4;
   const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
   const char* table_bytes = reinterpret_cast<const char*>(table);
-  auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table_bytes + off); };
   const T* act = static_cast<const T*>(args.A) + int64_t{g} * K + 16 * t;
   const bool has_act = g < args.M;
   int64_t it = 0;
@@ -180,13 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_4bit_streamed(const __grid_c
           // Columns 16t + 4 step + {0..3}: bytes 2 (step % 2) and 2 (step % 2) + 1 of word step / 2.
           const uint32_t wl = step < 2 ? lo.x : lo.y, wh = step < 2 ? hi.x : hi.y;
           uint32_t a[4];
-          if (step % 2 == 0) {
-            a[0] = pair(cuda::pair_offset<0, false>(wl, lane4)), a[1] = pair(cuda::pair_offset<0, false>(wh, lane4));
-            a[2] = pair(cuda::pair_offset<1, false>(wl, lane4)), a[3] = pair(cuda::pair_offset<1, false>(wh, lane4));
-          } else {
-            a[0] = pair(cuda::pair_offset<2, false>(wl, lane4)), a[1] = pair(cuda::pair_offset<2, false>(wh, lane4));
-            a[2] = pair(cuda::pair_offset<3, false>(wl, lane4)), a[3] = pair(cuda::pair_offset<3, false>(wh, lane4));
-          }
+          cuda::step_fragment<false>(table_bytes, wl, wh, step % 2 == 1, lane4, a);
           cuda::mma_16816<T>(part, a, x[2 * step], x[2 * step + 1]);
         }
         acc[0] += part[0] * scale[0];

@@ -40,6 +40,21 @@ __device__ __forceinline__ uint32_t pair_offset(uint32_t w, uint32_t lane4) {
   else return ((w >> (8 * B - 7)) & 0x7f80u) | lane4;
 }
 
+// The mma's 16-row operand (A fragment) of one step from code words of rows g (lo) and g + 8 (hi): the pairs
+// of their bytes 0 and 1 for an even step, 2 and 3 for an odd one (unrolled steps make `odd` a constant).
+template <bool Wide>
+__device__ __forceinline__ void step_fragment(const char* table, uint32_t lo, uint32_t hi, bool odd, uint32_t lane4,
+                                              uint32_t (&a)[4]) {
+  auto pair = [&](uint32_t off) { return *reinterpret_cast<const uint32_t*>(table + off); };
+  if (!odd) {
+    a[0] = pair(pair_offset<0, Wide>(lo, lane4)), a[1] = pair(pair_offset<0, Wide>(hi, lane4));
+    a[2] = pair(pair_offset<1, Wide>(lo, lane4)), a[3] = pair(pair_offset<1, Wide>(hi, lane4));
+  } else {
+    a[0] = pair(pair_offset<2, Wide>(lo, lane4)), a[1] = pair(pair_offset<2, Wide>(hi, lane4));
+    a[2] = pair(pair_offset<3, Wide>(lo, lane4)), a[3] = pair(pair_offset<3, Wide>(hi, lane4));
+  }
+}
+
 // d += a * b for one m16n8k16 tile (row-major A, column-major B, float32 accumulators).
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
