@@ -55,7 +55,6 @@ constexpr int kTileRows = 16;                     // weight rows per tile: the m
 constexpr int kBlocksize = 64;                    // the blocksize served
 constexpr int kBoxBytes = 128;                    // codes per row in one swizzled box (the swizzle's span)
 constexpr int kGroupCols = 64;                    // columns per mma group (4 k16 steps): one block
-
 constexpr int kOps = 2;                           // n8 activation operands: rows 0..7 and 8..15
 
 // Columns per stage, stages, consumer warps (one producer warp besides).
@@ -126,8 +125,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   __syncthreads();
 
   if (warp == S::kConsumers) {
-    // Producer: lanes 0..7 copy tile `lane` of the pass (codes and scales), lanes 8..15 activation group
-    // lane - 8. The weight is read once: its lines leave L2 first.
+    // Producer: lane i < (tiles in the pass) copies tile i's codes and scales, lane kConsumers + j the
+    // activations of group j. The weight is read once: its lines leave L2 first.
     const uint64_t policy = sm90::evict_first_policy();
     int64_t it = 0;
     for (int64_t pass = first_tile; pass < end_tile; pass += S::kConsumers) {
