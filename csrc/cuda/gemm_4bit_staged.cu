@@ -74,7 +74,8 @@ template <typename S, bool Nested>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
   static constexpr int kActBoxBytes = kActRows * kGroupCols * 2;
-  static constexpr int kScaleRowBytes = Nested ? 16 : 4 * S::kChunkBlocks;  // nested: 16 codes from a 16-block boundary
+  // Nested: 16 codes from a 16-block boundary.
+  static constexpr int kScaleRowBytes = Nested ? 16 : 4 * S::kChunkBlocks;
   static constexpr int kScaleTileBytes = kTileRows * kScaleRowBytes;
   static constexpr int kActOffset = S::kConsumers * S::kCodeTileBytes;
   static constexpr int kScaleOffset = kActOffset + S::kGroups * kActBoxBytes;
@@ -146,7 +147,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
           const int32_t x = static_cast<int32_t>(c * (S::kChunkCols / 2));
 #pragma unroll
           for (int b = 0; b < S::kBoxes; ++b)
-            sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s], policy);
+            sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s],
+                              policy);
           // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
           const int64_t scale_x = Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks;
           sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales,
@@ -270,8 +272,8 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
-  cuda::launch_with_smem_after_previous(kernel, grid, S::kThreads, Smem::kBytes, stream, device, /*overlap=*/true, maps,
-                                        args);
+  cuda::launch_with_smem_after_previous(kernel, grid, S::kThreads, Smem::kBytes, stream, device, /*overlap=*/true,
+                                        maps, args);
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_staged");
 }
 
