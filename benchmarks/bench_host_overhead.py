@@ -50,6 +50,18 @@ def main() -> None:
         for name, fn in cases.items():
             rows[name] = host_us(fn)
             print(f"{name:40s} {rows[name]:7.2f} us per call")
+        # The benchmark's own M = 1 shape: 200 calls stay within the launch queue, so the wall time is still the
+        # host's even though each call's kernel takes about as long (bench_linear4bit reads more per call
+        # eager than this benchmark's small layers suggest).
+        big = 8192
+        x_big = torch.randn(1, big, device="cuda", dtype=dtype)
+        for nested in (False, True):
+            layer = bnb.nn.Linear4bit(big, big, bias=False, compute_dtype=dtype, quant_type="nf4",
+                                      compress_statistics=nested).cuda()
+            name = f"bnb Linear4bit K = N = {big} {'nested' if nested else 'plain'}"
+            rows[name] = host_us(lambda: layer(x_big), calls=200)
+            print(f"{name:40s} {rows[name]:7.2f} us per call")
+            del layer
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "host_us": rows}, f, indent=1)
