@@ -3,6 +3,7 @@
 // builds its pair table; and the shapes the two Hopper kernels that stage the weight both serve.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 
 #include "core/formats.h"
@@ -43,7 +44,8 @@ inline bool hopper_staging_serves(const Gemm4bitParams& p, int32_t device) {
   const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
                        cuda::is_aligned(p.absmax, 16) && (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 16));
   const bool several_waves = (p.N + 15) / 16 > int64_t{4} * cuda::sm_count(device);
-  return types && aligned && several_waves && cuda::compute_capability(device) == 90;
+  const bool coordinates = p.N <= INT32_MAX && p.K <= INT32_MAX;  // tensor-copy coordinates are 32-bit
+  return types && aligned && several_waves && coordinates && cuda::compute_capability(device) == 90;
 }
 
 }  // namespace bnb::backend
