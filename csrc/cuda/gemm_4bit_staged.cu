@@ -10,13 +10,13 @@
 //
 // A CTA (one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one tile)
 // and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
-// warp copies each stage: per tile the codes as [16 rows, 128 bytes] boxes (128-byte swizzled) and the
-// block scales as a [16 rows, blocks] box (double-quantized: [16 rows, 16] 8-bit codes from a 16-block
-// boundary, as boxes start on 16-byte boundaries), and the chunk's activations as [16 rows, 64 columns]
-// boxes (128-byte swizzled; rows past M read as zeros). Within a 64-column group lane (g, t) reads 8 bytes
-// (columns [16t, 16t + 16)) of weight rows g and g + 8 and the same 16 columns of activation rows g and
-// g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu; the swizzle puts the eight rows a
-// quarter-warp reads on different banks.
+// warp copies each stage: per tile the codes (128-byte swizzled: one [16 rows, pieces, 128 bytes] box, or a
+// [16 rows, 128 bytes] box per 128-byte piece; see RowRuns) and the block scales as a [16 rows, blocks] box
+// (double-quantized: [16 rows, 16] 8-bit codes from a 16-block boundary, as boxes start on 16-byte
+// boundaries), and the chunk's activations as [16 rows, 64 columns] boxes (128-byte swizzled; rows past M read
+// as zeros). Within a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and
+// g + 8 and the same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in
+// gemm_4bit.cu; the swizzle puts the eight rows a quarter-warp reads on different banks (2-D boxes).
 //
 // Two stage shapes: 512 columns in 3 stages for 8 consumer warps, or 1024 columns in 2 stages for 7 (the
 // most that fit shared memory), taken where it needs no more passes (N = 28672 on 132 SMs: 14 tiles per
@@ -25,7 +25,9 @@
 // 70.1-70.9 us plain, 87.2-87.6 -> 72.4-73.0 nested with narrow stages, wide stages 69.7-69.9 / 64.8-65.0
 // (the same run: narrow 69.7-70.1 / 72.3-72.4; on slower instances narrow 73.0 / 73.1, wide 65.2 / 67.1);
 // N = 20480 narrow 63.5 / 63.4, wide 57.2 / 57.1; N = 16384 M = 16 46.4-46.6 -> 38.4-39.3 / 46.9-47.0 ->
-// 38.9-39.3 narrow, wide 56.8 / 54.6 (two passes).
+// 38.9-39.3 narrow, wide 56.8 / 54.6 (two passes). Then reading the stages by LDS instead of generic loads
+// (align_shared_1024) and plain weights' codes in row runs: N = 28672 70.2 -> 59.0 plain, 65.5 -> 57.7 nested;
+// N = 20480 58.6-58.8 -> 49.2 / 55.6 -> 47.7; N = 16384 39.0-39.5 -> 33.3-33.4 / 39.5 -> 35.8.
 // Measured and not kept: 1..8 rows here (one operand, 8-row activation boxes): 61-62 us at N = 28672
 // whatever M, against 49-64 us streamed, though faster at N = 16384 M = 8 (34.0-34.8 us against 36.8-39.2);
 // an L2 prefetch of each row's next 1 KB or 2 KB of codes: 70.9 -> 93.6 / 86.9 us; passes of equal size
@@ -68,7 +70,18 @@ struct StagedShape {
   static constexpr int kCodeTileBytes = kTileRows * ChunkCols / 2;
 };
 
-// One stage: [tile][box][16 rows][128 bytes] codes, [group][activation rows][64] activations, [tile][16 rows]
+// How a tile's codes are copied. Plain weights: one 3-D box per tile and stage, [16 rows][kBoxes][128 bytes],
+// whose requests run along each row; the copy engine streams them faster than 2-D boxes. The consumers' code
+// loads then meet 2-way (narrow) or 4-way (wide) bank conflicts, as each row's pieces are consecutive 128-byte
+// lines and the swizzle repeats every 8 lines; double-quantized weights, whose consumers also decode the 8-bit
+// scales, lose more by that than they gain where the stages are wide, and keep one [16 rows][128 bytes] 2-D
+// box per 128-byte piece (each row's piece on its own line). H100, K = 8192, M = 16, graph replays, two rounds,
+// 2-D -> row runs: plain N = 28672 61.7 -> 59.0 us, N = 20480 50.4-50.6 -> 48.9-49.2, N = 16384 33.9-34.0 ->
+// 33.1-33.3; nested 57.7 -> 62.8, 47.7 -> 52.7, 35.7 -> 35.0.
+template <bool Nested>
+constexpr bool RowRuns = !Nested;
+
+// One stage: [tile][box][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation rows][64] activations, [tile][16 rows]
 // scales. The swizzled boxes start on 1024-byte boundaries.
 template <typename S, bool Nested>
 struct StagedSmem {
@@ -84,7 +97,7 @@ struct StagedSmem {
 };
 
 struct StagedMaps {
-  CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, 128], 128-byte swizzle
+  CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, 128] (row runs: [16, boxes, 128]), 128-byte swizzle
   CUtensorMap act;     // A [M, K], boxes [16, 64], 128-byte swizzle
   CUtensorMap scales;  // absmax [N, K / 64] floats, boxes [16, 8]; nested: absmax_q bytes, boxes [16, 16]
 };
@@ -101,7 +114,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   __shared__ float nested_code[Nested ? 256 : 1];
   __shared__ __align__(8) uint64_t full[S::kStages], empty[S::kStages];
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  uint8_t* smem = sm90::align_shared_1024(smem_raw);
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t K = args.K, N = args.N;
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
@@ -144,11 +157,15 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
           uint8_t* codes = stage + lane * S::kCodeTileBytes;
-          const int32_t x = static_cast<int32_t>(c * (S::kChunkCols / 2));
+          [[maybe_unused]] const int32_t x = static_cast<int32_t>(c * (S::kChunkCols / 2));
+          if constexpr (RowRuns<Nested>) {
+            sm90::tma_load_3d(codes, &maps.codes, 0, static_cast<int32_t>(c * S::kBoxes), row, &full[s], policy);
+          } else {
 #pragma unroll
-          for (int b = 0; b < S::kBoxes; ++b)
-            sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s],
-                              policy);
+            for (int b = 0; b < S::kBoxes; ++b)
+              sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s],
+                                policy);
+          }
           // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
           const int64_t scale_x = Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks;
           sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales,
@@ -201,11 +218,19 @@ __global__ void __launch_bounds__(S::kThreads, 1)
             x[op][0] = v0.x, x[op][1] = v0.y, x[op][2] = v0.z, x[op][3] = v0.w;
             x[op][4] = v1.x, x[op][5] = v1.y, x[op][6] = v1.z, x[op][7] = v1.w;
           }
-          // Codes of columns 16t .. 16t + 15 of rows g (lo) and g + 8 (hi): bytes 32 (j % 4) + 8t of box j / 4.
-          const uint8_t* box = codes + (j / 4) * (kTileRows * kBoxBytes) + (t % 2) * 8;
+          // Codes of columns 16t .. 16t + 15 of rows g (lo) and g + 8 (hi): bytes 32 (j % 4) + 8t of 128-byte
+          // piece j / 4 of the row: line `row` of box j / 4 (row runs: line row * kBoxes + j / 4).
           const int piece = 2 * (j % 4) + t / 2;
-          const uint2 lo = *reinterpret_cast<const uint2*>(box + swizzled(g, piece));
-          const uint2 hi = *reinterpret_cast<const uint2*>(box + swizzled(g + 8, piece));
+          uint2 lo, hi;
+          if constexpr (RowRuns<Nested>) {
+            const uint8_t* at = codes + (t % 2) * 8;
+            lo = *reinterpret_cast<const uint2*>(at + swizzled(g * S::kBoxes + j / 4, piece));
+            hi = *reinterpret_cast<const uint2*>(at + swizzled((g + 8) * S::kBoxes + j / 4, piece));
+          } else {
+            const uint8_t* box = codes + (j / 4) * (kTileRows * kBoxBytes) + (t % 2) * 8;
+            lo = *reinterpret_cast<const uint2*>(box + swizzled(g, piece));
+            hi = *reinterpret_cast<const uint2*>(box + swizzled(g + 8, piece));
+          }
           float scale[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -262,8 +287,10 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const int64_t blocks_per_row = p.K / kBlocksize;
   StagedMaps maps{
-      cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2, kTileRows, kBoxBytes,
-                          CU_TENSOR_MAP_SWIZZLE_128B),
+      RowRuns<Nested> ? cuda::tensor_map_row_pieces(p.packed, p.N, p.K / 2, kBoxBytes, kTileRows, S::kBoxes,
+                                                    CU_TENSOR_MAP_SWIZZLE_128B)
+                      : cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2, kTileRows,
+                                            kBoxBytes, CU_TENSOR_MAP_SWIZZLE_128B),
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
       Nested ? cuda::tensor_map_2d(p.absmax_q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, blocks_per_row, kTileRows, 16,
                                    CU_TENSOR_MAP_SWIZZLE_NONE)

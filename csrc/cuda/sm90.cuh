@@ -21,6 +21,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The first 1024-byte boundary (the 128-byte swizzle's period) at or after `window`, a dynamic shared array.
+// Aligned by an offset from the array itself: a pointer rebuilt from an integer is generic to the compiler,
+// and every read through it compiles to a generic load (address-space check, 64-bit address, the long
+// scoreboard) instead of an LDS.
+__device__ __forceinline__ uint8_t* align_shared_1024(uint8_t* window) {
+  return window + ((1024 - (smem_addr(window) & 1023)) & 1023);
+}
+
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
 #ifdef BNB_SM90A_DEVICE
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
@@ -82,6 +90,19 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, i
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
       "%3}], [%4], %5;" ::"r"(smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(smem_addr(bar)), "l"(policy)
+      : "memory");
+#endif
+}
+
+// Copies the box at (x, y, z) of a 3-D tensor map into shared memory with an L2 cache policy; the bytes are
+// counted on `bar`.
+__device__ __forceinline__ void tma_load_3d(void* dst, const void* tensor_map, int32_t x, int32_t y, int32_t z,
+                                            uint64_t* bar, uint64_t policy) {
+#ifdef BNB_SM90A_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3, %4}], [%5], %6;" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(x), "r"(y), "r"(z), "r"(smem_addr(bar)), "l"(policy)
       : "memory");
 #endif
 }
