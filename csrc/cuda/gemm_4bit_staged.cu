@@ -1,6 +1,6 @@
 // CUDA product of 9..16 activation rows with a 4-bit weight W [N, K] on Hopper, the weight's codes and
-// scales and the activations staged together in shared memory by tensor copies. Serves grids of several
-// waves (gemm_4bit.cu keeps the register-fed kernel for the rest, gemm_4bit_streamed.cu 1..8 rows).
+// scales and the activations staged together in shared memory by tensor copies (gemm_4bit_streamed.cu serves
+// 1..8 rows; gemm_4bit.cu's register-fed kernel the shapes neither takes).
 //
 // In the other few-row kernels each warp reads the activation columns of its own weight rows straight from
 // global memory. A 16-row weight tile at K = 8192 is 64 KB of codes but 256 KB of 16 activation rows, and
@@ -20,7 +20,14 @@
 //
 // Two stage shapes: 512 columns in 3 stages for 8 consumer warps, or 1024 columns in 2 stages for 7 (the
 // most that fit shared memory), taken where it needs no more passes (N = 28672 on 132 SMs: 14 tiles per
-// CTA, 2 passes either way; N = 16384: 8 tiles, 1 pass against 2).
+// CTA, 2 passes either way; N = 16384: 8 tiles, 1 pass against 2). On grids of one wave of the register-fed
+// kernel (at most 4 tiles per SM) a CTA has at most 4 tiles, and 8 warps on them split each tile's groups two
+// ways (512-column stages), the second warp handing its sums to the first through shared memory. H100, K =
+// 8192, graph replays, two rounds, register-fed -> split: N = 4096 M = 16 18.2-18.6 -> 14.4-14.5 us plain,
+// 19.9-20.0 -> 16.0 nested (M = 9: 17.1-17.4 -> 14.5, 18.6 -> 16.0); N = 8192 plain 22.0 -> 20.1 (M = 9 21.0
+// -> 20.0), nested 22.1 -> 22.2-22.4 (M = 9 20.7-20.9 -> 22.2-22.4: not taken); K = 4096, N = 4096 plain
+// 10.7 -> 8.65, nested 11.35 -> 9.55. (Before the stages were read by LDS, one warp per tile on those
+// grids: N = 8192 M = 16 22.1 -> 26.2 us.)
 // H100, K = 8192, graph replays, two rounds (register-fed kernel before): N = 28672 M = 16 86.5-87.0 ->
 // 70.1-70.9 us plain, 87.2-87.6 -> 72.4-73.0 nested with narrow stages, wide stages 69.7-69.9 / 64.8-65.0
 // (the same run: narrow 69.7-70.1 / 72.3-72.4; on slower instances narrow 73.0 / 73.1, wide 65.2 / 67.1);
@@ -33,8 +40,7 @@
 // an L2 prefetch of each row's next 1 KB or 2 KB of codes: 70.9 -> 93.6 / 86.9 us; passes of equal size
 // (14 tiles as 7 + 7): N = 28672 73.0 -> 70.8 but N = 20480 63.5 -> 68.6; separate rings with the weights
 // two stages ahead of the activations (4 + 2 stages): slower everywhere (N = 28672 72.6-74.9 -> 77.2-78.0);
-// 6 consumers with wide stages: 82 us at N = 28672; one-wave grids (N = 8192 M = 16: 22.1 -> 26.2 us, the
-// register-fed kernel keeps the weight in L2 between calls).
+// 6 consumers with wide stages: 82 us at N = 28672.
 #include <atomic>
 
 #include "core/error.h"
@@ -58,11 +64,14 @@ constexpr int kBlocksize = 64;                    // the blocksize served
 constexpr int kBoxBytes = 128;                    // codes per row in one swizzled box (the swizzle's span)
 constexpr int kGroupCols = 64;                    // columns per mma group (4 k16 steps): one block
 constexpr int kOps = 2;                           // n8 activation operands: rows 0..7 and 8..15
+constexpr int kHandOverBarrier = 1;               // named barrier of the consumers (split tiles)
 
-// Columns per stage, stages, consumer warps (one producer warp besides).
-template <int ChunkCols, int Stages, int Consumers>
+// Columns per stage, stages, consumer warps (one producer warp besides), consumer warps per tile (each takes
+// an equal share of a stage's groups; the first adds the others' sums).
+template <int ChunkCols, int Stages, int Consumers, int WarpsPerTile = 1>
 struct StagedShape {
   static constexpr int kChunkCols = ChunkCols, kStages = Stages, kConsumers = Consumers;
+  static constexpr int kWarpsPerTile = WarpsPerTile, kTilesPerPass = Consumers / WarpsPerTile;
   static constexpr int kThreads = (Consumers + 1) * kWarpSize;
   static constexpr int kGroups = ChunkCols / kGroupCols;
   static constexpr int kChunkBlocks = ChunkCols / kBlocksize;
@@ -81,8 +90,9 @@ struct StagedShape {
 template <bool Nested>
 constexpr bool RowRuns = !Nested;
 
-// One stage: [tile][box][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation rows][64] activations, [tile][16 rows]
-// scales. The swizzled boxes start on 1024-byte boundaries.
+// One stage: [tile][box][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation
+// rows][64] activations, [tile][16 rows] scales. The swizzled boxes start on 1024-byte boundaries. After the
+// stages, with split tiles: the sums the other warps of each tile hand to its first, two passes' worth.
 template <typename S, bool Nested>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
@@ -90,10 +100,11 @@ struct StagedSmem {
   // Nested: 16 codes from a 16-block boundary.
   static constexpr int kScaleRowBytes = Nested ? 16 : 4 * S::kChunkBlocks;
   static constexpr int kScaleTileBytes = kTileRows * kScaleRowBytes;
-  static constexpr int kActOffset = S::kConsumers * S::kCodeTileBytes;
+  static constexpr int kActOffset = S::kTilesPerPass * S::kCodeTileBytes;
   static constexpr int kScaleOffset = kActOffset + S::kGroups * kActBoxBytes;
-  static constexpr int kStageBytes = (kScaleOffset + S::kConsumers * kScaleTileBytes + 1023) / 1024 * 1024;
-  static constexpr int kBytes = S::kStages * kStageBytes + 1024;  // + alignment of the dynamic window
+  static constexpr int kStageBytes = (kScaleOffset + S::kTilesPerPass * kScaleTileBytes + 1023) / 1024 * 1024;
+  static constexpr int kHandedFloats = (S::kWarpsPerTile - 1) * S::kTilesPerPass * kWarpSize * 4 * kOps;
+  static constexpr int kBytes = S::kStages * kStageBytes + 2 * kHandedFloats * 4 + 1024;  // + window alignment
 };
 
 struct StagedMaps {
@@ -139,12 +150,12 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   __syncthreads();
 
   if (warp == S::kConsumers) {
-    // Producer: lane i < (tiles in the pass) copies tile i's codes and scales, lane kConsumers + j the
+    // Producer: lane i < (tiles in the pass) copies tile i's codes and scales, lane kTilesPerPass + j the
     // activations of group j. The weight is read once: its lines leave L2 first.
     const uint64_t policy = sm90::evict_first_policy();
     int64_t it = 0;
-    for (int64_t pass = first_tile; pass < end_tile; pass += S::kConsumers) {
-      const int in_pass = end_tile - pass < S::kConsumers ? static_cast<int>(end_tile - pass) : S::kConsumers;
+    for (int64_t pass = first_tile; pass < end_tile; pass += S::kTilesPerPass) {
+      const int in_pass = end_tile - pass < S::kTilesPerPass ? static_cast<int>(end_tile - pass) : S::kTilesPerPass;
       for (int64_t c = 0; c < chunks; ++c, ++it) {
         const int s = static_cast<int>(it % S::kStages);
         if (lane == 0) {
@@ -170,8 +181,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
           const int64_t scale_x = Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks;
           sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales,
                             static_cast<int32_t>(scale_x), row, &full[s], policy);
-        } else if (lane >= S::kConsumers && lane < S::kConsumers + S::kGroups) {
-          const int j = lane - S::kConsumers;
+        } else if (lane >= S::kTilesPerPass && lane < S::kTilesPerPass + S::kGroups) {
+          const int j = lane - S::kTilesPerPass;
           sm90::tma_load_2d(stage + Smem::kActOffset + j * Smem::kActBoxBytes, &maps.act,
                             static_cast<int32_t>(c * S::kChunkCols + j * kGroupCols), 0, &full[s]);
         }
@@ -180,15 +191,19 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     return;
   }
 
-  // Consumers: warp w multiplies tile w of each pass. Lane (g, t) accumulates weight rows g and g + 8 against
-  // activation rows 2t, 2t + 1 (+ 8 for the second operand).
+  // Consumers: warp w multiplies tile w / kWarpsPerTile of each pass (its share w % kWarpsPerTile of the
+  // groups). Lane (g, t) accumulates weight rows g and g + 8 against activation rows 2t, 2t + 1 (+ 8 for the
+  // second operand).
   const int g = lane / 4, t = lane % 4;
   const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
   const char* table_bytes = reinterpret_cast<const char*>(table);
   int64_t it = 0;
-  for (int64_t pass = first_tile; pass < end_tile; pass += S::kConsumers) {
-    const bool active = pass + warp < end_tile;
-    const int64_t row0 = (pass + warp) * kTileRows;
+  const int tile = warp / S::kWarpsPerTile, share = warp % S::kWarpsPerTile;
+  constexpr int kShareGroups = S::kGroups / S::kWarpsPerTile;
+  int parity = 0;  // which of the two hand-over buffers this pass uses
+  for (int64_t pass = first_tile; pass < end_tile; pass += S::kTilesPerPass, parity ^= 1) {
+    const bool active = pass + tile < end_tile;
+    const int64_t row0 = (pass + tile) * kTileRows;
     float acc[kOps][4] = {};
     for (int64_t c = 0; c < chunks; ++c, ++it) {
       const int s = static_cast<int>(it % S::kStages);
@@ -203,11 +218,11 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       sm90::mbar_wait(&full[s], (it / S::kStages) & 1);
       if (active) {
         const uint8_t* stage = smem + s * Smem::kStageBytes;
-        const uint8_t* codes = stage + warp * S::kCodeTileBytes;
-        const uint8_t* scales = stage + Smem::kScaleOffset + warp * Smem::kScaleTileBytes +
+        const uint8_t* codes = stage + tile * S::kCodeTileBytes;
+        const uint8_t* scales = stage + Smem::kScaleOffset + tile * Smem::kScaleTileBytes +
                                 (Nested ? (c * S::kChunkBlocks) % 16 : 0);
 #pragma unroll 2  // fully unrolled, the groups' loads are hoisted and spill
-        for (int j = 0; j < S::kGroups; ++j) {
+        for (int j = share * kShareGroups; j < (share + 1) * kShareGroups; ++j) {
           // Activation words of rows g (+ 8): columns 16t + 2w, 2w + 1 in word w, pieces 2t and 2t + 1.
           const uint8_t* act = stage + Smem::kActOffset + j * Smem::kActBoxBytes;
           uint32_t x[kOps][8];
@@ -258,6 +273,29 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       }
       __syncwarp();
       if (lane == 0) sm90::mbar_arrive(&empty[s]);
+    }
+    if constexpr (S::kWarpsPerTile > 1) {
+      // The tile's other warps hand their sums to its first. Two buffers, alternating by pass: a warp can
+      // finish the next pass only after every consumer has released that pass's stages, so nobody writes a
+      // buffer still being read.
+      float* handed = reinterpret_cast<float*>(smem + S::kStages * Smem::kStageBytes) + parity * Smem::kHandedFloats;
+      float* mine = handed + (((share - 1) * S::kTilesPerPass + tile) * kWarpSize + lane) * 4 * kOps;
+      if (share > 0 && active) {
+#pragma unroll
+        for (int op = 0; op < kOps; ++op)
+#pragma unroll
+          for (int cc = 0; cc < 4; ++cc) mine[op * 4 + cc] = acc[op][cc];
+      }
+      sm90::named_barrier_sync<kHandOverBarrier, S::kConsumers * kWarpSize>();
+      if (share > 0 || !active) continue;
+#pragma unroll
+      for (int other = 1; other < S::kWarpsPerTile; ++other) {
+        const float* theirs = handed + (((other - 1) * S::kTilesPerPass + tile) * kWarpSize + lane) * 4 * kOps;
+#pragma unroll
+        for (int op = 0; op < kOps; ++op)
+#pragma unroll
+          for (int cc = 0; cc < 4; ++cc) acc[op][cc] += theirs[op * 4 + cc];
+      }
     }
     if (!active) continue;
     // d[0], d[1]: weight row g, activation rows 8 op + 2t, 2t + 1; d[2], d[3]: weight row g + 8.
@@ -316,8 +354,17 @@ bool wide_stages(const Gemm4bitParams& p, int32_t device) {
   return p.K % WideStages::kChunkCols == 0 && passes(WideStages::kConsumers) == passes(NarrowStages::kConsumers);
 }
 
+// Grids of one wave of the register-fed kernel (at most 4 tiles per SM): one pass of at most 4 tiles, two
+// warps on each (see the top).
+using SplitStages = StagedShape<512, 3, 8, 2>;
+constexpr int64_t kSplitMaxTilesPerSm = SplitStages::kTilesPerPass;
+// Double-quantized weights only up to 2 tiles per SM: K = 8192, N = 8192 (3.9 per SM) M = 9 took 20.7-20.9 us
+// register-fed against 22.2-22.4 split.
+constexpr int64_t kSplitNestedMaxTilesPerSm = 2;
+
 template <typename T, bool Nested>
 void launch_shape(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
+  if (tiles_per_sm(p, device) <= kSplitMaxTilesPerSm) return launch<T, Nested, SplitStages>(p, device, stream);
   wide_stages(p, device) ? launch<T, Nested, WideStages>(p, device, stream)
                          : launch<T, Nested, NarrowStages>(p, device, stream);
 }
@@ -331,8 +378,11 @@ bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
 #else
   // Tensor maps: 16-byte row strides (absmax_q's row of K / 64 codes: K % 1024 == 0).
   const int64_t k_multiple = p.nested() ? 1024 : NarrowStages::kChunkCols;
-  static_assert(kBlocksize == 64, "hopper_staging_serves checks blocksize 64");
-  return p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && hopper_staging_serves(p, device);
+  static_assert(kBlocksize == 64, "hopper_staging_operands checks blocksize 64");
+  const int64_t per_sm = tiles_per_sm(p, device);
+  const bool grid =
+      per_sm > kSplitMaxTilesPerSm || per_sm <= (p.nested() ? kSplitNestedMaxTilesPerSm : kSplitMaxTilesPerSm);
+  return p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && grid && hopper_staging_operands(p, device);
 #endif
 }
 

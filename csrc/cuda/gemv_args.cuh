@@ -36,16 +36,25 @@ inline GemvArgs gemv_args(const Gemm4bitParams& p) {
 }
 
 // What the Hopper kernels that stage the weight in shared memory (gemm_4bit_streamed.cu, gemm_4bit_staged.cu)
-// both need: float16/bfloat16 activations, blocksize 64, 16-byte aligned operands (the copy engine's
-// sources), compute capability 9.0, and a grid of several waves of the register-fed kernel (four 16-row CTAs
-// per SM; on one wave that kernel keeps the weight in L2 between calls and starts faster).
-inline bool hopper_staging_serves(const Gemm4bitParams& p, int32_t device) {
+// need of the operands: float16/bfloat16 activations, blocksize 64, 16-byte aligned operands (the copy engine's
+// sources), 32-bit tensor-copy coordinates, compute capability 9.0.
+inline bool hopper_staging_operands(const Gemm4bitParams& p, int32_t device) {
   const bool types = p.blocksize == 64 && (p.a_dtype == BNB_DTYPE_FLOAT16 || p.a_dtype == BNB_DTYPE_BFLOAT16);
   const bool aligned = cuda::is_aligned(p.A, 16) && cuda::is_aligned(p.packed, 16) &&
                        cuda::is_aligned(p.absmax, 16) && (p.absmax_q == nullptr || cuda::is_aligned(p.absmax_q, 16));
-  const bool several_waves = (p.N + 15) / 16 > int64_t{4} * cuda::sm_count(device);
-  const bool coordinates = p.N <= INT32_MAX && p.K <= INT32_MAX;  // tensor-copy coordinates are 32-bit
-  return types && aligned && several_waves && coordinates && cuda::compute_capability(device) == 90;
+  const bool coordinates = p.N <= INT32_MAX && p.K <= INT32_MAX;
+  return types && aligned && coordinates && cuda::compute_capability(device) == 90;
+}
+
+// 16-row tiles of W per SM: the register-fed kernel runs four 16-row CTAs per SM, so above 4 its grid takes
+// several waves (on one wave that kernel keeps the weight in L2 between calls and starts faster).
+inline int64_t tiles_per_sm(const Gemm4bitParams& p, int32_t device) {
+  return ((p.N + 15) / 16 + cuda::sm_count(device) - 1) / cuda::sm_count(device);
+}
+
+// The operands above on a grid of several waves of the register-fed kernel.
+inline bool hopper_staging_serves(const Gemm4bitParams& p, int32_t device) {
+  return hopper_staging_operands(p, device) && tiles_per_sm(p, device) > 4;
 }
 
 }  // namespace bnb::backend

@@ -29,6 +29,13 @@ __device__ __forceinline__ uint8_t* align_shared_1024(uint8_t* window) {
   return window + ((1024 - (smem_addr(window) & 1023)) & 1023);
 }
 
+// Waits until `Threads` threads (whole warps) of the CTA have arrived at named barrier `Id` (0 is
+// __syncthreads').
+template <int Id, int Threads>
+__device__ __forceinline__ void named_barrier_sync() {
+  asm volatile("bar.sync %0, %1;" ::"n"(Id), "n"(Threads) : "memory");
+}
+
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
 #ifdef BNB_SM90A_DEVICE
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");

@@ -431,11 +431,26 @@ def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, t
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [9, 16])
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+@pytest.mark.parametrize("tiles_per_sm", [4, 2, 3])
+def test_one_wave_products_of_9_to_16_rows_match_float64(dtype, m, nested, tiles_per_sm):
+    # 9..16 rows on a grid of at most 4 tiles per SM: on Hopper each CTA takes one pass of its tiles, two
+    # consumer warps per tile, each on half of every stage's groups, the second handing its sums to the
+    # first; a CTA of 4 tiles, CTAs of 2 (some with a partial pass) and, at 3 tiles per SM, double-quantized
+    # weights taking the register-fed kernel. The last tile is partial.
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    _check_product_with_alternate_stretches_16x(sms * tiles_per_sm * 16 - 8, 2048, m, dtype, nested, seed=121)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("N", [200, 9208], ids=["one-round", "several-rounds"])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 def test_few_row_products_with_whole_stages_match_float64(dtype, m, N, nested):
     # K a multiple of 4096 at blocksize 64, up to 8 rows and a grid of several waves (N = 9208): on Hopper
     # the weight streams through shared memory in stages of 4096 columns, each CTA taking several 16-row
-    # tiles (the last one partial); other shapes here take the register-fed kernel.
+    # tiles (the last one partial); 9..16 rows take the kernel staging weight and activations together, and
+    # the one-round grid of up to 8 rows the register-fed kernel.
     _check_product_with_alternate_stretches_16x(N, 4096, m, dtype, nested, seed=101)
