@@ -14,7 +14,8 @@
 // [16 rows, 128 bytes] box per 128-byte piece; see RowRuns) and the block scales as a [16 rows, blocks] box
 // (double-quantized: [16 rows, 16] 8-bit codes from a 16-block boundary, as boxes start on 16-byte
 // boundaries), and the chunk's activations as [16 rows, 64 columns] boxes (128-byte swizzled; rows past M read
-// as zeros). Within a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and
+// as zeros). A pass with a tile for every consumer has consecutive rows: its scales (and plain weights' codes)
+// come as one box for all its tiles, laid out as the per-tile boxes would be. Within a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and
 // g + 8 and the same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in
 // gemm_4bit.cu; the swizzle puts the eight rows a quarter-warp reads on different banks (2-D boxes).
 //
@@ -35,6 +36,12 @@
 // 38.9-39.3 narrow, wide 56.8 / 54.6 (two passes). Then reading the stages by LDS instead of generic loads
 // (align_shared_1024) and plain weights' codes in row runs: N = 28672 70.2 -> 59.0 plain, 65.5 -> 57.7 nested;
 // N = 20480 58.6-58.8 -> 49.2 / 55.6 -> 47.7; N = 16384 39.0-39.5 -> 33.3-33.4 / 39.5 -> 35.8.
+// One box per full pass instead of one per tile (scales; plain codes), H100, K = 8192, M = 16, graph replays, two
+// rounds on each of two machines: N = 8192 plain 21.4-21.6 -> 20.2-20.3 us and 22.0-22.2 -> 20.8-20.9; N = 16384,
+// 28672 and nested weights unchanged within the scatter. Tried with it and not kept (same runs): the activations
+// as one 3-D box per stage too (20.5 us); 1024-column split stages (21.2); each CTA starting at its own chunk so
+// that the CTAs read different columns at a time (23.1-23.3 at N = 8192, 33.8 -> 33.0 at N = 16384); 4 or 5
+// split stages instead of 3 (19.8-20.2 against 20.2-20.3); 256-column stages, 8 of them (24.8).
 // Measured and not kept: 1..8 rows here (one operand, 8-row activation boxes): 61-62 us at N = 28672
 // whatever M, against 49-64 us streamed, though faster at N = 16384 M = 8 (34.0-34.8 us against 36.8-39.2);
 // an L2 prefetch of each row's next 1 KB or 2 KB of codes: 70.9 -> 93.6 / 86.9 us; passes of equal size
@@ -111,6 +118,9 @@ struct StagedMaps {
   CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, 128] (row runs: [16, boxes, 128]), 128-byte swizzle
   CUtensorMap act;     // A [M, K], boxes [16, 64], 128-byte swizzle
   CUtensorMap scales;  // absmax [N, K / 64] floats, boxes [16, 8]; nested: absmax_q bytes, boxes [16, 16]
+  // The same with boxes of a full pass's rows (16 per tile): plain weights' codes (nested: unused) and scales.
+  CUtensorMap pass_codes;
+  CUtensorMap pass_scales;
 };
 
 // Byte offset of 16-byte piece `piece` of line `line` in a box with the 128-byte swizzle.
@@ -138,6 +148,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     sm90::prefetch_tensor_map(&maps.codes);
     sm90::prefetch_tensor_map(&maps.act);
     sm90::prefetch_tensor_map(&maps.scales);
+    sm90::prefetch_tensor_map(&maps.pass_codes);
+    sm90::prefetch_tensor_map(&maps.pass_scales);
   }
   // Launched to overlap the kernel before it: nothing in global memory is read before it has finished.
   cuda::allow_next_kernel();
@@ -165,22 +177,34 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         }
         __syncwarp();
         uint8_t* stage = smem + s * Smem::kStageBytes;
+        // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
+        const auto scale_x = static_cast<int32_t>(Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks);
+        // A full pass's tiles are consecutive rows, laid out in the stage as one box of them would be: its
+        // scales (and plain weights' codes) come as one box, not one per tile.
+        const bool full_pass = in_pass == S::kTilesPerPass;
+        if (full_pass && lane == 0) {
+          const auto first_row = static_cast<int32_t>(pass * kTileRows);
+          if constexpr (RowRuns<Nested>)
+            sm90::tma_load_3d(stage, &maps.pass_codes, 0, static_cast<int32_t>(c * S::kBoxes), first_row, &full[s],
+                              policy);
+          sm90::tma_load_2d(stage + Smem::kScaleOffset, &maps.pass_scales, scale_x, first_row, &full[s], policy);
+        }
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
           uint8_t* codes = stage + lane * S::kCodeTileBytes;
-          [[maybe_unused]] const int32_t x = static_cast<int32_t>(c * (S::kChunkCols / 2));
           if constexpr (RowRuns<Nested>) {
-            sm90::tma_load_3d(codes, &maps.codes, 0, static_cast<int32_t>(c * S::kBoxes), row, &full[s], policy);
+            if (!full_pass)
+              sm90::tma_load_3d(codes, &maps.codes, 0, static_cast<int32_t>(c * S::kBoxes), row, &full[s], policy);
           } else {
+            const auto x = static_cast<int32_t>(c * (S::kChunkCols / 2));
 #pragma unroll
             for (int b = 0; b < S::kBoxes; ++b)
               sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s],
                                 policy);
           }
-          // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
-          const int64_t scale_x = Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks;
-          sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales,
-                            static_cast<int32_t>(scale_x), row, &full[s], policy);
+          if (!full_pass)
+            sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales, scale_x, row,
+                              &full[s], policy);
         } else if (lane >= S::kTilesPerPass && lane < S::kTilesPerPass + S::kGroups) {
           const int j = lane - S::kTilesPerPass;
           sm90::tma_load_2d(stage + Smem::kActOffset + j * Smem::kActBoxBytes, &maps.act,
@@ -324,16 +348,24 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   const CUtensorMapDataType act_type =
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const int64_t blocks_per_row = p.K / kBlocksize;
-  StagedMaps maps{
-      RowRuns<Nested> ? cuda::tensor_map_row_pieces(p.packed, p.N, p.K / 2, kBoxBytes, kTileRows, S::kBoxes,
-                                                    CU_TENSOR_MAP_SWIZZLE_128B)
-                      : cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2, kTileRows,
-                                            kBoxBytes, CU_TENSOR_MAP_SWIZZLE_128B),
+  const auto code_map = [&](uint32_t rows) {
+    return RowRuns<Nested> ? cuda::tensor_map_row_pieces(p.packed, p.N, p.K / 2, kBoxBytes, rows, S::kBoxes,
+                                                         CU_TENSOR_MAP_SWIZZLE_128B)
+                           : cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2, rows,
+                                                 kBoxBytes, CU_TENSOR_MAP_SWIZZLE_128B);
+  };
+  const auto scale_map = [&](uint32_t rows) {
+    return Nested ? cuda::tensor_map_2d(p.absmax_q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, blocks_per_row, rows, 16,
+                                        CU_TENSOR_MAP_SWIZZLE_NONE)
+                  : cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, rows,
+                                        S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE);
+  };
+  constexpr uint32_t kPassRows = kTileRows * S::kTilesPerPass;
+  const CUtensorMap tile_codes = code_map(kTileRows);
+  const StagedMaps maps{
+      tile_codes,
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
-      Nested ? cuda::tensor_map_2d(p.absmax_q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, blocks_per_row, kTileRows, 16,
-                                   CU_TENSOR_MAP_SWIZZLE_NONE)
-             : cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, kTileRows,
-                                   S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE)};
+      scale_map(kTileRows), RowRuns<Nested> ? code_map(kPassRows) : tile_codes, scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
