@@ -14,10 +14,11 @@
 // [16 rows, 128 bytes] box per 128-byte piece; see RowRuns) and the block scales as a [16 rows, blocks] box
 // (double-quantized: [16 rows, 16] 8-bit codes from a 16-block boundary, as boxes start on 16-byte
 // boundaries), and the chunk's activations as [16 rows, 64 columns] boxes (128-byte swizzled; rows past M read
-// as zeros). A pass with a tile for every consumer has consecutive rows: its scales (and plain weights' codes)
-// come as one box for all its tiles, laid out as the per-tile boxes would be. Within a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and
-// g + 8 and the same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in
-// gemm_4bit.cu; the swizzle puts the eight rows a quarter-warp reads on different banks (2-D boxes).
+// as zeros). A pass with a tile for every consumer has consecutive rows: its scales and codes come as one box
+// for all its tiles (per 128-byte piece with 2-D boxes), laid out as the per-tile boxes would be. Within a
+// 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and g + 8 and the
+// same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu;
+// the swizzle puts the eight rows a quarter-warp reads on different banks (2-D boxes).
 //
 // Two stage shapes: 512 columns in 3 stages for 8 consumer warps, or 1024 columns in 2 stages for 7 (the
 // most that fit shared memory), taken where it needs no more passes (N = 28672 on 132 SMs: 14 tiles per
@@ -26,7 +27,8 @@
 // ways (512-column stages), the second warp handing its sums to the first through shared memory. H100, K =
 // 8192, graph replays, two rounds, register-fed -> split: N = 4096 M = 16 18.2-18.6 -> 14.4-14.5 us plain,
 // 19.9-20.0 -> 16.0 nested (M = 9: 17.1-17.4 -> 14.5, 18.6 -> 16.0); N = 8192 plain 22.0 -> 20.1 (M = 9 21.0
-// -> 20.0), nested 22.1 -> 22.2-22.4 (M = 9 20.7-20.9 -> 22.2-22.4: not taken); K = 4096, N = 4096 plain
+// -> 20.0), nested 22.1 -> 22.2-22.4 (M = 9 20.7-20.9 -> 22.2-22.4; taken from 13 rows since a full pass's
+// codes come as one box per piece: kSplitNestedMinRows); K = 4096, N = 4096 plain
 // 10.7 -> 8.65, nested 11.35 -> 9.55. (Before the stages were read by LDS, one warp per tile on those
 // grids: N = 8192 M = 16 22.1 -> 26.2 us.)
 // H100, K = 8192, graph replays, two rounds (register-fed kernel before): N = 28672 M = 16 86.5-87.0 ->
@@ -97,9 +99,21 @@ struct StagedShape {
 template <bool Nested>
 constexpr bool RowRuns = !Nested;
 
-// One stage: [tile][box][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation
-// rows][64] activations, [tile][16 rows] scales. The swizzled boxes start on 1024-byte boundaries. After the
+// Whether a full pass's 2-D code boxes (double-quantized weights) come as one box per piece for all its tiles:
+// only for passes of at most 4 tiles. H100, K = 8192, M = 16, graph replays, two rounds, against a box per tile
+// and piece: N = 4096 17.0 -> 16.4-16.5 us, N = 8192 (split stages) 22.5-22.7 register-fed -> 21.7-21.9; with
+// 8 tiles per pass N = 16384 35.5 -> 36.4-36.5 us, N = 28672 unchanged.
+template <typename S>
+constexpr bool kPassBoxes2d = S::kTilesPerPass <= 4;
+
+// One stage: [box][tile][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation
+// rows][64] activations, [tile][16 rows] scales: in either layout a full pass's codes are one box (per 128-byte
+// piece) of its rows. The swizzled boxes start on 1024-byte boundaries. After the
 // stages, with split tiles: the sums the other warps of each tile hand to its first, two passes' worth.
+// A stage's codes of one 128-byte piece, all tiles (2-D boxes).
+template <typename S>
+constexpr int kPieceBytes = S::kTilesPerPass * kTileRows * kBoxBytes;
+
 template <typename S, bool Nested>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
@@ -118,7 +132,7 @@ struct StagedMaps {
   CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, 128] (row runs: [16, boxes, 128]), 128-byte swizzle
   CUtensorMap act;     // A [M, K], boxes [16, 64], 128-byte swizzle
   CUtensorMap scales;  // absmax [N, K / 64] floats, boxes [16, 8]; nested: absmax_q bytes, boxes [16, 16]
-  // The same with boxes of a full pass's rows (16 per tile): plain weights' codes (nested: unused) and scales.
+  // The same with boxes of a full pass's rows (16 per tile).
   CUtensorMap pass_codes;
   CUtensorMap pass_scales;
 };
@@ -180,27 +194,33 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
         const auto scale_x = static_cast<int32_t>(Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks);
         // A full pass's tiles are consecutive rows, laid out in the stage as one box of them would be: its
-        // scales (and plain weights' codes) come as one box, not one per tile.
+        // scales and codes (per 128-byte piece with 2-D boxes) come as one box, not one per tile.
         const bool full_pass = in_pass == S::kTilesPerPass;
+        const auto x = static_cast<int32_t>(c * (S::kChunkCols / 2));
         if (full_pass && lane == 0) {
           const auto first_row = static_cast<int32_t>(pass * kTileRows);
-          if constexpr (RowRuns<Nested>)
+          if constexpr (RowRuns<Nested>) {
             sm90::tma_load_3d(stage, &maps.pass_codes, 0, static_cast<int32_t>(c * S::kBoxes), first_row, &full[s],
                               policy);
+          } else if constexpr (kPassBoxes2d<S>) {
+#pragma unroll
+            for (int b = 0; b < S::kBoxes; ++b)
+              sm90::tma_load_2d(stage + b * kPieceBytes<S>, &maps.pass_codes, x + b * kBoxBytes, first_row,
+                                &full[s], policy);
+          }
           sm90::tma_load_2d(stage + Smem::kScaleOffset, &maps.pass_scales, scale_x, first_row, &full[s], policy);
         }
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
-          uint8_t* codes = stage + lane * S::kCodeTileBytes;
           if constexpr (RowRuns<Nested>) {
             if (!full_pass)
-              sm90::tma_load_3d(codes, &maps.codes, 0, static_cast<int32_t>(c * S::kBoxes), row, &full[s], policy);
-          } else {
-            const auto x = static_cast<int32_t>(c * (S::kChunkCols / 2));
+              sm90::tma_load_3d(stage + lane * S::kCodeTileBytes, &maps.codes, 0, static_cast<int32_t>(c * S::kBoxes),
+                                row, &full[s], policy);
+          } else if (!full_pass || !kPassBoxes2d<S>) {
+            uint8_t* codes = stage + lane * kTileRows * kBoxBytes;
 #pragma unroll
             for (int b = 0; b < S::kBoxes; ++b)
-              sm90::tma_load_2d(codes + b * kTileRows * kBoxBytes, &maps.codes, x + b * kBoxBytes, row, &full[s],
-                                policy);
+              sm90::tma_load_2d(codes + b * kPieceBytes<S>, &maps.codes, x + b * kBoxBytes, row, &full[s], policy);
           }
           if (!full_pass)
             sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales, scale_x, row,
@@ -229,20 +249,23 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     const bool active = pass + tile < end_tile;
     const int64_t row0 = (pass + tile) * kTileRows;
     float acc[kOps][4] = {};
+    // Nested: the second-level scales of rows g and g + 8, loaded a chunk ahead of their use.
+    const auto second_level = [&](int64_t c, int h) {
+      const int64_t row = min(row0 + g + 8 * h, N - 1);
+      return __ldg(args.absmax + (row * (K / kBlocksize) + c * S::kChunkBlocks) / kNestedBlocksize);
+    };
+    float next_second[2] = {0.0f, 0.0f};
+    if (Nested && active) next_second[0] = second_level(0, 0), next_second[1] = second_level(0, 1);
     for (int64_t c = 0; c < chunks; ++c, ++it) {
       const int s = static_cast<int>(it % S::kStages);
-      float second[2] = {0.0f, 0.0f};  // nested: the second-level scale of rows g and g + 8 in this chunk
-      if (Nested && active) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t row = min(row0 + g + 8 * h, N - 1);
-          second[h] = __ldg(args.absmax + (row * (K / kBlocksize) + c * S::kChunkBlocks) / kNestedBlocksize);
-        }
-      }
+      const float second[2] = {next_second[0], next_second[1]};
+      if (Nested && active && c + 1 < chunks)
+        next_second[0] = second_level(c + 1, 0), next_second[1] = second_level(c + 1, 1);
       sm90::mbar_wait(&full[s], (it / S::kStages) & 1);
       if (active) {
         const uint8_t* stage = smem + s * Smem::kStageBytes;
-        const uint8_t* codes = stage + tile * S::kCodeTileBytes;
+        // Row runs: this tile's [16 rows][box][128]; 2-D boxes: its 16 lines in each piece's box.
+        const uint8_t* codes = stage + tile * (RowRuns<Nested> ? S::kCodeTileBytes : kTileRows * kBoxBytes);
         const uint8_t* scales = stage + Smem::kScaleOffset + tile * Smem::kScaleTileBytes +
                                 (Nested ? (c * S::kChunkBlocks) % 16 : 0);
 #pragma unroll 2  // fully unrolled, the groups' loads are hoisted and spill
@@ -266,7 +289,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
             lo = *reinterpret_cast<const uint2*>(at + swizzled(g * S::kBoxes + j / 4, piece));
             hi = *reinterpret_cast<const uint2*>(at + swizzled((g + 8) * S::kBoxes + j / 4, piece));
           } else {
-            const uint8_t* box = codes + (j / 4) * (kTileRows * kBoxBytes) + (t % 2) * 8;
+            const uint8_t* box = codes + (j / 4) * kPieceBytes<S> + (t % 2) * 8;
             lo = *reinterpret_cast<const uint2*>(box + swizzled(g, piece));
             hi = *reinterpret_cast<const uint2*>(box + swizzled(g + 8, piece));
           }
@@ -361,11 +384,10 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
                                         S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE);
   };
   constexpr uint32_t kPassRows = kTileRows * S::kTilesPerPass;
-  const CUtensorMap tile_codes = code_map(kTileRows);
   const StagedMaps maps{
-      tile_codes,
+      code_map(kTileRows),
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
-      scale_map(kTileRows), RowRuns<Nested> ? code_map(kPassRows) : tile_codes, scale_map(kPassRows)};
+      scale_map(kTileRows), code_map(kPassRows), scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
@@ -390,9 +412,12 @@ bool wide_stages(const Gemm4bitParams& p, int32_t device) {
 // warps on each (see the top).
 using SplitStages = StagedShape<512, 3, 8, 2>;
 constexpr int64_t kSplitMaxTilesPerSm = SplitStages::kTilesPerPass;
-// Double-quantized weights only up to 2 tiles per SM: K = 8192, N = 8192 (3.9 per SM) M = 9 took 20.7-20.9 us
-// register-fed against 22.2-22.4 split.
-constexpr int64_t kSplitNestedMaxTilesPerSm = 2;
+// Double-quantized weights on 3 or 4 tiles per SM only from this many rows: the register-fed kernel's time grows
+// with the rows, the split stages' does not. K = 8192, N = 8192 (3.9 tiles per SM): M = 16 22.5-22.7 us
+// register-fed against 21.7-21.9 split; M = 9 20.7-20.9 against 22.2-22.4 (split before a full pass's codes came
+// as one box per piece).
+constexpr int64_t kSplitNestedMinRows = 13;
+constexpr int64_t kSplitNestedAnyRowsMaxTilesPerSm = 2;
 
 template <typename T, bool Nested>
 void launch_shape(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
@@ -412,8 +437,8 @@ bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
   const int64_t k_multiple = p.nested() ? 1024 : NarrowStages::kChunkCols;
   static_assert(kBlocksize == 64, "hopper_staging_operands checks blocksize 64");
   const int64_t per_sm = tiles_per_sm(p, device);
-  const bool grid =
-      per_sm > kSplitMaxTilesPerSm || per_sm <= (p.nested() ? kSplitNestedMaxTilesPerSm : kSplitMaxTilesPerSm);
+  const bool grid = !p.nested() || per_sm > kSplitMaxTilesPerSm || per_sm <= kSplitNestedAnyRowsMaxTilesPerSm ||
+                    p.M >= kSplitNestedMinRows;
   return p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && grid && hopper_staging_operands(p, device);
 #endif
 }

@@ -437,8 +437,9 @@ def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, t
 def test_one_wave_products_of_9_to_16_rows_match_float64(dtype, m, nested, tiles_per_sm):
     # 9..16 rows on a grid of at most 4 tiles per SM: on Hopper each CTA takes one pass of its tiles, two
     # consumer warps per tile, each on half of every stage's groups, the second handing its sums to the
-    # first; a CTA of 4 tiles, CTAs of 2 (some with a partial pass) and, at 3 tiles per SM, double-quantized
-    # weights taking the register-fed kernel. The last tile is partial.
+    # first; a CTA of 4 tiles (a full pass: its codes and scales copied as one box for all its tiles), CTAs of 2
+    # (some with a partial pass) and, at 3 or 4 tiles per SM, double-quantized weights of 9 rows taking the
+    # register-fed kernel. The last tile is partial.
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     _check_product_with_alternate_stretches_16x(sms * tiles_per_sm * 16 - 8, 2048, m, dtype, nested, seed=121)
 
