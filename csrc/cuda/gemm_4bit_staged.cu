@@ -110,6 +110,13 @@ constexpr bool kPassBoxes2d = S::kTilesPerPass <= 4;
 // rows][64] activations, [tile][16 rows] scales: in either layout a full pass's codes are one box (per 128-byte
 // piece) of its rows. The swizzled boxes start on 1024-byte boundaries. After the
 // stages, with split tiles: the sums the other warps of each tile hand to its first, two passes' worth.
+// Groups of a stage each consumer warp keeps in flight (the unroll of its loop over them): 4 on passes of 7 or 8
+// tiles, 2 on split stages. H100, K = 8192, M = 16, graph replays, two rounds, unroll 2 -> 4: N = 28672 59.0 ->
+// 58.0 us plain, 58.6 -> 57.2 nested; split stages (N = 8192) 19.6 -> 21.0 plain, 21.6-21.9 -> 21.6 nested.
+// Fully unrolled (8 or 16 groups), the groups' loads were hoisted and spilled.
+template <typename S>
+constexpr int kGroupUnroll = S::kTilesPerPass > 4 ? 4 : 2;
+
 // A stage's codes of one 128-byte piece, all tiles (2-D boxes).
 template <typename S>
 constexpr int kPieceBytes = S::kTilesPerPass * kTileRows * kBoxBytes;
@@ -268,7 +275,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         const uint8_t* codes = stage + tile * (RowRuns<Nested> ? S::kCodeTileBytes : kTileRows * kBoxBytes);
         const uint8_t* scales = stage + Smem::kScaleOffset + tile * Smem::kScaleTileBytes +
                                 (Nested ? (c * S::kChunkBlocks) % 16 : 0);
-#pragma unroll 2  // fully unrolled, the groups' loads are hoisted and spill
+#pragma unroll kGroupUnroll<S>
         for (int j = share * kShareGroups; j < (share + 1) * kShareGroups; ++j) {
           // Activation words of rows g (+ 8): columns 16t + 2w, 2w + 1 in word w, pieces 2t and 2t + 1.
           const uint8_t* act = stage + Smem::kActOffset + j * Smem::kActBoxBytes;
