@@ -106,10 +106,6 @@ constexpr bool RowRuns = !Nested;
 template <typename S>
 constexpr bool kPassBoxes2d = S::kTilesPerPass <= 4;
 
-// One stage: [box][tile][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation
-// rows][64] activations, [tile][16 rows] scales: in either layout a full pass's codes are one box (per 128-byte
-// piece) of its rows. The swizzled boxes start on 1024-byte boundaries. After the
-// stages, with split tiles: the sums the other warps of each tile hand to its first, two passes' worth.
 // Groups of a stage each consumer warp keeps in flight (the unroll of its loop over them): 4 on passes of 7 or 8
 // tiles, 2 on split stages. H100, K = 8192, M = 16, graph replays, two rounds, unroll 2 -> 4: N = 28672 59.0 ->
 // 58.0 us plain, 58.6 -> 57.2 nested; split stages (N = 8192) 19.6 -> 21.0 plain, 21.6-21.9 -> 21.6 nested.
@@ -121,6 +117,10 @@ constexpr int kGroupUnroll = S::kTilesPerPass > 4 ? 4 : 2;
 template <typename S>
 constexpr int kPieceBytes = S::kTilesPerPass * kTileRows * kBoxBytes;
 
+// One stage: [box][tile][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation
+// rows][64] activations, [tile][16 rows] scales: in either layout a full pass's codes are one box (per 128-byte
+// piece) of its rows. The swizzled boxes start on 1024-byte boundaries. After the stages, with split tiles: the
+// sums the other warps of each tile hand to its first, two passes' worth.
 template <typename S, bool Nested>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
@@ -422,7 +422,8 @@ constexpr int64_t kSplitMaxTilesPerSm = SplitStages::kTilesPerPass;
 // Double-quantized weights on 3 or 4 tiles per SM only from this many rows: the register-fed kernel's time grows
 // with the rows, the split stages' does not. K = 8192, N = 8192 (3.9 tiles per SM): M = 16 22.5-22.7 us
 // register-fed against 21.7-21.9 split; M = 9 20.7-20.9 against 22.2-22.4 (split before a full pass's codes came
-// as one box per piece).
+// as one box per piece). In the run of record (see RESULTS.md): M = 9 21.0 us and M = 12 21.55 register-fed,
+// M = 13 21.67 and M = 16 21.60 split.
 constexpr int64_t kSplitNestedMinRows = 13;
 constexpr int64_t kSplitNestedAnyRowsMaxTilesPerSm = 2;
 
