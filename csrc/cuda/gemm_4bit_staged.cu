@@ -391,10 +391,13 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
                                         S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE);
   };
   constexpr uint32_t kPassRows = kTileRows * S::kTilesPerPass;
+  const CUtensorMap tile_codes = code_map(kTileRows);
+  // (Double-quantized passes of more than 4 tiles copy codes per tile only: no pass map to encode per call.)
   const StagedMaps maps{
-      code_map(kTileRows),
+      tile_codes,
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
-      scale_map(kTileRows), code_map(kPassRows), scale_map(kPassRows)};
+      scale_map(kTileRows), RowRuns<Nested> || kPassBoxes2d<S> ? code_map(kPassRows) : tile_codes,
+      scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
