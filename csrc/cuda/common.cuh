@@ -125,11 +125,17 @@ template <>
 struct Vec2<__half> {
   using type = __half2;
   __device__ static type broadcast(float v) { return __float2half2_rn(v); }
+  __device__ static type pack(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+  __device__ static type low(type v) { return __low2half2(v); }
+  __device__ static type high(type v) { return __high2half2(v); }
 };
 template <>
 struct Vec2<__nv_bfloat16> {
   using type = __nv_bfloat162;
   __device__ static type broadcast(float v) { return __float2bfloat162_rn(v); }
+  __device__ static type pack(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
+  __device__ static type low(type v) { return __low2bfloat162(v); }
+  __device__ static type high(type v) { return __high2bfloat162(v); }
 };
 template <typename T>
 __device__ __forceinline__ uint32_t scale_pair_word(uint32_t word, typename Vec2<T>::type scale) {

@@ -5,20 +5,28 @@
 // wgmma takes from registers: each CTA owns 128 rows of W (two consumer warpgroups of 64) and BM rows
 // of A (the MMA's N: 64, 128 or 256, chosen per shape; a grid of 256-row tiles whose last wave would be
 // partial ends in 128-row tiles instead), and walks K in tiles of 64. One lane of the
-// producer warpgroup streams both operands into a ring of 5-8 shared-memory stages with TMA: the
+// producer warpgroup streams both operands into a ring of 4-8 shared-memory stages with TMA: the
 // activations as a 128-byte-swizzled K-major tile (read by wgmma straight from shared memory), the weight
-// as packed bytes (32 per row and tile). Each consumer warpgroup expands its weight rows of a tile into
-// MMA fragments (a byte -> pair-of-codes table, one copy per lane so that random bytes never collide on
-// a bank; times the row's block scale in 16 bits) and issues four k16 MMAs for it without waiting: the
-// MMAs of tile k run while tile k + 1 is expanded into a second set of fragment registers, and a stage
-// goes back to the producer once the MMAs that read it have completed. The epilogue adds the bias, rounds
-// to the activation dtype and writes out [M, N] through shared memory in 16-byte rows.
+// as packed bytes (32 per row and tile); another warp of it stores each stage's block scales, already in
+// 16 bits (double-quantized ones decoded there). Each consumer warpgroup expands its weight rows of a tile
+// into MMA fragments (a byte -> pair-of-codes table, one copy per lane so that random bytes never collide
+// on a bank, laid out so that a lookup's address is one byte permute; times the row's block scale in 16
+// bits) and issues four k16 MMAs for it without waiting: the MMAs of tile k run while tile k + 1 is
+// expanded into a second set of fragment registers, and a stage goes back to the producers once the MMAs
+// that read it have completed. The epilogue adds the bias, rounds to the activation dtype and writes out
+// [M, N] through shared memory in 16-byte rows.
 //
 // Lane (g, t) of warp w holds, per k16 step, rows g and g + 8 of its warp's 16 and columns 2t, 2t + 1,
 // 2t + 8, 2t + 9: byte t of each 4-byte word of a row's packed codes. It reads the row's 32 bytes of
 // the tile with two 16-byte loads and selects its bytes.
 //
-// Measured on the H100 (K = 8192, graph replays, same-run pairs): with the stages and the table read by
+// Measured on the H100 (K = 8192, graph replays, same-run pairs, two rounds): the scales stored by a
+// producer warp instead of loaded by every consumer lane a tile ahead, and the wide table (one byte permute
+// per lookup instead of a permute and a multiply-add; 4 stages of 256 rows instead of 5), with 114
+// instructions per half K tile per consumer warp instead of 132: N = 8192 M = 512 94.1-94.5 -> 90.8-91.3 us
+// plain, 99.1-103.8 -> 92.6-93.6 nested, M = 4096 840-867 -> 810-828 plain; N = 28672 M = 512 380-387 ->
+// 357-374 plain, 410-430 -> 397-402 nested, M = 4096 2981-2988 -> 2820-2928 plain, 3015-3025 -> 2890-2913
+// nested. Before that, with the stages and the table read by
 // LDS and the scale rows resolved once (below), N = 8192 M = 512 114-123 -> 93-107 us, M = 1024 248-264 ->
 // 194-212 us; N = 28672 M = 1024 843-886 -> 729-751 us. A profile before that (M = 512) had the consumers
 // issuing 200 instructions per K tile, stalled on generic loads, and the tensor pipe busy 70% of the time.
@@ -50,8 +58,8 @@ namespace sm90 = cuda::sm90;
 constexpr int kTileK = 64;              // K per stage: one 128-byte swizzled row of 16-bit activations
 constexpr int kConsumerThreads = 256;
 constexpr int kThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (one lane), 1 and 2 consume
-constexpr int kProducerRegisters = 40;            // registers move from the producer to the consumers
-constexpr int kConsumerRegisters = 232;
+constexpr int kProducerRegisters = 56;  // registers move from the producers to the consumers
+constexpr int kConsumerRegisters = 224;
 using cuda::kPairTableWords;
 constexpr int kGroupN = 16;             // CTAs launched in turn cycle over this many weight tiles
 constexpr int kSmemBudget = 227 * 1024;
@@ -71,15 +79,17 @@ struct TileShape {
   static constexpr int kActBytes = BM * kTileK * 2;
   static constexpr int kWeightBytes = kWeightRows * kTileK / 2;
   static constexpr int kStageBytes = kActBytes + kWeightBytes;
-  // Dynamic shared memory besides the stages; the pair table is a static array (kTableBytes).
-  static constexpr int kFixedBytes = 1024 /* alignment */ + 256 * 4 + 2 * 8 * 8;
-  static constexpr int kTableBytes = kPairTableWords * 4;
+  static constexpr int kScalePairs = kWeightRows / 2;  // per stage: a word of two rows' scales
+  // The wide pair table (first in dynamic shared memory), then the stages (1024-byte aligned), the
+  // nested code, the stage barriers and the stages' scales (at most 8 stages).
+  static constexpr int kTableBytes = 2 * kPairTableWords * 4;
+  static constexpr int kFixedBytes = kTableBytes + 1024 /* alignment */ + 256 * 4 + 2 * 8 * 8 + 8 * kScalePairs * 4;
   // As many stages as fit (at most 8).
-  static constexpr int kRoom = kSmemBudget - kTableBytes - kFixedBytes;
+  static constexpr int kRoom = kSmemBudget - kFixedBytes;
   static constexpr int kStages = kRoom / kStageBytes > 8 ? 8 : kRoom / kStageBytes;
   static constexpr int kOutStride = kWeightRows + 8;  // elements per staged output row (no bank conflicts)
   static_assert(BM * kOutStride * 2 <= kStages * kActBytes, "the output tile fits in the activation stages");
-  static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;  // dynamic; the table is static
+  static constexpr int kSmemBytes = kFixedBytes + kStages * kStageBytes;
 };
 
 struct TensorCoreArgs {
@@ -97,7 +107,8 @@ struct TensorCoreArgs {
 // One row's block scale for a K tile, fetched a tile ahead: plain scales directly, nested ones as
 // their code and second-level scale (decoded when used, as dequantize_blockwise + offset rounds). The
 // row's first block is resolved once: a fetch is one load at a small offset from it (the 64-bit
-// index arithmetic per tile and row was a fifth of the consumers' instructions).
+// index arithmetic per tile and row, done by every consumer lane, was once a fifth of their
+// instructions).
 template <bool Nested>
 struct RowScale {
   const float* scales = nullptr;    // plain: the row's first scale; nested: unused
@@ -132,11 +143,60 @@ struct RowScale {
   }
 };
 
+// A weight row's place in a stage's scale words: rows r and r + 8 of each 16 share word (r / 16) * 8 + r % 8
+// (r low, r + 8 high), the two rows a consumer lane multiplies.
+__device__ __forceinline__ int scale_pair_of(int r) { return (r / 16) * 8 + r % 8; }
+
+// One warp of the producer warpgroup stores every stage's block scales, in the activation dtype and paired
+// as the consumers use them, and counts itself (all 32 lanes) on the stage's `full` barrier. The consumers
+// then read one word per tile where they waited on global loads, and double-quantized scales are decoded
+// here, off their path. Each scale is fetched a tile ahead and read once its stage is free.
+template <typename T, int Rows, int Stages, bool Nested>
+__device__ __forceinline__ void fill_scales(const TensorCoreArgs& args, int n0, int k_tiles, uint32_t* scale_stages,
+                                            uint64_t* full, uint64_t* empty, const float* nested_code, float offset,
+                                            int lane) {
+  constexpr int kPairs = Rows / 2;
+  constexpr int kPerLane = kPairs / kWarpSize;
+  static_assert(kPairs % kWarpSize == 0, "every lane fills the same number of scale words");
+  const int64_t blocks_per_row = static_cast<int64_t>(args.K) >> args.log2_blocksize;
+  RowScale<Nested> scale[kPerLane][2];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pair = lane + i * kWarpSize;
+      const int r = (pair / 8) * 16 + pair % 8 + 8 * h;
+      scale[i][h].init(args, min(n0 + r, args.N - 1) * blocks_per_row);
+      scale[i][h].fetch(args, 0);
+    }
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int s = kt % Stages;
+    sm90::mbar_wait(&empty[s], ((kt / Stages) & 1) ^ 1);
+    uint32_t words[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const typename cuda::Vec2<T>::type w =
+          cuda::Vec2<T>::pack(scale[i][0].value(nested_code, offset), scale[i][1].value(nested_code, offset));
+      words[i] = *reinterpret_cast<const uint32_t*>(&w);
+    }
+    if (kt + 1 < k_tiles) {
+      const int block = ((kt + 1) * kTileK) >> args.log2_blocksize;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) scale[i][h].fetch(args, block);
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) scale_stages[s * kPairs + lane + i * kWarpSize] = words[i];
+    sm90::mbar_arrive(&full[s]);
+  }
+}
+
 // The CTA's work for tile `cta` of the weight rows [n_begin, args.N) with BM activation rows per tile.
-// `table` is the kernel's static shared pair table, `smem_raw` its dynamic shared memory.
+// `smem_raw` is the kernel's dynamic shared memory.
 template <typename T, int MB, int BM, bool Nested>
 __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const CUtensorMap& weight_map,
-                                              const TensorCoreArgs& args, uint32_t* table, uint8_t* smem_raw, int cta,
+                                              const TensorCoreArgs& args, uint8_t* smem_raw, int cta,
                                               int n_begin, int n_end) {
   using Shape = TileShape<MB, BM>;
   constexpr int kStages = Shape::kStages;
@@ -145,12 +205,15 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   // Aligned by an offset from the shared array itself: a pointer rebuilt from an integer is generic to
   // the compiler, and every read of the stages then compiled to a generic load (address-space check,
   // 64-bit address, the long scoreboard) instead of an LDS (K = N = 8192, M = 512: 123 -> 104 us).
-  uint8_t* smem = smem_raw + ((1024 - (sm90::smem_addr(smem_raw) & 1023)) & 1023);
+  uint32_t* table = reinterpret_cast<uint32_t*>(smem_raw);
+  uint8_t* smem = smem_raw + Shape::kTableBytes;
+  smem += (1024 - (sm90::smem_addr(smem) & 1023)) & 1023;
   uint8_t* act_stages = smem;                                        // kStages x [BM][64] swizzled
   uint8_t* weight_stages = act_stages + kStages * Shape::kActBytes;  // kStages x [rows][32] bytes
   float* nested_code = reinterpret_cast<float*>(weight_stages + kStages * Shape::kWeightBytes);
   uint64_t* full = reinterpret_cast<uint64_t*>(nested_code + 256);
   uint64_t* empty = full + kStages;
+  uint32_t* scale_stages = reinterpret_cast<uint32_t*>(empty + kStages);  // kStages x [kScalePairs]
 
   // Tile order: CTAs launched together share weight tiles (kGroupN of them) and activation tiles.
   const sm90::TileCoord tile =
@@ -161,8 +224,8 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumerThreads / kWarpSize);
-  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
+  if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumerThreads / kWarpSize, 1 + kWarpSize);
+  cuda::fill_pair_table<T>(table, args.code, /*wide=*/true, threadIdx.x, kThreads);
   float offset = 0.0f;
   if constexpr (Nested) {
     for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
@@ -171,11 +234,14 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   __syncthreads();
 
   if (warp < 4) {
-    // Producer: one lane keeps every stage filled.
+    // Producers: one lane keeps every stage's operands coming, warp 1 stores its scales.
     sm90::set_max_registers_dec<kProducerRegisters>();
     if (threadIdx.x == 0)
       sm90::produce_stages<kStages>(k_tiles, full, empty, {&act_map, act_stages, Shape::kActBytes, kTileK, m0},
                                     {&weight_map, weight_stages, Shape::kWeightBytes, kTileK / 2, n0});
+    else if (warp == 1)
+      fill_scales<T, kWeightRows, kStages, Nested>(args, n0, k_tiles, scale_stages, full, empty, nested_code, offset,
+                                                   lane);
     return;
   }
 
@@ -192,24 +258,29 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
     row[b][0] = min(n0 + r[b], args.N - 1);
     row[b][1] = min(n0 + r[b] + 8, args.N - 1);
   }
-  const uint32_t byte_select = 0x4440u | static_cast<uint32_t>(t);  // byte t of a word, zero above
-  const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
-  const char* table_bytes = reinterpret_cast<const char*>(table);
-  auto expand = [&](uint32_t word, typename V2::type scale) {
-    const uint32_t byte = __byte_perm(word, 0, byte_select);
-    const uint32_t pair = *reinterpret_cast<const uint32_t*>(table_bytes + (byte << 7 | lane4));
-    return cuda::scale_pair_word<T>(pair, scale);
-  };
-
-  const int64_t blocks_per_row = static_cast<int64_t>(args.K) >> args.log2_blocksize;
-  RowScale<Nested> next[MB][2];
+  // A lookup's offset into the wide table, byte t of the word * 256 + lane * 4, is one byte permute.
+  uint32_t byte_select = 0x5504u | static_cast<uint32_t>(t) << 4;
+  uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
+  // Byte offsets of this lane's rows r[b] and r[b] + 8 in a weight stage.
+  uint32_t row_bytes[MB][2];
 #pragma unroll
   for (int b = 0; b < MB; ++b)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      next[b][h].init(args, row[b][h] * blocks_per_row);
-      next[b][h].fetch(args, 0);
+      row_bytes[b][h] = (r[b] + 8 * h) * 32;
+      // Opaque to the compiler, which otherwise recomputed these from the thread index at every tile.
+      asm volatile("" : "+r"(row_bytes[b][h]));
     }
+  asm volatile("" : "+r"(byte_select), "+r"(lane4));
+  const char* table_bytes = reinterpret_cast<const char*>(table);
+  auto expand = [&](uint32_t word, typename V2::type scale) {
+    const uint32_t pair = *reinterpret_cast<const uint32_t*>(table_bytes + __byte_perm(word, lane4, byte_select));
+    return cuda::scale_pair_word<T>(pair, scale);
+  };
+
+  int scale_pair[MB];
+#pragma unroll
+  for (int b = 0; b < MB; ++b) scale_pair[b] = scale_pair_of(r[b]);
 
   float acc[MB][BM / 2];
 #pragma unroll
@@ -221,27 +292,22 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   // MMAs that read it have completed.
   auto expand_tile = [&](int kt, uint32_t (&frag)[MB][4][4]) {
     const int s = kt % kStages;
+    sm90::mbar_wait(&full[s], (kt / kStages) & 1);
     typename V2::type scale[MB][2];
 #pragma unroll
-    for (int b = 0; b < MB; ++b)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) scale[b][h] = V2::broadcast(next[b][h].value(nested_code, offset));
-    if (kt + 1 < k_tiles) {
-      const int block = ((kt + 1) * kTileK) >> args.log2_blocksize;
-#pragma unroll
-      for (int b = 0; b < MB; ++b)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) next[b][h].fetch(args, block);
+    for (int b = 0; b < MB; ++b) {
+      const typename V2::type both =
+          *reinterpret_cast<const typename V2::type*>(scale_stages + s * Shape::kScalePairs + scale_pair[b]);
+      scale[b][0] = V2::low(both), scale[b][1] = V2::high(both);
     }
-    sm90::mbar_wait(&full[s], (kt / kStages) & 1);
     const uint8_t* w = weight_stages + s * Shape::kWeightBytes;
 #pragma unroll
     for (int b = 0; b < MB; ++b) {
       uint32_t words[2][8];  // the 32 code bytes of rows r and r + 8
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const uint4 lo = *reinterpret_cast<const uint4*>(w + (r[b] + 8 * h) * 32);
-        const uint4 hi = *reinterpret_cast<const uint4*>(w + (r[b] + 8 * h) * 32 + 16);
+        const uint4 lo = *reinterpret_cast<const uint4*>(w + row_bytes[b][h]);
+        const uint4 hi = *reinterpret_cast<const uint4*>(w + row_bytes[b][h] + 16);
         words[h][0] = lo.x, words[h][1] = lo.y, words[h][2] = lo.z, words[h][3] = lo.w;
         words[h][4] = hi.x, words[h][5] = hi.y, words[h][6] = hi.z, words[h][7] = hi.w;
       }
@@ -254,12 +320,14 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
       }
     }
   };
+  // A stage's descriptor is the first one's plus its offset (the start address field counts 16 bytes).
+  const uint64_t act_desc = sm90::kmajor_sw128_desc(act_stages);
   auto issue_tile = [&](int kt, uint32_t (&frag)[MB][4][4]) {
     const int s = kt % kStages;
     uint64_t desc[4];
 #pragma unroll
     for (int step = 0; step < 4; ++step) {
-      desc[step] = sm90::kmajor_sw128_desc(act_stages + s * Shape::kActBytes) + 2 * step;
+      desc[step] = act_desc + s * (Shape::kActBytes >> 4) + 2 * step;
 #pragma unroll
       for (int b = 0; b < MB; ++b) sm90::fence_operands(frag[b][step], desc[step]);
     }
@@ -321,15 +389,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                           const __grid_constant__ CUtensorMap weight_map, const __grid_constant__ TensorCoreArgs args,
                           int tail_cta, int tail_n0) {
 #ifdef BNB_SM90A_DEVICE
-  // The pair table is a static array: its base stays in a uniform register and each lookup's address is
-  // one multiply-add from the byte (a dynamic-memory table cost an extra add per lookup).
-  __shared__ __align__(16) uint32_t table[kPairTableWords];
   extern __shared__ uint8_t smem_raw[];
   const int cta = static_cast<int>(blockIdx.x);
   if (BMTail == 0 || cta < tail_cta) {
-    multiply_tile<T, MB, BM, Nested>(act_map, weight_map, args, table, smem_raw, cta, 0, BMTail ? tail_n0 : args.N);
+    multiply_tile<T, MB, BM, Nested>(act_map, weight_map, args, smem_raw, cta, 0, BMTail ? tail_n0 : args.N);
   } else if constexpr (BMTail > 0) {
-    multiply_tile<T, MB, BMTail, Nested>(tail_act_map, weight_map, args, table, smem_raw, cta - tail_cta, tail_n0,
+    multiply_tile<T, MB, BMTail, Nested>(tail_act_map, weight_map, args, smem_raw, cta - tail_cta, tail_n0,
                                          args.N);
   }
 #endif

@@ -167,12 +167,14 @@ struct StageOperand {
   int row;
 };
 
-// Initialises a ring's barriers (one thread): stage s is full once the producer has arrived and its bytes have
-// landed, empty once `consumers` arrivals have released it.
+// Initialises a ring's barriers (one thread): stage s is full once `fillers` arrivals (the TMA producer's
+// and any threads that store into the stage themselves) have been made and its bytes have landed, empty
+// once `consumers` arrivals have released it.
 template <int Stages>
-__device__ __forceinline__ void init_stage_barriers(uint64_t* full, uint64_t* empty, uint32_t consumers) {
+__device__ __forceinline__ void init_stage_barriers(uint64_t* full, uint64_t* empty, uint32_t consumers,
+                                                    uint32_t fillers = 1) {
   for (int s = 0; s < Stages; ++s) {
-    mbar_init(&full[s], 1);
+    mbar_init(&full[s], fillers);
     mbar_init(&empty[s], consumers);
   }
   fence_barrier_init();
