@@ -26,7 +26,11 @@
 // instructions per half K tile per consumer warp instead of 132: N = 8192 M = 512 94.1-94.5 -> 90.8-91.3 us
 // plain, 99.1-103.8 -> 92.6-93.6 nested, M = 4096 840-867 -> 810-828 plain; N = 28672 M = 512 380-387 ->
 // 357-374 plain, 410-430 -> 397-402 nested, M = 4096 2981-2988 -> 2820-2928 plain, 3015-3025 -> 2890-2913
-// nested. Before that, with the stages and the table read by
+// nested. Then the stage barriers and scales at fixed offsets, the weight stages 32-byte swizzled (no bank
+// conflicts between lanes g and g + 4), the epilogue by transposing matrix stores, and the launch overlapping
+// the previous kernel: 102 instructions per half K tile, times unchanged within the scatter (two rounds). At
+// M = 512, N = 8192 time grows as 2.5 + 11.2 us per 1024 of K (K = 4096, 8192, 16384), cuBLAS's dense product
+// as 2.6 + 11.6: the fixed part per call is no larger than cuBLAS's. Before that, with the stages and the table read by
 // LDS and the scale rows resolved once (below), N = 8192 M = 512 114-123 -> 93-107 us, M = 1024 248-264 ->
 // 194-212 us; N = 28672 M = 1024 843-886 -> 729-751 us. A profile before that (M = 512) had the consumers
 // issuing 200 instructions per K tile, stalled on generic loads, and the tensor pipe busy 70% of the time.
@@ -80,8 +84,8 @@ struct TileShape {
   static constexpr int kWeightBytes = kWeightRows * kTileK / 2;
   static constexpr int kStageBytes = kActBytes + kWeightBytes;
   static constexpr int kScalePairs = kWeightRows / 2;  // per stage: a word of two rows' scales
-  // The wide pair table (first in dynamic shared memory), then the stages (1024-byte aligned), the
-  // nested code, the stage barriers and the stages' scales (at most 8 stages).
+  // The wide pair table, the nested code, the stage barriers and the stages' scales (room for 8 stages
+  // each), then the stages (1024-byte aligned).
   static constexpr int kTableBytes = 2 * kPairTableWords * 4;
   static constexpr int kFixedBytes = kTableBytes + 1024 /* alignment */ + 256 * 4 + 2 * 8 * 8 + 8 * kScalePairs * 4;
   // As many stages as fit (at most 8).
@@ -202,18 +206,20 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   constexpr int kStages = Shape::kStages;
   constexpr int kWeightRows = Shape::kWeightRows;
   using V2 = cuda::Vec2<T>;
+  // Everything but the stages first, at offsets the compiler knows (it rebuilt addresses past the
+  // alignment padding at every tile).
+  uint32_t* table = reinterpret_cast<uint32_t*>(smem_raw);
+  float* nested_code = reinterpret_cast<float*>(smem_raw + Shape::kTableBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(nested_code + 256);
+  uint64_t* empty = full + 8;
+  uint32_t* scale_stages = reinterpret_cast<uint32_t*>(empty + 8);  // kStages x [kScalePairs]
+  uint8_t* smem = reinterpret_cast<uint8_t*>(scale_stages + 8 * Shape::kScalePairs);
   // Aligned by an offset from the shared array itself: a pointer rebuilt from an integer is generic to
   // the compiler, and every read of the stages then compiled to a generic load (address-space check,
   // 64-bit address, the long scoreboard) instead of an LDS (K = N = 8192, M = 512: 123 -> 104 us).
-  uint32_t* table = reinterpret_cast<uint32_t*>(smem_raw);
-  uint8_t* smem = smem_raw + Shape::kTableBytes;
   smem += (1024 - (sm90::smem_addr(smem) & 1023)) & 1023;
-  uint8_t* act_stages = smem;                                        // kStages x [BM][64] swizzled
-  uint8_t* weight_stages = act_stages + kStages * Shape::kActBytes;  // kStages x [rows][32] bytes
-  float* nested_code = reinterpret_cast<float*>(weight_stages + kStages * Shape::kWeightBytes);
-  uint64_t* full = reinterpret_cast<uint64_t*>(nested_code + 256);
-  uint64_t* empty = full + kStages;
-  uint32_t* scale_stages = reinterpret_cast<uint32_t*>(empty + kStages);  // kStages x [kScalePairs]
+  uint8_t* act_stages = smem;                                        // kStages x [BM][64], 128-byte swizzled
+  uint8_t* weight_stages = act_stages + kStages * Shape::kActBytes;  // kStages x [rows][32], 32-byte swizzled
 
   // Tile order: CTAs launched together share weight tiles (kGroupN of them) and activation tiles.
   const sm90::TileCoord tile =
@@ -224,8 +230,12 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
+  // Launched to overlap the end of the kernel before it (launch_with_smem_after_previous): the barriers and
+  // the pair table (from the parameters) are set up before waiting for it, the inputs read only after.
+  cuda::allow_next_kernel();
   if (threadIdx.x == 0) sm90::init_stage_barriers<kStages>(full, empty, kConsumerThreads / kWarpSize, 1 + kWarpSize);
   cuda::fill_pair_table<T>(table, args.code, /*wide=*/true, threadIdx.x, kThreads);
+  cuda::wait_for_previous_kernel();
   float offset = 0.0f;
   if constexpr (Nested) {
     for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
@@ -261,13 +271,16 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   // A lookup's offset into the wide table, byte t of the word * 256 + lane * 4, is one byte permute.
   uint32_t byte_select = 0x5504u | static_cast<uint32_t>(t) << 4;
   uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
-  // Byte offsets of this lane's rows r[b] and r[b] + 8 in a weight stage.
+  // Byte offsets of the first 16 code bytes of this lane's rows r[b] and r[b] + 8 in a weight stage (the
+  // second 16 are at offset ^ 16): the stage is 32-byte swizzled, which swaps the halves of rows 4..7 of
+  // every 8 so that lanes g and g + 4 read different banks.
   uint32_t row_bytes[MB][2];
 #pragma unroll
   for (int b = 0; b < MB; ++b)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      row_bytes[b][h] = (r[b] + 8 * h) * 32;
+      const int row_in_stage = r[b] + 8 * h;
+      row_bytes[b][h] = row_in_stage * 32 + ((row_in_stage >> 2) & 1) * 16;
       // Opaque to the compiler, which otherwise recomputed these from the thread index at every tile.
       asm volatile("" : "+r"(row_bytes[b][h]));
     }
@@ -291,7 +304,7 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   // other fragment set (wgmma.wait_group 1 leaves one group in flight); a stage is released once the
   // MMAs that read it have completed.
   auto expand_tile = [&](int kt, uint32_t (&frag)[MB][4][4]) {
-    const int s = kt % kStages;
+    const int s = static_cast<unsigned>(kt) % kStages;
     sm90::mbar_wait(&full[s], (kt / kStages) & 1);
     typename V2::type scale[MB][2];
 #pragma unroll
@@ -307,7 +320,7 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint4 lo = *reinterpret_cast<const uint4*>(w + row_bytes[b][h]);
-        const uint4 hi = *reinterpret_cast<const uint4*>(w + row_bytes[b][h] + 16);
+        const uint4 hi = *reinterpret_cast<const uint4*>(w + (row_bytes[b][h] ^ 16));
         words[h][0] = lo.x, words[h][1] = lo.y, words[h][2] = lo.z, words[h][3] = lo.w;
         words[h][4] = hi.x, words[h][5] = hi.y, words[h][6] = hi.z, words[h][7] = hi.w;
       }
@@ -321,9 +334,10 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
     }
   };
   // A stage's descriptor is the first one's plus its offset (the start address field counts 16 bytes).
-  const uint64_t act_desc = sm90::kmajor_sw128_desc(act_stages);
+  uint64_t act_desc = sm90::kmajor_sw128_desc(act_stages);
+  asm volatile("" : "+l"(act_desc));  // not rebuilt from the stage address at every tile
   auto issue_tile = [&](int kt, uint32_t (&frag)[MB][4][4]) {
-    const int s = kt % kStages;
+    const int s = static_cast<unsigned>(kt) % kStages;
     uint64_t desc[4];
 #pragma unroll
     for (int step = 0; step < 4; ++step) {
@@ -345,12 +359,12 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
   for (int kt = 0; kt < k_tiles; kt += 2) {
     issue_tile(kt, frag0);
     sm90::wgmma_wait<1>();  // tile kt - 1 is done: frag1 and its stage are free
-    if (kt > 0 && lane == 0) sm90::mbar_arrive(&empty[(kt - 1) % kStages]);
+    if (kt > 0 && lane == 0) sm90::mbar_arrive(&empty[static_cast<unsigned>(kt - 1) % kStages]);
     if (kt + 1 < k_tiles) {
       expand_tile(kt + 1, frag1);
       issue_tile(kt + 1, frag1);
       sm90::wgmma_wait<1>();  // tile kt is done
-      if (lane == 0) sm90::mbar_arrive(&empty[kt % kStages]);
+      if (lane == 0) sm90::mbar_arrive(&empty[static_cast<unsigned>(kt) % kStages]);
       if (kt + 2 < k_tiles) expand_tile(kt + 2, frag0);
     }
   }
@@ -358,22 +372,32 @@ __device__ __forceinline__ void multiply_tile(const CUtensorMap& act_map, const 
 #pragma unroll
   for (int b = 0; b < MB; ++b) sm90::fence_accumulators(acc[b]);
 
-  // Epilogue: every consumer is done with the stages; stage the [BM][rows] output tile there.
+  // Epilogue: every consumer is done with the stages; stage the [BM][rows] output tile there, four 8 x 8
+  // pieces per transposing matrix store (a warp's accumulators hold weight rows by activation rows; the
+  // staged tile is activation rows by weight rows). Lane l addresses row l % 8 of piece l / 8: pieces 0 and 1
+  // are activation rows 8j.. of the warp's weight rows 0..7 and 8..15, pieces 2 and 3 the same for 8(j + 1)..
   named_barrier_sync(kConsumersDone);
   T* staged = reinterpret_cast<T*>(act_stages);
   const T* bias = static_cast<const T*>(args.bias);
+  const int piece = lane / 8, piece_row = lane % 8;
 #pragma unroll
   for (int b = 0; b < MB; ++b) {
     const float bias_lo = bias ? cuda::to_f32(bias[row[b][0]]) : 0.0f;
     const float bias_hi = bias ? cuda::to_f32(bias[row[b][1]]) : 0.0f;
+    const int warp_rows = (consumer * MB + b) * 64 + (warp % 4) * 16;
 #pragma unroll
-    for (int j = 0; j < BM / 8; ++j)
+    for (int j = 0; j < BM / 8; j += 2) {
+      uint32_t pieces[4];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int n = r[b] + 8 * (c / 2);     // weight row: output feature
-        const int m = 8 * j + 2 * t + c % 2;  // activation row
-        staged[m * Shape::kOutStride + n] = cuda::from_f32<T>(acc[b][4 * j + c] + (c < 2 ? bias_lo : bias_hi));
+      for (int q = 0; q < 4; ++q) {
+        const float* sums = &acc[b][4 * (j + q / 2) + 2 * (q % 2)];
+        const float add = q % 2 ? bias_hi : bias_lo;
+        const typename V2::type v = V2::pack(sums[0] + add, sums[1] + add);
+        pieces[q] = *reinterpret_cast<const uint32_t*>(&v);
       }
+      sm90::store_matrices_transposed(
+          staged + (8 * (j + piece / 2) + piece_row) * Shape::kOutStride + warp_rows + 8 * (piece % 2), pieces);
+    }
   }
   named_barrier_sync(kConsumersDone);
   sm90::store_tile<BM, kWeightRows>(staged, Shape::kOutStride, static_cast<T*>(args.out), args.M, args.N, m0, n0,
@@ -419,7 +443,7 @@ void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream
       BMTail == 0 ? act_map
                   : cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, kTailRows, kTileK, CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap weight_map = cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2,
-                                                     Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_NONE);
+                                                     Shape::kWeightRows, kTileK / 2, CU_TENSOR_MAP_SWIZZLE_32B);
   TensorCoreArgs args{p.absmax, p.absmax_q, p.absmax_code, p.absmax_offset, p.bias, p.out,
                       static_cast<int32_t>(p.M), static_cast<int32_t>(p.N), static_cast<int32_t>(p.K),
                       cuda::log2_of(p.blocksize), {}};
@@ -429,8 +453,9 @@ void launch(const Gemm4bitParams& p, int64_t tail_n0, int32_t device, cudaStream
   const int64_t head_n = BMTail == 0 ? p.N : tail_n0;
   const int64_t head = ((p.M + BM - 1) / BM) * ((head_n + rows - 1) / rows);
   const int64_t tail = BMTail == 0 ? 0 : ((p.M + BMTail - 1) / BMTail) * ((p.N - tail_n0 + rows - 1) / rows);
-  kernel<<<static_cast<unsigned>(head + tail), kThreads, kSmemBytes, stream>>>(
-      act_map, tail_act_map, weight_map, args, static_cast<int>(head), static_cast<int>(head_n));
+  cuda::launch_with_smem_after_previous(kernel, static_cast<unsigned>(head + tail), kThreads, kSmemBytes, stream, device,
+                                        /*overlap=*/true, act_map, tail_act_map, weight_map, args,
+                                        static_cast<int>(head), static_cast<int>(head_n));
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_tensor_core");
 }
 

@@ -239,6 +239,17 @@ __device__ __forceinline__ uint64_t kmajor_sw128_desc(const void* tile) {
   return start | (kLeading << 16) | (kStride << 32) | kSwizzle128;
 }
 
+// Stores four 8 x 8 matrices of 16-bit values transposed (stmatrix .x4 .trans): register q of lane (g, t) holds
+// row g, columns 2t and 2t + 1 of matrix q (as an mma accumulator fragment does); lane l gives the address of
+// row l % 8 of matrix l / 8 as stored, i.e. of column l % 8 of the matrix as held (16 contiguous bytes).
+__device__ __forceinline__ void store_matrices_transposed(void* row, const uint32_t (&v)[4]) {
+#ifdef BNB_SM90A_DEVICE
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(smem_addr(row)),
+               "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
+               : "memory");
+#endif
+}
+
 __device__ __forceinline__ void wgmma_fence() {
 #ifdef BNB_SM90A_DEVICE
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
