@@ -10,15 +10,13 @@
 //
 // A CTA (one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one tile)
 // and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
-// warp copies each stage: per tile the codes (128-byte swizzled: one [16 rows, pieces, 128 bytes] box, or a
-// [16 rows, 128 bytes] box per 128-byte piece; see RowRuns) and the block scales as a [16 rows, blocks] box
-// (double-quantized: [16 rows, 16] 8-bit codes from a 16-block boundary, as boxes start on 16-byte
-// boundaries), and the chunk's activations as [16 rows, 64 columns] boxes (128-byte swizzled; rows past M read
-// as zeros). A pass with a tile for every consumer has consecutive rows: its scales and codes come as one box
-// for all its tiles (per 128-byte piece with 2-D boxes), laid out as the per-tile boxes would be. Within a
-// 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and g + 8 and the
-// same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu;
-// the swizzle puts the eight rows a quarter-warp reads on different banks (2-D boxes).
+// warp copies each stage: per tile the codes (128-byte swizzled, one [16 rows, pieces, 128 bytes] box) and the
+// block scales as a [16 rows, blocks] box of floats (double-quantized weights: decoded from their 8-bit codes
+// by a scale warp, see the layout notes below), and the chunk's activations as [16 rows, 64 columns] boxes
+// (128-byte swizzled; rows past M read as zeros). A pass with a tile for every consumer has consecutive rows:
+// its scales and codes come as one box each for all its tiles, laid out as the per-tile boxes would be. Within
+// a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and g + 8 and the
+// same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu.
 //
 // Two stage shapes: 512 columns in 3 stages for 8 consumer warps, or 1024 columns in 2 stages for 7 (the
 // most that fit shared memory), taken where it needs no more passes (N = 28672 on 132 SMs: 14 tiles per
@@ -27,8 +25,8 @@
 // ways (512-column stages), the second warp handing its sums to the first through shared memory. H100, K =
 // 8192, graph replays, two rounds, register-fed -> split: N = 4096 M = 16 18.2-18.6 -> 14.4-14.5 us plain,
 // 19.9-20.0 -> 16.0 nested (M = 9: 17.1-17.4 -> 14.5, 18.6 -> 16.0); N = 8192 plain 22.0 -> 20.1 (M = 9 21.0
-// -> 20.0), nested 22.1 -> 22.2-22.4 (M = 9 20.7-20.9 -> 22.2-22.4; taken from 13 rows since a full pass's
-// codes come as one box per piece: kSplitNestedMinRows); K = 4096, N = 4096 plain
+// -> 20.0), nested 22.1 -> 22.2-22.4 (M = 9 20.7-20.9 -> 22.2-22.4, then with the consumers decoding the
+// scales; with the scale warp see below); K = 4096, N = 4096 plain
 // 10.7 -> 8.65, nested 11.35 -> 9.55. (Before the stages were read by LDS, one warp per tile on those
 // grids: N = 8192 M = 16 22.1 -> 26.2 us.)
 // H100, K = 8192, graph replays, two rounds (register-fed kernel before): N = 28672 M = 16 86.5-87.0 ->
@@ -88,23 +86,19 @@ struct StagedShape {
   static constexpr int kCodeTileBytes = kTileRows * ChunkCols / 2;
 };
 
-// How a tile's codes are copied. Plain weights: one 3-D box per tile and stage, [16 rows][kBoxes][128 bytes],
-// whose requests run along each row; the copy engine streams them faster than 2-D boxes. The consumers' code
-// loads then meet 2-way (narrow) or 4-way (wide) bank conflicts, as each row's pieces are consecutive 128-byte
-// lines and the swizzle repeats every 8 lines; double-quantized weights, whose consumers also decode the 8-bit
-// scales, lose more by that than they gain where the stages are wide, and keep one [16 rows][128 bytes] 2-D
-// box per 128-byte piece (each row's piece on its own line). H100, K = 8192, M = 16, graph replays, two rounds,
-// 2-D -> row runs: plain N = 28672 61.7 -> 59.0 us, N = 20480 50.4-50.6 -> 48.9-49.2, N = 16384 33.9-34.0 ->
-// 33.1-33.3; nested 57.7 -> 62.8, 47.7 -> 52.7, 35.7 -> 35.0.
-template <bool Nested>
-constexpr bool RowRuns = !Nested;
-
-// Whether a full pass's 2-D code boxes (double-quantized weights) come as one box per piece for all its tiles:
-// only for passes of at most 4 tiles. H100, K = 8192, M = 16, graph replays, two rounds, against a box per tile
-// and piece: N = 4096 17.0 -> 16.4-16.5 us, N = 8192 (split stages) 22.5-22.7 register-fed -> 21.7-21.9; with
-// 8 tiles per pass N = 16384 35.5 -> 36.4-36.5 us, N = 28672 unchanged.
-template <typename S>
-constexpr bool kPassBoxes2d = S::kTilesPerPass <= 4;
+// A tile's codes come as one 3-D box per stage, [16 rows][kBoxes][128 bytes], whose requests run along each row;
+// the copy engine streams them faster than 2-D boxes of [16 rows][128 bytes] per piece (H100, K = 8192, M = 16,
+// graph replays, two rounds, 2-D -> row runs: N = 28672 61.7 -> 59.0 us, N = 20480 50.4-50.6 -> 48.9-49.2,
+// N = 16384 33.9-34.0 -> 33.1-33.3). The consumers' code loads then meet 2-way (narrow) or 4-way (wide) bank
+// conflicts, as each row's pieces are consecutive 128-byte lines and the swizzle repeats every 8 lines.
+//
+// Double-quantized weights: a scale warp besides the producer decodes each stage's 8-bit scales into the float
+// scales plain weights' stages hold (fill_decoded_scales), so the consumers' work is the same for both, and they
+// take the narrow stages (with wide ones: N = 28672 M = 16 61.2 us against 59.1-59.4 narrow). H100, K = 8192,
+// graph replays, two rounds, consumers decoding (2-D code boxes, wide stages where plain takes them) -> scale
+// warp: N = 4096 M = 9..16 16.4-16.7 -> 14.2-14.4 us, N = 8192 20.9-21.8 -> 19.4-19.7 (plain 19.5-19.7),
+// N = 16384 36.0-36.3 -> 33.1-33.4 (plain 32.9-33.1), N = 20480 45.3-45.5 -> 49.2-49.4 (plain 45.6-45.9), N =
+// 28672 56.9-57.2 -> 59.1-60.4 (plain 57.2-57.6).
 
 // Groups of a stage each consumer warp keeps in flight (the unroll of its loop over them): 4 on passes of 7 or 8
 // tiles, 2 on split stages. H100, K = 8192, M = 16, graph replays, two rounds, unroll 2 -> 4: N = 28672 59.0 ->
@@ -113,20 +107,19 @@ constexpr bool kPassBoxes2d = S::kTilesPerPass <= 4;
 template <typename S>
 constexpr int kGroupUnroll = S::kTilesPerPass > 4 ? 4 : 2;
 
-// A stage's codes of one 128-byte piece, all tiles (2-D boxes).
-template <typename S>
-constexpr int kPieceBytes = S::kTilesPerPass * kTileRows * kBoxBytes;
+// Threads of a CTA: the consumers, the producer warp and, for double-quantized weights, the scale warp.
+template <typename S, bool Nested>
+constexpr int kStagedThreads = S::kThreads + (Nested ? kWarpSize : 0);
 
-// One stage: [box][tile][16 rows][128 bytes] codes (row runs: [tile][16 rows][box][128 bytes]), [group][activation
-// rows][64] activations, [tile][16 rows] scales: in either layout a full pass's codes are one box (per 128-byte
-// piece) of its rows. The swizzled boxes start on 1024-byte boundaries. After the stages, with split tiles: the
+// One stage: [tile][16 rows][box][128 bytes] codes, [group][activation rows][64] activations, [tile][16 rows]
+// float scales: a full pass's codes and scales are one box of its rows. The swizzled boxes start on 1024-byte
+// boundaries. After the stages, with split tiles: the
 // sums the other warps of each tile hand to its first, two passes' worth.
 template <typename S, bool Nested>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
   static constexpr int kActBoxBytes = kActRows * kGroupCols * 2;
-  // Nested: 16 codes from a 16-block boundary.
-  static constexpr int kScaleRowBytes = Nested ? 16 : 4 * S::kChunkBlocks;
+  static constexpr int kScaleRowBytes = 4 * S::kChunkBlocks;
   static constexpr int kScaleTileBytes = kTileRows * kScaleRowBytes;
   static constexpr int kActOffset = S::kTilesPerPass * S::kCodeTileBytes;
   static constexpr int kScaleOffset = kActOffset + S::kGroups * kActBoxBytes;
@@ -136,9 +129,9 @@ struct StagedSmem {
 };
 
 struct StagedMaps {
-  CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, 128] (row runs: [16, boxes, 128]), 128-byte swizzle
+  CUtensorMap codes;   // packed [N, K / 2] bytes, boxes [16, boxes, 128], 128-byte swizzle
   CUtensorMap act;     // A [M, K], boxes [16, 64], 128-byte swizzle
-  CUtensorMap scales;  // absmax [N, K / 64] floats, boxes [16, 8]; nested: absmax_q bytes, boxes [16, 16]
+  CUtensorMap scales;  // absmax [N, K / 64] floats, boxes [16, blocks per chunk] (unused for nested weights)
   // The same with boxes of a full pass's rows (16 per tile).
   CUtensorMap pass_codes;
   CUtensorMap pass_scales;
@@ -147,8 +140,69 @@ struct StagedMaps {
 // Byte offset of 16-byte piece `piece` of line `line` in a box with the 128-byte swizzle.
 __device__ __forceinline__ int swizzled(int line, int piece) { return line * 128 + ((piece ^ (line & 7)) << 4); }
 
+// The scale warp of double-quantized weights: for every stage (the producer's order of passes and chunks) the
+// float scales of the pass's rows, decoded from their 8-bit codes and second-level scales as dequantizing the
+// statistics rounds them, stored where plain weights' scale boxes land; every lane counts on the stage's `full`
+// barrier. Lane l takes rows l, l + 32, ... of the pass; the codes of a row's chunk are one 8- or 16-byte load,
+// fetched a chunk ahead.
+template <typename S, typename Smem>
+__device__ __forceinline__ void fill_decoded_scales(const GemvArgs& args, uint8_t* smem, uint64_t* full,
+                                                    uint64_t* empty, const float* nested_code, float offset,
+                                                    int64_t first_tile, int64_t end_tile, int lane) {
+  using Codes = std::conditional_t<S::kChunkBlocks == 16, uint4, uint2>;
+  static_assert(sizeof(Codes) == S::kChunkBlocks, "one load per row and chunk");
+  constexpr int kRowsPerLane = (S::kTilesPerPass * kTileRows + kWarpSize - 1) / kWarpSize;
+  const int64_t K = args.K, N = args.N, blocks_per_row = K / kBlocksize, chunks = K / S::kChunkCols;
+  Codes codes[kRowsPerLane];
+  float second[kRowsPerLane];
+  const auto fetch = [&](int64_t pass, int in_pass, int64_t c) {
+#pragma unroll
+    for (int i = 0; i < kRowsPerLane; ++i) {
+      const int r = lane + i * kWarpSize;
+      if (r >= in_pass * kTileRows) continue;
+      const int64_t block = min(pass * kTileRows + r, N - 1) * blocks_per_row + c * S::kChunkBlocks;
+      codes[i] = __ldg(reinterpret_cast<const Codes*>(args.absmax_q + block));
+      second[i] = __ldg(args.absmax + block / kNestedBlocksize);  // one second-level block per chunk
+    }
+  };
+  const auto in_pass_of = [&](int64_t pass) {
+    return end_tile - pass < S::kTilesPerPass ? static_cast<int>(end_tile - pass) : S::kTilesPerPass;
+  };
+  if (first_tile < end_tile) fetch(first_tile, in_pass_of(first_tile), 0);
+  int64_t it = 0;
+  for (int64_t pass = first_tile; pass < end_tile; pass += S::kTilesPerPass) {
+    const int in_pass = in_pass_of(pass);
+    for (int64_t c = 0; c < chunks; ++c, ++it) {
+      const int s = static_cast<int>(it % S::kStages);
+      float values[kRowsPerLane][S::kChunkBlocks];
+#pragma unroll
+      for (int i = 0; i < kRowsPerLane; ++i) {
+        const uint8_t* q = reinterpret_cast<const uint8_t*>(&codes[i]);
+#pragma unroll
+        for (int b = 0; b < S::kChunkBlocks; ++b)
+          values[i][b] = __fadd_rn(__fmul_rn(nested_code[q[b]], second[i]), offset);
+      }
+      if (c + 1 < chunks) fetch(pass, in_pass, c + 1);
+      else if (pass + S::kTilesPerPass < end_tile)
+        fetch(pass + S::kTilesPerPass, in_pass_of(pass + S::kTilesPerPass), 0);
+      sm90::mbar_wait(&empty[s], ((it / S::kStages) & 1) ^ 1);
+      float* scales = reinterpret_cast<float*>(smem + s * Smem::kStageBytes + Smem::kScaleOffset);
+#pragma unroll
+      for (int i = 0; i < kRowsPerLane; ++i) {
+        const int r = lane + i * kWarpSize;
+        if (r >= in_pass * kTileRows) continue;
+#pragma unroll
+        for (int b = 0; b < S::kChunkBlocks; b += 4)
+          *reinterpret_cast<float4*>(scales + r * S::kChunkBlocks + b) =
+              make_float4(values[i][b], values[i][b + 1], values[i][b + 2], values[i][b + 3]);
+      }
+      sm90::mbar_arrive(&full[s]);
+    }
+  }
+}
+
 template <typename T, bool Nested, typename S>
-__global__ void __launch_bounds__(S::kThreads, 1)
+__global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
     gemm_4bit_staged(const __grid_constant__ StagedMaps maps, const __grid_constant__ GemvArgs args) {
 #ifdef BNB_SM90A_DEVICE
   using Smem = StagedSmem<S, Nested>;
@@ -163,8 +217,9 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   const int64_t first_tile = tiles * blockIdx.x / gridDim.x, end_tile = tiles * (blockIdx.x + 1) / gridDim.x;
   const int64_t chunks = K / S::kChunkCols;
 
-  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, S::kThreads);
-  if (threadIdx.x == 0) sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers);
+  constexpr int kThreads = kStagedThreads<S, Nested>;
+  cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
+  if (threadIdx.x == 0) sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers, Nested ? 1 + kWarpSize : 1);
   if (warp == S::kConsumers && lane == 0) {
     sm90::prefetch_tensor_map(&maps.codes);
     sm90::prefetch_tensor_map(&maps.act);
@@ -177,11 +232,17 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   cuda::wait_for_previous_kernel();
   float offset = 0.0f;
   if constexpr (Nested) {
-    for (int i = threadIdx.x; i < 256; i += S::kThreads) nested_code[i] = args.absmax_code[i];
+    for (int i = threadIdx.x; i < 256; i += kThreads) nested_code[i] = args.absmax_code[i];
     offset = *args.absmax_offset;
   }
   __syncthreads();
 
+  if constexpr (Nested) {
+    if (warp == S::kConsumers + 1) {
+      fill_decoded_scales<S, Smem>(args, smem, full, empty, nested_code, offset, first_tile, end_tile, lane);
+      return;
+    }
+  }
   if (warp == S::kConsumers) {
     // Producer: lane i < (tiles in the pass) copies tile i's codes and scales, lane kTilesPerPass + j the
     // activations of group j. The weight is read once: its lines leave L2 first.
@@ -193,45 +254,30 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         const int s = static_cast<int>(it % S::kStages);
         if (lane == 0) {
           sm90::mbar_wait(&empty[s], ((it / S::kStages) & 1) ^ 1);
-          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (S::kCodeTileBytes + Smem::kScaleTileBytes) +
+          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (S::kCodeTileBytes + (Nested ? 0 : Smem::kScaleTileBytes)) +
                                                     S::kGroups * Smem::kActBoxBytes);
         }
         __syncwarp();
         uint8_t* stage = smem + s * Smem::kStageBytes;
-        // Nested: 16 codes from a 16-block boundary (boxes start on 16-byte boundaries).
-        const auto scale_x = static_cast<int32_t>(Nested ? (c * S::kChunkBlocks) & ~int64_t{15} : c * S::kChunkBlocks);
+        const auto scale_x = static_cast<int32_t>(c * S::kChunkBlocks);
+        const auto box_x = static_cast<int32_t>(c * S::kBoxes);
         // A full pass's tiles are consecutive rows, laid out in the stage as one box of them would be: its
-        // scales and codes (per 128-byte piece with 2-D boxes) come as one box, not one per tile.
+        // scales and codes come as one box each, not one per tile.
         const bool full_pass = in_pass == S::kTilesPerPass;
-        const auto x = static_cast<int32_t>(c * (S::kChunkCols / 2));
         if (full_pass && lane == 0) {
           const auto first_row = static_cast<int32_t>(pass * kTileRows);
-          if constexpr (RowRuns<Nested>) {
-            sm90::tma_load_3d(stage, &maps.pass_codes, 0, static_cast<int32_t>(c * S::kBoxes), first_row, &full[s],
-                              policy);
-          } else if constexpr (kPassBoxes2d<S>) {
-#pragma unroll
-            for (int b = 0; b < S::kBoxes; ++b)
-              sm90::tma_load_2d(stage + b * kPieceBytes<S>, &maps.pass_codes, x + b * kBoxBytes, first_row,
-                                &full[s], policy);
-          }
-          sm90::tma_load_2d(stage + Smem::kScaleOffset, &maps.pass_scales, scale_x, first_row, &full[s], policy);
+          sm90::tma_load_3d(stage, &maps.pass_codes, 0, box_x, first_row, &full[s], policy);
+          if (!Nested)
+            sm90::tma_load_2d(stage + Smem::kScaleOffset, &maps.pass_scales, scale_x, first_row, &full[s], policy);
         }
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
-          if constexpr (RowRuns<Nested>) {
-            if (!full_pass)
-              sm90::tma_load_3d(stage + lane * S::kCodeTileBytes, &maps.codes, 0, static_cast<int32_t>(c * S::kBoxes),
+          if (!full_pass) {
+            sm90::tma_load_3d(stage + lane * S::kCodeTileBytes, &maps.codes, 0, box_x, row, &full[s], policy);
+            if (!Nested)
+              sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales, scale_x,
                                 row, &full[s], policy);
-          } else if (!full_pass || !kPassBoxes2d<S>) {
-            uint8_t* codes = stage + lane * kTileRows * kBoxBytes;
-#pragma unroll
-            for (int b = 0; b < S::kBoxes; ++b)
-              sm90::tma_load_2d(codes + b * kPieceBytes<S>, &maps.codes, x + b * kBoxBytes, row, &full[s], policy);
           }
-          if (!full_pass)
-            sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales, scale_x, row,
-                              &full[s], policy);
         } else if (lane >= S::kTilesPerPass && lane < S::kTilesPerPass + S::kGroups) {
           const int j = lane - S::kTilesPerPass;
           sm90::tma_load_2d(stage + Smem::kActOffset + j * Smem::kActBoxBytes, &maps.act,
@@ -256,25 +302,13 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     const bool active = pass + tile < end_tile;
     const int64_t row0 = (pass + tile) * kTileRows;
     float acc[kOps][4] = {};
-    // Nested: the second-level scales of rows g and g + 8, loaded a chunk ahead of their use.
-    const auto second_level = [&](int64_t c, int h) {
-      const int64_t row = min(row0 + g + 8 * h, N - 1);
-      return __ldg(args.absmax + (row * (K / kBlocksize) + c * S::kChunkBlocks) / kNestedBlocksize);
-    };
-    float next_second[2] = {0.0f, 0.0f};
-    if (Nested && active) next_second[0] = second_level(0, 0), next_second[1] = second_level(0, 1);
     for (int64_t c = 0; c < chunks; ++c, ++it) {
       const int s = static_cast<int>(it % S::kStages);
-      const float second[2] = {next_second[0], next_second[1]};
-      if (Nested && active && c + 1 < chunks)
-        next_second[0] = second_level(c + 1, 0), next_second[1] = second_level(c + 1, 1);
       sm90::mbar_wait(&full[s], (it / S::kStages) & 1);
       if (active) {
         const uint8_t* stage = smem + s * Smem::kStageBytes;
-        // Row runs: this tile's [16 rows][box][128]; 2-D boxes: its 16 lines in each piece's box.
-        const uint8_t* codes = stage + tile * (RowRuns<Nested> ? S::kCodeTileBytes : kTileRows * kBoxBytes);
-        const uint8_t* scales = stage + Smem::kScaleOffset + tile * Smem::kScaleTileBytes +
-                                (Nested ? (c * S::kChunkBlocks) % 16 : 0);
+        const uint8_t* codes = stage + tile * S::kCodeTileBytes;  // [16 rows][box][128]
+        const uint8_t* scales = stage + Smem::kScaleOffset + tile * Smem::kScaleTileBytes;
 #pragma unroll kGroupUnroll<S>
         for (int j = share * kShareGroups; j < (share + 1) * kShareGroups; ++j) {
           // Activation words of rows g (+ 8): columns 16t + 2w, 2w + 1 in word w, pieces 2t and 2t + 1.
@@ -288,24 +322,15 @@ __global__ void __launch_bounds__(S::kThreads, 1)
             x[op][4] = v1.x, x[op][5] = v1.y, x[op][6] = v1.z, x[op][7] = v1.w;
           }
           // Codes of columns 16t .. 16t + 15 of rows g (lo) and g + 8 (hi): bytes 32 (j % 4) + 8t of 128-byte
-          // piece j / 4 of the row: line `row` of box j / 4 (row runs: line row * kBoxes + j / 4).
+          // piece j / 4 of the row: line row * kBoxes + j / 4.
           const int piece = 2 * (j % 4) + t / 2;
-          uint2 lo, hi;
-          if constexpr (RowRuns<Nested>) {
-            const uint8_t* at = codes + (t % 2) * 8;
-            lo = *reinterpret_cast<const uint2*>(at + swizzled(g * S::kBoxes + j / 4, piece));
-            hi = *reinterpret_cast<const uint2*>(at + swizzled((g + 8) * S::kBoxes + j / 4, piece));
-          } else {
-            const uint8_t* box = codes + (j / 4) * kPieceBytes<S> + (t % 2) * 8;
-            lo = *reinterpret_cast<const uint2*>(box + swizzled(g, piece));
-            hi = *reinterpret_cast<const uint2*>(box + swizzled(g + 8, piece));
-          }
+          const uint8_t* at = codes + (t % 2) * 8;
+          const uint2 lo = *reinterpret_cast<const uint2*>(at + swizzled(g * S::kBoxes + j / 4, piece));
+          const uint2 hi = *reinterpret_cast<const uint2*>(at + swizzled((g + 8) * S::kBoxes + j / 4, piece));
           float scale[2];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint8_t* at = scales + (g + 8 * h) * Smem::kScaleRowBytes;
-            scale[h] = Nested ? nested_code[at[j]] * second[h] + offset : reinterpret_cast<const float*>(at)[j];
-          }
+          for (int h = 0; h < 2; ++h)
+            scale[h] = reinterpret_cast<const float*>(scales + (g + 8 * h) * Smem::kScaleRowBytes)[j];
           float part[kOps][4] = {};
 #pragma unroll
           for (int step = 0; step < 4; ++step) {
@@ -379,39 +404,34 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const int64_t blocks_per_row = p.K / kBlocksize;
   const auto code_map = [&](uint32_t rows) {
-    return RowRuns<Nested> ? cuda::tensor_map_row_pieces(p.packed, p.N, p.K / 2, kBoxBytes, rows, S::kBoxes,
-                                                         CU_TENSOR_MAP_SWIZZLE_128B)
-                           : cuda::tensor_map_2d(p.packed, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, p.K / 2, rows,
-                                                 kBoxBytes, CU_TENSOR_MAP_SWIZZLE_128B);
+    return cuda::tensor_map_row_pieces(p.packed, p.N, p.K / 2, kBoxBytes, rows, S::kBoxes, CU_TENSOR_MAP_SWIZZLE_128B);
   };
+  // Plain weights' scales; double-quantized ones are decoded by the scale warp (their map slots are not read).
   const auto scale_map = [&](uint32_t rows) {
-    return Nested ? cuda::tensor_map_2d(p.absmax_q, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.N, blocks_per_row, rows, 16,
-                                        CU_TENSOR_MAP_SWIZZLE_NONE)
-                  : cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, rows,
-                                        S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE);
+    return cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, rows,
+                               S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE);
   };
   constexpr uint32_t kPassRows = kTileRows * S::kTilesPerPass;
-  const CUtensorMap tile_codes = code_map(kTileRows);
-  // (Double-quantized passes of more than 4 tiles copy codes per tile only: no pass map to encode per call.)
+  const CUtensorMap tile_codes = code_map(kTileRows), pass_codes = code_map(kPassRows);
   const StagedMaps maps{
       tile_codes,
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
-      scale_map(kTileRows), RowRuns<Nested> || kPassBoxes2d<S> ? code_map(kPassRows) : tile_codes,
-      scale_map(kPassRows)};
+      Nested ? tile_codes : scale_map(kTileRows), pass_codes, Nested ? pass_codes : scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
-  cuda::launch_with_smem_after_previous(kernel, grid, S::kThreads, Smem::kBytes, stream, device, /*overlap=*/true,
-                                        maps, args);
+  cuda::launch_with_smem_after_previous(kernel, grid, kStagedThreads<S, Nested>, Smem::kBytes, stream, device,
+                                        /*overlap=*/true, maps, args);
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_staged");
 }
 
 // Wide stages (1024 columns, 2 stages, 7 consumer warps) where they take no more passes than the narrow ones
-// (512 columns, 3 stages, 8 consumers): see the top.
+// (512 columns, 3 stages, 8 consumers), for plain weights only: see the top and the layout notes.
 using NarrowStages = StagedShape<512, 3, 8>;
 using WideStages = StagedShape<1024, 2, 7>;
 
 bool wide_stages(const Gemm4bitParams& p, int32_t device) {
+  if (p.nested()) return false;
   const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
   const int64_t per_cta = (tiles + cuda::sm_count(device) - 1) / cuda::sm_count(device);
   const auto passes = [&](int consumers) { return (per_cta + consumers - 1) / consumers; };
@@ -422,14 +442,6 @@ bool wide_stages(const Gemm4bitParams& p, int32_t device) {
 // warps on each (see the top).
 using SplitStages = StagedShape<512, 3, 8, 2>;
 constexpr int64_t kSplitMaxTilesPerSm = SplitStages::kTilesPerPass;
-// Double-quantized weights on 3 or 4 tiles per SM only from this many rows: the register-fed kernel's time grows
-// with the rows, the split stages' does not. K = 8192, N = 8192 (3.9 tiles per SM): M = 16 22.5-22.7 us
-// register-fed against 21.7-21.9 split; M = 9 20.7-20.9 against 22.2-22.4 (split before a full pass's codes came
-// as one box per piece). In the run of record (see RESULTS.md): M = 9 21.0 us and M = 12 21.55 register-fed,
-// M = 13 21.67 and M = 16 21.60 split.
-constexpr int64_t kSplitNestedMinRows = 13;
-constexpr int64_t kSplitNestedAnyRowsMaxTilesPerSm = 2;
-
 template <typename T, bool Nested>
 void launch_shape(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   if (tiles_per_sm(p, device) <= kSplitMaxTilesPerSm) return launch<T, Nested, SplitStages>(p, device, stream);
@@ -447,10 +459,7 @@ bool gemm_4bit_staged_serves(const Gemm4bitParams& p, int32_t device) {
   // Tensor maps: 16-byte row strides (absmax_q's row of K / 64 codes: K % 1024 == 0).
   const int64_t k_multiple = p.nested() ? 1024 : NarrowStages::kChunkCols;
   static_assert(kBlocksize == 64, "hopper_staging_operands checks blocksize 64");
-  const int64_t per_sm = tiles_per_sm(p, device);
-  const bool grid = !p.nested() || per_sm > kSplitMaxTilesPerSm || per_sm <= kSplitNestedAnyRowsMaxTilesPerSm ||
-                    p.M >= kSplitNestedMinRows;
-  return p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && grid && hopper_staging_operands(p, device);
+  return p.M > 8 && p.M <= 16 && p.K % k_multiple == 0 && hopper_staging_operands(p, device);
 #endif
 }
 

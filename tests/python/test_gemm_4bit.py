@@ -421,8 +421,9 @@ def test_chained_few_row_products_read_the_kernel_before_them(nested, wide, K, m
 def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, tiles_per_cta):
     # 9..16 rows on a grid of several waves: on Hopper each CTA takes its 16-row tiles in passes of one tile
     # per consumer warp, the activations staged once per stage for all of them: 1024-column stages for 7
-    # warps where that takes no more passes than 512-column stages for 8 (10 tiles per CTA, K % 1024 == 0),
-    # else the narrow ones (8 tiles per CTA: one pass of 8 against two of 7; K = 1536). Each CTA gets a full
+    # warps where that takes no more passes than 512-column stages for 8 (10 tiles per CTA, K % 1024 == 0,
+    # plain weights), else the narrow ones (8 tiles per CTA: one pass of 8 against two of 7; K = 1536; double-
+    # quantized weights, whose scales a scale warp decodes into each stage). Each CTA gets a full
     # and a partial pass (10) or one full pass (8, most CTAs), and the last tile is partial. K = 1536 is
     # served plain only (double-quantized codes need K % 1024 == 0) and takes the register-fed kernel nested.
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
@@ -437,9 +438,9 @@ def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, t
 def test_one_wave_products_of_9_to_16_rows_match_float64(dtype, m, nested, tiles_per_sm):
     # 9..16 rows on a grid of at most 4 tiles per SM: on Hopper each CTA takes one pass of its tiles, two
     # consumer warps per tile, each on half of every stage's groups, the second handing its sums to the
-    # first; a CTA of 4 tiles (a full pass: its codes and scales copied as one box for all its tiles), CTAs of 2
-    # (some with a partial pass) and, at 3 or 4 tiles per SM, double-quantized weights of 9 rows taking the
-    # register-fed kernel. The last tile is partial.
+    # first; a CTA of 4 tiles (a full pass: its codes and scales copied as one box for all its tiles; double-
+    # quantized scales decoded into the stage by a scale warp) and CTAs of 2 (some with a partial pass). The
+    # last tile is partial.
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     _check_product_with_alternate_stretches_16x(sms * tiles_per_sm * 16 - 8, 2048, m, dtype, nested, seed=121)
 
