@@ -7,6 +7,8 @@
 #   PYTEST_ARGS     extra pytest arguments (e.g. "-k 4bit")
 #   BENCHES         benchmark scripts to run (default: every benchmarks/bench_*.py except the CPU ones;
 #                   "none" skips them; benchmarks/profile_*.py run when named here)
+# Build, tests and every benchmark take about ten minutes on the H100, the device tool's limit per call: run
+# BENCHES=none first, then (same machine, build kept) the benchmarks with PYTEST_ARGS="-k <matching nothing>".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device_out}"
