@@ -180,7 +180,7 @@ __device__ __forceinline__ void fill_decoded_scales(const GemvArgs& args, uint8_
         const uint8_t* q = reinterpret_cast<const uint8_t*>(&codes[i]);
 #pragma unroll
         for (int b = 0; b < S::kChunkBlocks; ++b)
-          values[i][b] = __fadd_rn(__fmul_rn(nested_code[q[b]], second[i]), offset);
+          values[i][b] = decode_nested_scale(nested_code[q[b]], second[i], offset);
       }
       if (c + 1 < chunks) fetch(pass, in_pass, c + 1);
       else if (pass + S::kTilesPerPass < end_tile)

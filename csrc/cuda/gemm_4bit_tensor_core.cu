@@ -142,7 +142,7 @@ struct RowScale {
     }
   }
   __device__ __forceinline__ float value(const float* nested_code, float offset) const {
-    if constexpr (Nested) return __fadd_rn(__fmul_rn(nested_code[q], v), offset);
+    if constexpr (Nested) return decode_nested_scale(nested_code[q], v, offset);
     return v;
   }
 };

@@ -1,5 +1,5 @@
 // The four instantiations of a 4-bit product kernel (activation type x double-quantized scales), chosen in one
-// place for every CUDA 4-bit kernel.
+// place for every CUDA 4-bit kernel, and the decoding of a double-quantized block scale.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,6 +21,12 @@ void with_activation_type_and_nesting(const Gemm4bitParams& p, Launch&& launch) 
   } else {
     half ? launch(__half{}, std::false_type{}) : launch(__nv_bfloat16{}, std::false_type{});
   }
+}
+
+// A double-quantized block scale from its 8-bit code's value, the second-level scale and the offset, each step
+// rounded as dequantizing the statistics rounds it (no fused multiply-add).
+__device__ __forceinline__ float decode_nested_scale(float code_value, float second_level, float offset) {
+  return __fadd_rn(__fmul_rn(code_value, second_level), offset);
 }
 
 }  // namespace bnb::backend
