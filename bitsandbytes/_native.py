@@ -43,7 +43,7 @@ DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_UINT8, DTYPE_INT8, DTYPE_INT
 QUANT_FP4, QUANT_NF4 = 1, 2
 QUANT_TYPES = {"fp4": QUANT_FP4, "nf4": QUANT_NF4}
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 # bnb_optimizer_t
 OPTIMIZERS = {"adam": 1, "momentum": 2, "rmsprop": 3, "adagrad": 4, "lion": 5, "ademamix": 6}
@@ -83,6 +83,25 @@ class OptimizerTensor(ct.Structure):
     ]
 
 
+class Gemm4bitWeight(ct.Structure):
+    """Mirror of bnb_gemm_4bit_weight_t: a 4-bit weight's arguments of bnb_gemm_4bit, filled once."""
+
+    _fields_ = [
+        ("packed", ct.c_void_p),
+        ("absmax", ct.c_void_p),
+        ("absmax_q", ct.c_void_p),
+        ("absmax_code", ct.c_void_p),
+        ("absmax_offset", ct.c_void_p),
+        ("K", ct.c_int64),
+        ("N", ct.c_int64),
+        ("blocksize", ct.c_int64),
+        ("qtype", ct.c_int32),
+        ("a_dtype", ct.c_int32),
+        ("device", ct.c_int32),
+        ("reserved", ct.c_int32),
+    ]
+
+
 _p, _f, _i32, _i64, _u8p = ct.c_void_p, ct.c_float, ct.c_int32, ct.c_int64, ct.c_void_p
 _stream = (_i32, _p)  # device, stream: the tail of every op
 
@@ -103,6 +122,7 @@ SIGNATURES = {
     "bnb_int8_colwise_quant": (_i32, (_p, _i32, _i64, _i64, _f, _p, _p, *_stream)),
     "bnb_estimate_quantiles": (_i32, (_p, _i32, _i64, _f, _p, *_stream)),
     "bnb_gemm_4bit": (_i32, (_p, _i32, _i64, _i64, _p, _p, _p, _p, _p, _i32, _i64, _i64, _p, _p, *_stream)),
+    "bnb_gemm_4bit_with_weight": (_i32, (ct.POINTER(Gemm4bitWeight), _p, _i64, _p, _p, _p)),
     "bnb_int8_linear_matmul": (_i32, (_p, _p, _p, _i64, _i64, _i64, *_stream)),
     "bnb_int8_mm_dequant": (_i32, (_p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, *_stream)),
     "bnb_int8_scaled_mm": (_i32, (_p, _p, _p, _p, _p, _i32, _p, _i32, _i64, _i64, _i64, *_stream)),

@@ -49,6 +49,16 @@ class QuantState:
         self.state2 = state2
         self.nested = state2 is not None
 
+    # Per-process caches kept on the state (the eager 4-bit product's prepared kernel arguments, which hold raw
+    # pointers): never pickled or copied, a copy prepares its own.
+    _CACHE_KEYS = ("_streaming_plan",)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in self._CACHE_KEYS:
+            state.pop(key, None)
+        return state
+
     def __getitem__(self, idx):
         """Legacy list form [absmax, shape, dtype, blocksize, [offset, state2] or None, quant_type] (old pickles)."""
         if self.nested:

@@ -62,11 +62,14 @@ int device_count_or_throw() {
 
 // Loads the probe kernel on `device`; returns the runtime's answer.
 cudaError_t probe(int32_t device) {
-  cudaError_t err = select_device(device);
+  int previous = 0;
+  cudaError_t err = cudaGetDevice(&previous);
+  if (err == cudaSuccess && previous != device) err = cudaSetDevice(device);
   if (err != cudaSuccess) return err;
   cudaFuncAttributes attr;
   err = cudaFuncGetAttributes(&attr, probe_kernel);
   if (err != cudaSuccess) cudaGetLastError();
+  if (previous != device) (void)cudaSetDevice(previous);
   return err;
 }
 

@@ -51,21 +51,28 @@ namespace bnb::cuda {
 namespace bnb::cuda {
 
 // ---- device selection --------------------------------------------------------------------------------
-// The runtime is linked statically, so its notion of "current device" is private to this library and
-// unrelated to torch's: every op selects the device it was given before touching memory or launching.
-// Only this library calls cudaSetDevice on its runtime, so a per-thread record of the last choice is
-// exact and saves the call on the hot path.
-inline cudaError_t select_device(int32_t device) {
-  thread_local int32_t current = -1;  // one per thread for the whole library (inline function)
-  if (current == device) return cudaSuccess;
-  const cudaError_t err = cudaSetDevice(device);
-  current = err == cudaSuccess ? device : -1;
-  return err;
-}
-
+// The current device is the calling thread's driver context, which this library's (static) runtime shares
+// with torch's and every other runtime in the process. An op makes its device current for its own scope
+// and gives the caller's back afterwards, as torch's device guards do: a call on cuda:1 neither launches
+// on whatever device torch last selected nor leaves cuda:1 selected for the torch code after it.
 class DeviceGuard {
  public:
-  explicit DeviceGuard(int32_t device) { BNB_CUDA_CHECK(select_device(device)); }
+  explicit DeviceGuard(int32_t device) {
+    BNB_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) {
+      BNB_CUDA_CHECK(cudaSetDevice(device));
+      restore_ = true;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) (void)cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool restore_ = false;
 };
 
 inline cudaStream_t as_cuda(bnb_stream_t stream) { return static_cast<cudaStream_t>(stream); }

@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature in include/bnb changes. */
-#define BNB_ABI_VERSION 2
+#define BNB_ABI_VERSION 3
 
 typedef enum bnb_status {
   BNB_STATUS_OK = 0,

@@ -25,6 +25,27 @@ BNB_API bnb_status_t bnb_gemm_4bit(const void* A, bnb_dtype_t a_dtype, int64_t M
                                    const float* absmax_offset, bnb_quant_t qtype, int64_t N, int64_t blocksize,
                                    const void* bias, void* out, int32_t device, bnb_stream_t stream);
 
+/* bnb_gemm_4bit's weight-side arguments, filled once per weight and dtype of A: eager inference calls
+ * the same layer over and over, and every argument that crosses the ABI costs host time per call. */
+typedef struct bnb_gemm_4bit_weight {
+  const uint8_t* packed;
+  const float* absmax;
+  const uint8_t* absmax_q;      /* NULL for plain scales */
+  const float* absmax_code;     /* with absmax_q */
+  const float* absmax_offset;   /* with absmax_q */
+  int64_t K;
+  int64_t N;
+  int64_t blocksize;
+  int32_t qtype;                /* bnb_quant_t */
+  int32_t a_dtype;              /* bnb_dtype_t of A, bias and out */
+  int32_t device;
+  int32_t reserved;             /* 0 */
+} bnb_gemm_4bit_weight_t;
+
+/* bnb_gemm_4bit with the weight's arguments taken from `weight`: the same checks, kernels and results. */
+BNB_API bnb_status_t bnb_gemm_4bit_with_weight(const bnb_gemm_4bit_weight_t* weight, const void* A, int64_t M,
+                                               const void* bias, void* out, bnb_stream_t stream);
+
 /* ---- LLM.int8() ----------------------------------------------------------------------------------
  * A [M, K] and B [N, K] are row-major int8 (B is the weight, one row per output feature). */
 

@@ -220,7 +220,7 @@ def test_direct_call_refused_by_the_native_library_falls_back(monkeypatch):
 
     monkeypatch.setitem(m._gemm_entries, "cpu", (lib, refuse))
     assert m.gemm_4bit_direct(x, packed, state, None) is None
-    assert len(calls) == 1 and calls[0][0] == x.data_ptr()
+    assert len(calls) == 1 and calls[0][1] == x.data_ptr() and calls[0][2] == 2  # (weight, A, rows, ...)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -456,3 +456,22 @@ def test_few_row_products_with_whole_stages_match_float64(dtype, m, N, nested):
     # tiles (the last one partial); 9..16 rows take the kernel staging weight and activations together, and
     # the one-round grid of up to 8 rows the register-fed kernel.
     _check_product_with_alternate_stretches_16x(N, 4096, m, dtype, nested, seed=101)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_prepared_weight_arguments_stay_out_of_pickles_and_copies(nested):
+    # The eager path keeps the weight's kernel arguments (raw pointers) on the QuantState: a pickled or copied
+    # state leaves them behind and prepares its own on its first call, with the same result.
+    import copy
+    import pickle
+
+    from bitsandbytes.backends import native_4bit_matmul as m
+
+    packed, state = F.quantize_4bit(randn((64, 512), torch.float32, "cpu", seed=33), blocksize=64, quant_type="nf4",
+                                    compress_statistics=nested)
+    x = randn((2, 512), torch.float32, "cpu", seed=34)
+    y = m.gemm_4bit_direct(x, packed, state, None)
+    assert "_streaming_plan" in state.__dict__
+    for clone in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state), copy.copy(state)):
+        assert "_streaming_plan" not in clone.__dict__
+        torch.testing.assert_close(m.gemm_4bit_direct(x, packed.clone(), clone, None), y, rtol=0, atol=0)
