@@ -433,6 +433,17 @@ def test_many_tile_products_of_9_to_16_rows_match_float64(dtype, m, K, nested, t
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("m", [9, 16])
+@pytest.mark.parametrize("K,nested", [(1536, False), (2048, True)], ids=["plain", "nested"])
+def test_9_to_16_row_products_whose_ctas_make_unequal_passes_match_float64(dtype, m, K, nested):
+    # 16.5 tiles per SM, in passes of 8 (narrow stages: K = 1536 plain, double-quantized weights): neighbouring
+    # CTAs take 16 and 17 tiles, two full passes and a third of one tile.
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    _check_product_with_alternate_stretches_16x(sms * 33 * 8 - 8, K, m, dtype, nested, seed=131)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [9, 16])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
 @pytest.mark.parametrize("tiles_per_sm", [4, 2, 3])
 def test_one_wave_products_of_9_to_16_rows_match_float64(dtype, m, nested, tiles_per_sm):
