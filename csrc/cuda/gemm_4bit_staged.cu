@@ -120,7 +120,7 @@ constexpr int kStagedThreads = S::kThreads + (Nested ? kWarpSize : 0);
 // float scales: a full pass's codes and scales are one box of its rows. The swizzled boxes start on 1024-byte
 // boundaries. After the stages, with split tiles: the
 // sums the other warps of each tile hand to its first, two passes' worth.
-template <typename S, bool Nested>
+template <typename S>
 struct StagedSmem {
   static constexpr int kActRows = 8 * kOps;
   static constexpr int kActBoxBytes = kActRows * kGroupCols * 2;
@@ -210,7 +210,7 @@ template <typename T, bool Nested, typename S>
 __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
     gemm_4bit_staged(const __grid_constant__ StagedMaps maps, const __grid_constant__ GemvArgs args) {
 #ifdef BNB_SM90A_DEVICE
-  using Smem = StagedSmem<S, Nested>;
+  using Smem = StagedSmem<S>;
   __shared__ __align__(16) uint32_t table[cuda::kPairTableWords];
   __shared__ float nested_code[Nested ? 256 : 1];
   __shared__ __align__(8) uint64_t full[S::kStages], empty[S::kStages];
@@ -401,7 +401,7 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
 
 template <typename T, bool Nested, typename S>
 void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
-  using Smem = StagedSmem<S, Nested>;
+  using Smem = StagedSmem<S>;
   auto* kernel = gemm_4bit_staged<T, Nested, S>;
   static std::atomic<uint64_t> opted_in{0};
   cuda::allow_dynamic_smem(kernel, Smem::kBytes, device, opted_in);
