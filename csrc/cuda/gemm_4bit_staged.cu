@@ -8,8 +8,8 @@
 // the consumer warps of a CTA work on different 16-row tiles at the same columns, so one staged copy of each
 // chunk of the activations serves 7 or 8 tiles: the activations' bytes become about half the weight's.
 //
-// A CTA (one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one tile)
-// and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
+// A CTA (at most one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one
+// tile) and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
 // warp copies each stage: per tile the codes (128-byte swizzled, one [16 rows, pieces, 128 bytes] box) and the
 // block scales as a [16 rows, blocks] box of floats (double-quantized weights: decoded from their 8-bit codes
 // by a scale warp, see the layout notes below), and the chunk's activations as [16 rows, 64 columns] boxes
@@ -80,9 +80,10 @@ constexpr int kHandOverBarrier = 1;               // named barrier of the consum
 
 // Columns per stage, stages, consumer warps (one producer warp besides), consumer warps per tile (each takes
 // an equal share of a stage's groups; the first adds the others' sums).
-template <int ChunkCols, int Stages, int Consumers, int WarpsPerTile = 1>
+template <int ChunkCols, int Stages, int Consumers, int WarpsPerTile = 1, bool EqualTiles = true>
 struct StagedShape {
   static constexpr int kChunkCols = ChunkCols, kStages = Stages, kConsumers = Consumers;
+  static constexpr bool kEqualTiles = EqualTiles;  // see staged_grid
   static constexpr int kWarpsPerTile = WarpsPerTile, kTilesPerPass = Consumers / WarpsPerTile;
   static constexpr int kThreads = (Consumers + 1) * kWarpSize;
   static constexpr int kGroups = ChunkCols / kGroupCols;
@@ -399,6 +400,21 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
 #endif
 }
 
+// CTAs for N weight rows on `sms` SMs: one per SM, or with `equal_tiles` the fewest that give no CTA more tiles
+// than one per SM would: every CTA then has the same number of tiles where the count allows (N = 8192: 128 CTAs
+// of 4 tiles instead of 116 of 4 and 16 of 3). H100, K = 8192, M = 9 and 16, graph replays, two rounds, one per
+// SM -> equal: N = 4096 15.2 -> 15.0-15.1 us plain, 14.2-14.3 -> 14.0 nested; N = 8192 19.5 -> 19.1 plain,
+// 19.3-19.5 -> 18.8-19.1 nested; N = 16384 32.8-32.9 -> 31.9 plain, 33.0-33.1 -> 32.3-32.4 nested; N = 20480
+// nested 49.1 -> 48.2-48.3, N = 28672 nested 58.9-59.0 -> 58.0-58.2. Wide stages keep one CTA per SM (plain N =
+// 20480 45.3-45.4 -> 45.6-45.8, N = 28672 57.2-57.3 -> 57.6-57.7 with equal tiles): their grids run closest to
+// the memory's bandwidth, and there the SMs that would idle add to it.
+int64_t staged_grid(int64_t N, int64_t sms, bool equal_tiles) {
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  if (!equal_tiles) return std::min(tiles, sms);
+  const int64_t per_cta = (tiles + sms - 1) / sms;
+  return (tiles + per_cta - 1) / per_cta;
+}
+
 template <typename T, bool Nested, typename S>
 void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   using Smem = StagedSmem<S>;
@@ -423,8 +439,7 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
       Nested ? tile_codes : scale_map(kTileRows), pass_codes, Nested ? pass_codes : scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
-  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
-  const auto grid = static_cast<unsigned>(std::min<int64_t>(tiles, cuda::sm_count(device)));
+  const auto grid = static_cast<unsigned>(staged_grid(p.N, cuda::sm_count(device), S::kEqualTiles));
   cuda::launch_with_smem_after_previous(kernel, grid, kStagedThreads<S, Nested>, Smem::kBytes, stream, device,
                                         /*overlap=*/true, maps, args);
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_staged");
@@ -433,7 +448,7 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
 // Wide stages (1024 columns, 2 stages, 7 consumer warps) where they take no more passes than the narrow ones
 // (512 columns, 3 stages, 8 consumers), for plain weights only: see the top and the layout notes.
 using NarrowStages = StagedShape<512, 3, 8>;
-using WideStages = StagedShape<1024, 2, 7>;
+using WideStages = StagedShape<1024, 2, 7, 1, /*EqualTiles=*/false>;
 
 bool wide_stages(const Gemm4bitParams& p, int32_t device) {
   if (p.nested()) return false;
