@@ -65,7 +65,13 @@ constexpr int kThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (one l
 constexpr int kProducerRegisters = 56;  // registers move from the producers to the consumers
 constexpr int kConsumerRegisters = 224;
 using cuda::kPairTableWords;
-constexpr int kGroupN = 16;             // CTAs launched in turn cycle over this many weight tiles
+// CTAs launched in turn cycle over this many weight tiles (sm90::grouped_tile), so that a wave of CTAs reads
+// few activation tiles: at K = N = 8192, M = 4096 a wave then covers about 2 activation tiles (8 MB) and the
+// whole 4-bit weight (32 MB), which stays in L2 from one wave to the next. H100, K = 8192, graph replays, two
+// rounds, groups of 16 -> 64 (8 -> all in brackets): N = 8192 M = 4096 823-834 -> 790-804 us (824-850 /
+// 789-800); N = 28672 M = 4096 2884-2891 -> 2872-2906 (2931-2996 / 3012-3017), M = 512 364-383 -> 364-365;
+// N = 8192 M = 512 90.4-90.5 -> 90.2.
+constexpr int kGroupN = 64;
 constexpr int kSmemBudget = 227 * 1024;
 
 // Named barriers of the consumer warpgroups (0 is __syncthreads).
