@@ -99,7 +99,7 @@ struct StagedShape {
 // conflicts, as each row's pieces are consecutive 128-byte lines and the swizzle repeats every 8 lines.
 //
 // Double-quantized weights: a scale warp besides the producer decodes each stage's 8-bit scales into the float
-// scales plain weights' stages hold (fill_decoded_scales), so the consumers' work is the same for both, and they
+// scales plain weights' stages hold (fill_stage_scales), so the consumers' work is the same for both, and they
 // take the narrow stages (with wide ones: N = 28672 M = 16 61.2 us against 59.1-59.4 narrow). H100, K = 8192,
 // graph replays, two rounds, consumers decoding (2-D code boxes, wide stages where plain takes them) -> scale
 // warp: N = 4096 M = 9..16 16.4-16.7 -> 14.2-14.4 us, N = 8192 20.9-21.8 -> 19.4-19.7 (plain 19.5-19.7),
@@ -113,9 +113,17 @@ struct StagedShape {
 template <typename S>
 constexpr int kGroupUnroll = S::kTilesPerPass > 4 ? 4 : 2;
 
-// Threads of a CTA: the consumers, the producer warp and, for double-quantized weights, the scale warp.
+// Whether a scale warp stores each stage's float scales (fill_stage_scales) instead of the producer copying them
+// as boxes: always for double-quantized weights (it decodes them), and for plain ones on split stages. H100, K =
+// 8192, M = 16, plain, graph replays, two rounds, boxes -> scale warp: split stages N = 4096 15.0 -> 13.8 us, N =
+// 8192 19.2 -> 18.8; narrow N = 16384 31.9-32.1 -> 32.8; wide N = 20480 45.4 -> 48.6-48.8, N = 28672 57.4-57.7 ->
+// 61.4-61.6.
 template <typename S, bool Nested>
-constexpr int kStagedThreads = S::kThreads + (Nested ? kWarpSize : 0);
+constexpr bool kScaleWarp = Nested || S::kWarpsPerTile > 1;
+
+// Threads of a CTA: the consumers, the producer warp and, where it has one, the scale warp.
+template <typename S, bool Nested>
+constexpr int kStagedThreads = S::kThreads + (kScaleWarp<S, Nested> ? kWarpSize : 0);
 
 // One stage: [tile][16 rows][box][128 bytes] codes, [group][activation rows][64] activations, [tile][16 rows]
 // float scales: a full pass's codes and scales are one box of its rows. The swizzled boxes start on 1024-byte
@@ -146,29 +154,36 @@ struct StagedMaps {
 // Byte offset of 16-byte piece `piece` of line `line` in a box with the 128-byte swizzle.
 __device__ __forceinline__ int swizzled(int line, int piece) { return line * 128 + ((piece ^ (line & 7)) << 4); }
 
-// The scale warp of double-quantized weights: for every stage (the producer's order of passes and chunks) the
-// float scales of the pass's rows, decoded from their 8-bit codes and second-level scales as dequantizing the
-// statistics rounds them, stored where plain weights' scale boxes land; every lane counts on the stage's `full`
-// barrier. Lane l takes rows l, l + 32, ... of the pass; the codes of a row's chunk are one 8- or 16-byte load,
-// fetched a chunk ahead.
-template <typename S, typename Smem>
-__device__ __forceinline__ void fill_decoded_scales(const GemvArgs& args, uint8_t* smem, uint64_t* full,
+// The scale warp (kScaleWarp): for every stage (the producer's order of passes and chunks) the float scales of
+// the pass's rows, stored where the scale boxes would land; every lane counts on the stage's `full` barrier.
+// Double-quantized scales are decoded from their 8-bit codes and second-level scales as dequantizing the
+// statistics rounds them. Lane l takes rows l, l + 32, ... of the pass; a row's codes or scales of a chunk are
+// one 8- or 16-byte load or two or four of 16 bytes, fetched a chunk ahead.
+template <typename S, typename Smem, bool Nested>
+__device__ __forceinline__ void fill_stage_scales(const GemvArgs& args, uint8_t* smem, uint64_t* full,
                                                     uint64_t* empty, const float* nested_code, float offset,
                                                     int64_t first_tile, int64_t end_tile, int lane) {
   using Codes = std::conditional_t<S::kChunkBlocks == 16, uint4, uint2>;
   static_assert(sizeof(Codes) == S::kChunkBlocks, "one load per row and chunk");
   constexpr int kRowsPerLane = (S::kTilesPerPass * kTileRows + kWarpSize - 1) / kWarpSize;
   const int64_t K = args.K, N = args.N, blocks_per_row = K / kBlocksize, chunks = K / S::kChunkCols;
-  Codes codes[kRowsPerLane];
+  Codes codes[kRowsPerLane];                    // double-quantized
   float second[kRowsPerLane];
+  float4 plain[kRowsPerLane][S::kChunkBlocks / 4];  // plain
   const auto fetch = [&](int64_t pass, int in_pass, int64_t c) {
 #pragma unroll
     for (int i = 0; i < kRowsPerLane; ++i) {
       const int r = lane + i * kWarpSize;
       if (r >= in_pass * kTileRows) continue;
       const int64_t block = min(pass * kTileRows + r, N - 1) * blocks_per_row + c * S::kChunkBlocks;
-      codes[i] = __ldg(reinterpret_cast<const Codes*>(args.absmax_q + block));
-      second[i] = __ldg(args.absmax + block / kNestedBlocksize);  // one second-level block per chunk
+      if constexpr (Nested) {
+        codes[i] = __ldg(reinterpret_cast<const Codes*>(args.absmax_q + block));
+        second[i] = __ldg(args.absmax + block / kNestedBlocksize);  // one second-level block per chunk
+      } else {
+#pragma unroll
+        for (int b = 0; b < S::kChunkBlocks / 4; ++b)
+          plain[i][b] = __ldg(reinterpret_cast<const float4*>(args.absmax + block) + b);
+      }
     }
   };
   const auto in_pass_of = [&](int64_t pass) {
@@ -185,8 +200,10 @@ __device__ __forceinline__ void fill_decoded_scales(const GemvArgs& args, uint8_
       for (int i = 0; i < kRowsPerLane; ++i) {
         const uint8_t* q = reinterpret_cast<const uint8_t*>(&codes[i]);
 #pragma unroll
-        for (int b = 0; b < S::kChunkBlocks; ++b)
-          values[i][b] = decode_nested_scale(nested_code[q[b]], second[i], offset);
+        for (int b = 0; b < S::kChunkBlocks; ++b) {
+          if constexpr (Nested) values[i][b] = decode_nested_scale(nested_code[q[b]], second[i], offset);
+          else values[i][b] = reinterpret_cast<const float*>(plain[i])[b];
+        }
       }
       if (c + 1 < chunks) fetch(pass, in_pass, c + 1);
       else if (pass + S::kTilesPerPass < end_tile)
@@ -225,7 +242,8 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
 
   constexpr int kThreads = kStagedThreads<S, Nested>;
   cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
-  if (threadIdx.x == 0) sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers, Nested ? 1 + kWarpSize : 1);
+  if (threadIdx.x == 0) sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers,
+                                                                kScaleWarp<S, Nested> ? 1 + kWarpSize : 1);
   if (warp == S::kConsumers && lane == 0) {
     sm90::prefetch_tensor_map(&maps.codes);
     sm90::prefetch_tensor_map(&maps.act);
@@ -243,9 +261,9 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
   }
   __syncthreads();
 
-  if constexpr (Nested) {
+  if constexpr (kScaleWarp<S, Nested>) {
     if (warp == S::kConsumers + 1) {
-      fill_decoded_scales<S, Smem>(args, smem, full, empty, nested_code, offset, first_tile, end_tile, lane);
+      fill_stage_scales<S, Smem, Nested>(args, smem, full, empty, nested_code, offset, first_tile, end_tile, lane);
       return;
     }
   }
@@ -260,7 +278,7 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
         const int s = static_cast<int>(it % S::kStages);
         if (lane == 0) {
           sm90::mbar_wait(&empty[s], ((it / S::kStages) & 1) ^ 1);
-          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (S::kCodeTileBytes + (Nested ? 0 : Smem::kScaleTileBytes)) +
+          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (S::kCodeTileBytes + (kScaleWarp<S, Nested> ? 0 : Smem::kScaleTileBytes)) +
                                                     S::kGroups * Smem::kActBoxBytes);
         }
         __syncwarp();
@@ -273,14 +291,14 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
         if (full_pass && lane == 0) {
           const auto first_row = static_cast<int32_t>(pass * kTileRows);
           sm90::tma_load_3d(stage, &maps.pass_codes, 0, box_x, first_row, &full[s], policy);
-          if (!Nested)
+          if (!kScaleWarp<S, Nested>)
             sm90::tma_load_2d(stage + Smem::kScaleOffset, &maps.pass_scales, scale_x, first_row, &full[s], policy);
         }
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
           if (!full_pass) {
             sm90::tma_load_3d(stage + lane * S::kCodeTileBytes, &maps.codes, 0, box_x, row, &full[s], policy);
-            if (!Nested)
+            if (!kScaleWarp<S, Nested>)
               sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales, scale_x,
                                 row, &full[s], policy);
           }
@@ -427,7 +445,7 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   const auto code_map = [&](uint32_t rows) {
     return cuda::tensor_map_row_pieces(p.packed, p.N, p.K / 2, kBoxBytes, rows, S::kBoxes, CU_TENSOR_MAP_SWIZZLE_128B);
   };
-  // Plain weights' scales; double-quantized ones are decoded by the scale warp (their map slots are not read).
+  // Plain weights' scale boxes; where a scale warp stores the scales, their map slots are not read.
   const auto scale_map = [&](uint32_t rows) {
     return cuda::tensor_map_2d(p.absmax, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.N, blocks_per_row, rows,
                                S::kChunkBlocks, CU_TENSOR_MAP_SWIZZLE_NONE);
@@ -437,7 +455,8 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
   const StagedMaps maps{
       tile_codes,
       cuda::tensor_map_2d(p.A, act_type, 2, p.M, p.K, Smem::kActRows, kGroupCols, CU_TENSOR_MAP_SWIZZLE_128B),
-      Nested ? tile_codes : scale_map(kTileRows), pass_codes, Nested ? pass_codes : scale_map(kPassRows)};
+      kScaleWarp<S, Nested> ? tile_codes : scale_map(kTileRows), pass_codes,
+      kScaleWarp<S, Nested> ? pass_codes : scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
   const auto grid = static_cast<unsigned>(staged_grid(p.N, cuda::sm_count(device), S::kEqualTiles));
   cuda::launch_with_smem_after_previous(kernel, grid, kStagedThreads<S, Nested>, Smem::kBytes, stream, device,
