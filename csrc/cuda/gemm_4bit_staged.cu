@@ -11,8 +11,8 @@
 // A CTA (at most one per SM, persistent) owns a contiguous range of tiles (the ranges differ by at most one
 // tile) and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
 // warp copies each stage: per tile the codes (128-byte swizzled, one [16 rows, pieces, 128 bytes] box) and the
-// block scales as a [16 rows, blocks] box of floats (double-quantized weights: decoded from their 8-bit codes
-// by a scale warp, see the layout notes below), and the chunk's activations as [16 rows, 64 columns] boxes
+// block scales as a [16 rows, blocks] box of floats (instead stored by a scale warp for double-quantized
+// weights, decoded from their 8-bit codes, and on split stages: kScaleWarp), and the chunk's activations as [16 rows, 64 columns] boxes
 // (128-byte swizzled; rows past M read as zeros). A pass with a tile for every consumer has consecutive rows:
 // its scales and codes come as one box each for all its tiles, laid out as the per-tile boxes would be. Within
 // a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and g + 8 and the
