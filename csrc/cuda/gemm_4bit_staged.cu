@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
 #endif
 }
 
-// CTAs for N weight rows on `sms` SMs: one per SM, or with `equal_tiles` the fewest that give no CTA more tiles
+// CTAs for the product: one per SM, or with `equal_tiles` the fewest that give no CTA more tiles
 // than one per SM would: every CTA then has the same number of tiles where the count allows (N = 8192: 128 CTAs
 // of 4 tiles instead of 116 of 4 and 16 of 3). H100, K = 8192, M = 9 and 16, graph replays, two rounds, one per
 // SM -> equal: N = 4096 15.2 -> 15.0-15.1 us plain, 14.2-14.3 -> 14.0 nested; N = 8192 19.5 -> 19.1 plain,
@@ -426,10 +426,10 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
 // nested 49.1 -> 48.2-48.3, N = 28672 nested 58.9-59.0 -> 58.0-58.2. Wide stages keep one CTA per SM (plain N =
 // 20480 45.3-45.4 -> 45.6-45.8, N = 28672 57.2-57.3 -> 57.6-57.7 with equal tiles): their grids run closest to
 // the memory's bandwidth, and there the SMs that would idle add to it.
-int64_t staged_grid(int64_t N, int64_t sms, bool equal_tiles) {
-  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
-  if (!equal_tiles) return std::min(tiles, sms);
-  const int64_t per_cta = (tiles + sms - 1) / sms;
+int64_t staged_grid(const Gemm4bitParams& p, int32_t device, bool equal_tiles) {
+  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
+  if (!equal_tiles) return std::min<int64_t>(tiles, cuda::sm_count(device));
+  const int64_t per_cta = tiles_per_sm(p, device);
   return (tiles + per_cta - 1) / per_cta;
 }
 
@@ -458,7 +458,7 @@ void launch(const Gemm4bitParams& p, int32_t device, cudaStream_t stream) {
       kScaleWarp<S, Nested> ? tile_codes : scale_map(kTileRows), pass_codes,
       kScaleWarp<S, Nested> ? pass_codes : scale_map(kPassRows)};
   const GemvArgs args = gemv_args(p);
-  const auto grid = static_cast<unsigned>(staged_grid(p.N, cuda::sm_count(device), S::kEqualTiles));
+  const auto grid = static_cast<unsigned>(staged_grid(p, device, S::kEqualTiles));
   cuda::launch_with_smem_after_previous(kernel, grid, kStagedThreads<S, Nested>, Smem::kBytes, stream, device,
                                         /*overlap=*/true, maps, args);
   BNB_CUDA_CHECK_LAUNCH("gemm_4bit_staged");
@@ -471,8 +471,7 @@ using WideStages = StagedShape<1024, 2, 7, 1, /*EqualTiles=*/false>;
 
 bool wide_stages(const Gemm4bitParams& p, int32_t device) {
   if (p.nested()) return false;
-  const int64_t tiles = (p.N + kTileRows - 1) / kTileRows;
-  const int64_t per_cta = (tiles + cuda::sm_count(device) - 1) / cuda::sm_count(device);
+  const int64_t per_cta = tiles_per_sm(p, device);
   const auto passes = [&](int consumers) { return (per_cta + consumers - 1) / consumers; };
   return p.K % WideStages::kChunkCols == 0 && passes(WideStages::kConsumers) == passes(NarrowStages::kConsumers);
 }
