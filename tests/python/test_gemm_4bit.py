@@ -445,26 +445,18 @@ def test_9_to_16_row_products_whose_ctas_make_unequal_passes_match_float64(dtype
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("m", [9, 16])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
-@pytest.mark.parametrize("tiles_per_sm", [4, 2, 3])
-def test_one_wave_products_of_9_to_16_rows_match_float64(dtype, m, nested, tiles_per_sm):
+@pytest.mark.parametrize("tiles_per_sm,fewer_tiles", [(4, 0), (2, 0), (3, 0), (4, 13)],
+                         ids=["4", "2", "3", "fewer-ctas-than-sms"])
+def test_one_wave_products_of_9_to_16_rows_match_float64(dtype, m, nested, tiles_per_sm, fewer_tiles):
     # 9..16 rows on a grid of at most 4 tiles per SM: on Hopper each CTA takes one pass of its tiles, two
     # consumer warps per tile, each on half of every stage's groups, the second handing its sums to the
     # first; a CTA of 4 tiles (a full pass: its codes copied as one box for all its tiles; the scales stored
     # into the stage by a scale warp, decoded for double-quantized weights) and CTAs of 2 (some with a partial
-    # pass). The last tile is partial.
+    # pass). With 4 x SMs - 13 tiles the grid is the fewest CTAs that give none more than 4 tiles: SMs - 3 of
+    # them, every one a full pass of 4 tiles but one of 3. The last tile is partial.
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    _check_product_with_alternate_stretches_16x(sms * tiles_per_sm * 16 - 8, 2048, m, dtype, nested, seed=121)
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
-@pytest.mark.parametrize("m", [9, 16])
-@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
-def test_9_to_16_row_products_on_fewer_ctas_than_sms_match_float64(dtype, m, nested):
-    # 4 * SMs - 13 tiles: on Hopper the split stages run on the fewest CTAs that give none more than 4 tiles,
-    # SMs - 3 of them, every one a full pass of 4 tiles but one of 3; the last tile is partial.
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    _check_product_with_alternate_stretches_16x((4 * sms - 13) * 16 - 8, 2048, m, dtype, nested, seed=141)
+    tiles = sms * tiles_per_sm - fewer_tiles
+    _check_product_with_alternate_stretches_16x(tiles * 16 - 8, 2048, m, dtype, nested, seed=121)
 
 
 @needs_cuda
