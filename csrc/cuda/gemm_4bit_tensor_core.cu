@@ -489,7 +489,13 @@ int rows_per_cta(int64_t M, int64_t N, int sms, int64_t& cost) {
 // whole waves of 256-row CTAs, then the remaining weight tiles in 128-row CTAs, which start as the
 // large ones finish instead of leaving most SMs idle in a last partial wave of large ones. H100, K =
 // 8192, N = 28672, graph replays, two rounds: M = 512 fp16 368 -> 343 us (plain), 374-388 -> 351-363 us
-// (nested), bf16 within noise; M = 4096 fp16 plain 2959-3114 -> 2851-2880 us.
+// (nested), bf16 within noise; M = 4096 fp16 plain 2959-3114 -> 2851-2880 us. Tried instead: stream-K, one
+// CTA per SM sharing the tiles past the last whole wave by K (fp32 sums handed on through scratch memory,
+// added in a fixed order). No gain (fp16, graph replays, two rounds, tail -> stream-K): N = 8192 M = 4096
+// plain 849-850 -> 842-858 us, nested 900-902 -> 895-902; N = 28672 M = 512 plain 365-372 -> 370-374, nested
+// 403-408 -> 395-406; M = 4096 plain 3005-3034 -> 3021-3026, nested 3128-3133 -> 3077-3081. For a single
+// partial wave (N = 8192 M = 512, 128 tiles on 132 SMs) it was slower: 93 -> 103 us. At these shapes the
+// GPU runs at its power cap, where the SMs a partial wave leaves idle cost little.
 int64_t tail_start_256(int64_t M, int64_t N, int sms, int64_t single_cost) {
   const int64_t tiles_n = (N + 127) / 128, tiles_m = (M + 255) / 256;
   const int64_t waves = tiles_m * tiles_n / sms;
