@@ -495,7 +495,11 @@ int rows_per_cta(int64_t M, int64_t N, int sms, int64_t& cost) {
 // plain 849-850 -> 842-858 us, nested 900-902 -> 895-902; N = 28672 M = 512 plain 365-372 -> 370-374, nested
 // 403-408 -> 395-406; M = 4096 plain 3005-3034 -> 3021-3026, nested 3128-3133 -> 3077-3081. For a single
 // partial wave (N = 8192 M = 512, 128 tiles on 132 SMs) it was slower: 93 -> 103 us. At these shapes the
-// GPU runs at its power cap, where the SMs a partial wave leaves idle cost little.
+// GPU runs at its power cap, where the SMs a partial wave leaves idle cost little. Also tried: persistent CTAs
+// (one per SM walking the 256-row tiles, the stage ring running on into the next tile while each warp writes its
+// output through a 1 KB buffer of its own). N = 8192 M = 4096 plain 814-846 -> 817-847 us, nested 881-885 ->
+// 856-859; instead of the 128-row tail at N = 28672: M = 512 plain 371-373 -> 387-388, M = 4096 within the
+// scatter. Not kept: 3% on one nested shape only.
 int64_t tail_start_256(int64_t M, int64_t N, int sms, int64_t single_cost) {
   const int64_t tiles_n = (N + 127) / 128, tiles_m = (M + 255) / 256;
   const int64_t waves = tiles_m * tiles_n / sms;
