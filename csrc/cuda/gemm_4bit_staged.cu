@@ -12,11 +12,12 @@
 // tile) and takes them in passes of one tile per consumer warp, each pass over all of K in stages. One producer
 // warp copies each stage: per tile the codes (128-byte swizzled, one [16 rows, pieces, 128 bytes] box) and the
 // block scales as a [16 rows, blocks] box of floats (instead stored by a scale warp for double-quantized
-// weights, decoded from their 8-bit codes, and on split stages: kScaleWarp), and the chunk's activations as [16 rows, 64 columns] boxes
-// (128-byte swizzled; rows past M read as zeros). A pass with a tile for every consumer has consecutive rows:
-// its scales and codes come as one box each for all its tiles, laid out as the per-tile boxes would be. Within
-// a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of weight rows g and g + 8 and the
-// same 16 columns of activation rows g and g + 8, with the mma's k index permuted to fit as in gemm_4bit.cu.
+// weights, decoded from their 8-bit codes, and on split stages: kScaleWarp), and the chunk's activations as
+// [16 rows, 64 columns] boxes (128-byte swizzled; rows past M read as zeros). A pass with a tile for every
+// consumer has consecutive rows: its scales and codes come as one box each for all its tiles, laid out as the
+// per-tile boxes would be. Within a 64-column group lane (g, t) reads 8 bytes (columns [16t, 16t + 16)) of
+// weight rows g and g + 8 and the same 16 columns of activation rows g and g + 8, with the mma's k index
+// permuted to fit as in gemm_4bit.cu.
 //
 // Two stage shapes: 512 columns in 3 stages for 8 consumer warps, or 1024 columns in 2 stages for 7 (the
 // most that fit shared memory), taken where it needs no more passes (N = 28672 on 132 SMs: 14 tiles per
@@ -161,8 +162,8 @@ __device__ __forceinline__ int swizzled(int line, int piece) { return line * 128
 // one 8- or 16-byte load or two or four of 16 bytes, fetched a chunk ahead.
 template <typename S, typename Smem, bool Nested>
 __device__ __forceinline__ void fill_stage_scales(const GemvArgs& args, uint8_t* smem, uint64_t* full,
-                                                    uint64_t* empty, const float* nested_code, float offset,
-                                                    int64_t first_tile, int64_t end_tile, int lane) {
+                                                  uint64_t* empty, const float* nested_code, float offset,
+                                                  int64_t first_tile, int64_t end_tile, int lane) {
   using Codes = std::conditional_t<S::kChunkBlocks == 16, uint4, uint2>;
   static_assert(sizeof(Codes) == S::kChunkBlocks, "one load per row and chunk");
   constexpr int kRowsPerLane = (S::kTilesPerPass * kTileRows + kWarpSize - 1) / kWarpSize;
@@ -241,9 +242,10 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
   const int64_t chunks = K / S::kChunkCols;
 
   constexpr int kThreads = kStagedThreads<S, Nested>;
+  constexpr bool kScalesStored = kScaleWarp<S, Nested>;  // by the scale warp, not copied as boxes
   cuda::fill_pair_table<T>(table, args.code, /*wide=*/false, threadIdx.x, kThreads);
-  if (threadIdx.x == 0) sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers,
-                                                                kScaleWarp<S, Nested> ? 1 + kWarpSize : 1);
+  if (threadIdx.x == 0)
+    sm90::init_stage_barriers<S::kStages>(full, empty, S::kConsumers, kScalesStored ? 1 + kWarpSize : 1);
   if (warp == S::kConsumers && lane == 0) {
     sm90::prefetch_tensor_map(&maps.codes);
     sm90::prefetch_tensor_map(&maps.act);
@@ -261,7 +263,7 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
   }
   __syncthreads();
 
-  if constexpr (kScaleWarp<S, Nested>) {
+  if constexpr (kScalesStored) {
     if (warp == S::kConsumers + 1) {
       fill_stage_scales<S, Smem, Nested>(args, smem, full, empty, nested_code, offset, first_tile, end_tile, lane);
       return;
@@ -278,8 +280,9 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
         const int s = static_cast<int>(it % S::kStages);
         if (lane == 0) {
           sm90::mbar_wait(&empty[s], ((it / S::kStages) & 1) ^ 1);
-          sm90::mbar_arrive_expect_tx(&full[s], in_pass * (S::kCodeTileBytes + (kScaleWarp<S, Nested> ? 0 : Smem::kScaleTileBytes)) +
-                                                    S::kGroups * Smem::kActBoxBytes);
+          const int scale_bytes = kScalesStored ? 0 : Smem::kScaleTileBytes;
+          sm90::mbar_arrive_expect_tx(&full[s],
+                                      in_pass * (S::kCodeTileBytes + scale_bytes) + S::kGroups * Smem::kActBoxBytes);
         }
         __syncwarp();
         uint8_t* stage = smem + s * Smem::kStageBytes;
@@ -291,14 +294,14 @@ __global__ void __launch_bounds__(kStagedThreads<S, Nested>, 1)
         if (full_pass && lane == 0) {
           const auto first_row = static_cast<int32_t>(pass * kTileRows);
           sm90::tma_load_3d(stage, &maps.pass_codes, 0, box_x, first_row, &full[s], policy);
-          if (!kScaleWarp<S, Nested>)
+          if (!kScalesStored)
             sm90::tma_load_2d(stage + Smem::kScaleOffset, &maps.pass_scales, scale_x, first_row, &full[s], policy);
         }
         const int32_t row = static_cast<int32_t>((pass + lane) * kTileRows);
         if (lane < in_pass) {
           if (!full_pass) {
             sm90::tma_load_3d(stage + lane * S::kCodeTileBytes, &maps.codes, 0, box_x, row, &full[s], policy);
-            if (!kScaleWarp<S, Nested>)
+            if (!kScalesStored)
               sm90::tma_load_2d(stage + Smem::kScaleOffset + lane * Smem::kScaleTileBytes, &maps.scales, scale_x,
                                 row, &full[s], policy);
           }
