@@ -499,7 +499,12 @@ int rows_per_cta(int64_t M, int64_t N, int sms, int64_t& cost) {
 // (one per SM walking the 256-row tiles, the stage ring running on into the next tile while each warp writes its
 // output through a 1 KB buffer of its own). N = 8192 M = 4096 plain 814-846 -> 817-847 us, nested 881-885 ->
 // 856-859; instead of the 128-row tail at N = 28672: M = 512 plain 371-373 -> 387-388, M = 4096 within the
-// scatter. Not kept: 3% on one nested shape only.
+// scatter. Not kept: 3% on one nested shape only. Also tried: 2-CTA clusters whose CTAs share one activation
+// tile, each copying half of every stage's activation box into both by TMA multicast (L2 -> SM bytes per CTA
+// and K tile 36 -> 20 KB; a stage freed once both CTAs' consumers released it). Correct, but no gain (fp16,
+// graph replays, two rounds, no pairs -> pairs): N = 8192 M = 512 89.6 -> 89.6 us; M = 4096 plain 787-791 ->
+// 810-846 (slower), nested 872-873 -> 817-843; N = 28672 M = 4096 within the scatter; pairs instead of the
+// 128-row tail at N = 28672 M = 512 361-375 -> 411-427. Branch lab/tc-act-multicast.
 int64_t tail_start_256(int64_t M, int64_t N, int sms, int64_t single_cost) {
   const int64_t tiles_n = (N + 127) / 128, tiles_m = (M + 255) / 256;
   const int64_t waves = tiles_m * tiles_n / sms;
