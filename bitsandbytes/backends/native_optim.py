@@ -108,6 +108,9 @@ def _(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, ste
                 raise ValueError(f"the {rule} update needs {name}")
             check.dtype_in(name, t, (torch.float32,))
             check.numel(name, t, size)
+    for name, t in (("absmax1", absmax1), ("absmax2", absmax2 if rule in TWO_STATE else None)):
+        if t is not None and not t.is_contiguous():  # (the new block scales are written through its pointer)
+            raise ValueError(f"{name} must be contiguous (it is updated in place); got strides {t.stride()}")
     g = g.contiguous()
     # The registry op has no trust-ratio arguments: LAMB / LARS reach the trust ratio through the
     # optimizer classes, which call the native library with max_unorm directly.

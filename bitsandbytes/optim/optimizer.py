@@ -146,13 +146,14 @@ class _Entry:
 
 
 class _GroupCache:
-    __slots__ = ("ids", "version", "mng_version", "entries", "table", "fast", "pptrs", "s1s", "states", "step",
+    __slots__ = ("ids", "version", "mng_version", "entries", "table", "fast", "pptrs", "ns", "s1s", "states", "step",
                  "device_index", "grad_refs", "gptrs", "g_dtype", "gtable")
 
 
 # Bulk per-parameter reads for the fast step: map() over these runs the loop in C.
 _grad_of = torch.Tensor.grad.__get__
 _data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
 _state1_of = operator.itemgetter("state1")
 _deref = weakref.ref.__call__
 
@@ -168,6 +169,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         self._state_version = 0
         self._group_caches = {}
         self._qmaps_on = {}
+        self._state_snapshot = None
         super().__init__(params, defaults)
         self.initialized = False
         self.name2qmap = {}
@@ -185,7 +187,7 @@ class Optimizer8bit(torch.optim.Optimizer):
         # torch's __getstate__ keeps only defaults/state/param_groups, which would lose the options
         # (args, optimizer_name, ...). Keep them; drop caches of native pointers and the singletons.
         state = dict(self.__dict__)
-        for key in ("_group_caches", "_qmaps_on", "page_mng", "mng"):
+        for key in ("_group_caches", "_qmaps_on", "page_mng", "mng", "_state_snapshot"):
             state.pop(key, None)
         return state
 
@@ -197,10 +199,25 @@ class Optimizer8bit(torch.optim.Optimizer):
         self.__dict__.setdefault("_state_version", 0)
         self.__dict__.setdefault("_group_caches", {})
         self.__dict__.setdefault("_qmaps_on", {})
+        self.__dict__.setdefault("_state_snapshot", None)
         self._state_changed()
 
     def _state_changed(self):
         self._state_version = getattr(self, "_state_version", 0) + 1
+
+    def _remember_state_mapping(self):
+        """Records which per-parameter state dicts ``self.state`` holds after a step, so that the fast
+        step notices a state dict reset, replaced or removed by hand (``state.clear()``, ``del
+        state[p]``, a new ``optimizer.state``) and lets the general path rebuild from it."""
+        self._state_snapshot = (self.state, list(self.state.values()))
+
+    def _state_mapping_unchanged(self) -> bool:
+        snapshot = self._state_snapshot
+        if snapshot is None:
+            return False
+        state, values = snapshot
+        return (self.state is state and len(state) == len(values)
+                and all(map(operator.is_, state.values(), values)))
 
     # ---- code books -------------------------------------------------------------------------------------
 
@@ -464,6 +481,13 @@ class Optimizer8bit(torch.optim.Optimizer):
                 state[param] = cast(param, None, v)
             else:
                 state[k] = v
+        if move_to_device:
+            # A state that does not fit its parameter (another model's, another optimizer's) is reported
+            # now, with this optimizer still unchanged, rather than at the next step.
+            for param in id_map.values():
+                pstate = state.get(param)
+                if isinstance(pstate, dict) and "state1" in pstate:
+                    self._check_state(param, pstate)
         new_groups = []
         for group, saved in zip(groups, saved_groups):
             g = dict(saved)
@@ -513,10 +537,21 @@ class Optimizer8bit(torch.optim.Optimizer):
         if g.numel() != p.numel():
             raise ValueError(f"gradient has {g.numel()} elements but its parameter of shape {tuple(p.shape)} has "
                              f"{p.numel()}")
-        if not p.is_contiguous():
-            raise ValueError(f"parameters must be contiguous (they are updated in place); got a parameter of shape "
-                             f"{tuple(p.shape)} with strides {p.stride()}")
+        # A parameter that is not contiguous is given contiguous storage once the whole step has been
+        # validated (_make_contiguous), as bitsandbytes' update_step does.
         return g if g.is_contiguous() else g.contiguous()
+
+    def _make_contiguous(self, work):
+        """Gives every parameter of the collected work that is not contiguous a contiguous copy of its
+        values as its storage (``p.data``), so that the native updates can run over it in place."""
+        changed = False
+        for items in work:
+            for _, p, _ in items:
+                if not p.is_contiguous():
+                    p.data = p.data.contiguous()
+                    changed = True
+        if changed:
+            self._state_changed()
 
     def _group_cache(self, gindex, group):
         """Cached per-parameter entries of a group (valid while membership and states are unchanged)."""
@@ -572,6 +607,7 @@ class Optimizer8bit(torch.optim.Optimizer):
                       and len({e.key for e in entries}) == 1 and all(e.row == i for i, e in enumerate(entries)))
         if cache.fast:
             cache.pptrs = [e.pptr for e in entries]
+            cache.ns = [e.n for e in entries]
             cache.s1s = [e.s1 for e in entries]
             cache.states = [e.state for e in entries]
             cache.device_index = entries[0].p.get_device()
@@ -588,20 +624,27 @@ class Optimizer8bit(torch.optim.Optimizer):
         then each group is one native call. Returns False, having changed nothing, whenever anything differs: the general
         path then validates and handles it.
         """
+        if not self._state_mapping_unchanged():
+            return False
+        version, mng_version = self._state_version, getattr(self.mng, "_version", 0)
         work = []
         for gindex, group in enumerate(self.param_groups):
             params = group["params"]
             cache = self._group_caches.get(gindex)
-            if cache is None or not cache.fast or len(params) != len(cache.pptrs):
+            # (a loaded state dict, moved states or changed overrides bump the versions)
+            if (cache is None or not cache.fast or cache.version != version or cache.mng_version != mng_version
+                    or len(params) != len(cache.pptrs)):
                 return False
             first = params[0].grad if params else None
             g_dtype = first.dtype if first is not None else None
             if g_dtype not in _FLOAT_DTYPES:
                 return False
-            # The parameters' storage and states must still be the ones whose addresses the cached table
-            # holds (map() runs these per-parameter reads in C: they are most of a step's host time).
+            # The parameters' storage (address and a dense layout: `p.data = p.data.t()` keeps the
+            # address) and states must still be the ones the cached table holds (map() runs these
+            # per-parameter reads in C: they are most of a step's host time). A size change behind the
+            # same address needs new gradients of that size, which _validated_grads checks.
             try:
-                if (list(map(_data_ptr, params)) != cache.pptrs
+                if (list(map(_data_ptr, params)) != cache.pptrs or not all(map(_is_contiguous, params))
                         or not all(map(operator.is_, map(_state1_of, cache.states), cache.s1s))):
                     return False
             except (KeyError, RuntimeError):
@@ -618,8 +661,8 @@ class Optimizer8bit(torch.optim.Optimizer):
                 if table is None:
                     return False
             if cache.step is None:
-                steps = {st["step"] for st in cache.states}
-                if len(steps) != 1:
+                steps = {st.get("step") for st in cache.states}
+                if len(steps) != 1 or None in steps:  # (a missing count is reported by the general path)
                     return False
                 cache.step = steps.pop()
             work.append((group, cache, g_dtype, table))
@@ -646,9 +689,10 @@ class Optimizer8bit(torch.optim.Optimizer):
         gptrs = []
         append = gptrs.append
         try:
-            for g in grads:
+            for g, n in zip(grads, cache.ns):
                 # (identity test for None; is_contiguous() is False for sparse COO gradients)
-                if g is None or g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev:
+                if (g is None or g.dtype is not g_dtype or not g.is_contiguous() or g.get_device() != dev
+                        or g.numel() != n):
                     return None
                 append(g.data_ptr())
         except RuntimeError:  # layouts without strides raise here: the general path reports them
@@ -676,6 +720,9 @@ class Optimizer8bit(torch.optim.Optimizer):
         # when some parameter has no state yet or changed storage, and the general pass takes over.
         if self._fused and self._fast_step():
             return loss
+        if not self._state_mapping_unchanged():
+            self._state_changed()  # the cached entries may hold state dicts the optimizer no longer has
+        self._state_snapshot = None
         for cache in self._group_caches.values():
             cache.step = None  # the general path may move step counters apart
         plan = self._plan_fused() if self._fused else None
@@ -692,12 +739,13 @@ class Optimizer8bit(torch.optim.Optimizer):
                     if e is None:
                         self._state_plan(self.get_config(gindex, pindex, group), p)
                         new.append((gindex, pindex, p))
-                    elif e.pptr != p.data_ptr() or not e.current():
+                    elif e.pptr != p.data_ptr() or not e.current() or e.n != p.numel() or "step" not in e.state:
                         # The parameter's storage or a state tensor was replaced (p.data = ..., a state
                         # moved by hand): re-check the states.
                         self._state_changed()
                         cache = self._group_cache(gindex, group)
 
+            self._make_contiguous(work)
             # Phase 2: states of parameters seen for the first time.
             for gindex, pindex, p in new:
                 self.init_state(self.param_groups[gindex], p, gindex, pindex)
@@ -716,11 +764,13 @@ class Optimizer8bit(torch.optim.Optimizer):
                 if paged:
                     # Paged states may be read by the host (or evicted) right after step(): finish first.
                     torch.cuda.synchronize()
+                self._remember_state_mapping()
                 return loss
 
         # Phase 3, fused.
         if self._run_fused(plan):
             torch.cuda.synchronize()
+        self._remember_state_mapping()
         return loss
 
     def _plan_fused(self):
@@ -736,10 +786,13 @@ class Optimizer8bit(torch.optim.Optimizer):
                 g = p.grad
                 if g is None:
                     continue
-                # Inlined Entry.current(): this loop runs once per parameter per step.
+                # Inlined Entry.current(): this loop runs once per parameter per step. A parameter whose
+                # layout or size changed behind an unchanged address, or a state that lost its step count,
+                # also goes to the general path, which validates and reports it before anything changes.
                 if e is None or e.pptr != p.data_ptr() or (
                         (st := e.state).get("state1") is not e.s1 or st.get("state2") is not e.s2
-                        or st.get("absmax1") is not e.a1 or st.get("absmax2") is not e.a2):
+                        or st.get("absmax1") is not e.a1 or st.get("absmax2") is not e.a2
+                        or "step" not in st or p.numel() != e.n or not p.is_contiguous()):
                     self._check_pair(p, g)  # report bad input first
                     if e is not None:
                         self._state_changed()

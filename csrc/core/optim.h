@@ -106,6 +106,11 @@ BNB_HD bool optim_skip(const OptimStep& s, float g) {
   return !is_finite(g) || (s.skip_zeros && g == 0.0f);
 }
 
+// 8-bit updates with a second state set both states of an element with a non-finite gradient to 0
+// (bitsandbytes' blockwise two-state rule; the parameter is left as it is): one bad gradient then
+// cannot leave a huge moment that would drive the block's scale for the steps after it.
+BNB_HD bool optim_clears_states(bool two_state_8bit, float g) { return two_state_8bit && !is_finite(g); }
+
 // Update the states of one element (g already scaled by gnorm_scale); returns the unscaled update
 // direction u such that the parameter moves by -lr * trust * u (before decoupled decay handling).
 template <OptimizerKind K>

@@ -140,6 +140,8 @@ void update_8bit(const OptimStep& s, const Optimizer8bitParams& P, const StateSe
         const float u = optim_states<K>(s, e);
         if (commit) p[i] = from_float<TP>(optim_param<K>(s, e.p, u, trust));
         else unorm += static_cast<double>(u) * u;
+      } else if (optim_clears_states(q_v != nullptr, e.g)) {
+        e.m = e.v = e.m2 = 0.0f;
       }
       m[j] = e.m, v[j] = e.v, m2[j] = e.m2;
       max_m = std::max(max_m, std::fabs(e.m));
