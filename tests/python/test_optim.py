@@ -283,19 +283,20 @@ def test_nonfinite_gradients_leave_param_and_state_unchanged_32bit(name):
             assert torch.isfinite(now).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["adamw", "lion", "ademamix", "sgd"])
-def test_nonfinite_gradients_8bit(name):
+def test_nonfinite_gradients_8bit(name, device):
     make, _, _ = CASES[name]
-    p = torch.nn.Parameter(init_param(SHAPE_8BIT))
+    p = torch.nn.Parameter(init_param(SHAPE_8BIT, device=device))
     opt = make([p], 8)
-    it = grads(SHAPE_8BIT, 3)
+    it = grads(SHAPE_8BIT, 3, device=device)
     p.grad = next(it)
     opt.step()
     st = opt.state[p]
     before_p = p.detach().clone()
     before_s1 = dequant_state(st["state1"], st["absmax1"], st["qmap1"])
     g = next(it)
-    bad = torch.zeros(g.shape, dtype=torch.bool)
+    bad = torch.zeros(g.shape, dtype=torch.bool, device=device)
     bad.view(-1)[::5] = True
     g[bad] = float("nan")
     g.view(-1)[1::10] = float("inf")
