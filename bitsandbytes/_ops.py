@@ -200,6 +200,12 @@ def _(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dty
     _4bit_checks(blocksize, quant_type)
     torch._check(A.dtype in check.FLOAT_DTYPES, lambda: f"A must be float16, bfloat16 or float32, got {A.dtype}")
     n = A.numel()
+    torch._check(quant_storage in check.QUANT_STORAGES_4BIT,
+                 lambda: f"quant_storage must be one of {check.QUANT_STORAGES_4BIT}, got {quant_storage}")
+    # The packed shape must hold every code (wider storage rounds it down), as the kernels check.
+    isz = quant_storage.itemsize
+    torch._check((n + 1) // (2 * isz) * isz >= (n + 1) // 2,
+                 lambda: f"{n} 4-bit values do not fit the packed shape of quant_storage {quant_storage}")
     absmax = torch.empty(_num_blocks(n, blocksize), device=A.device, dtype=torch.float32)
     out = torch.empty(packed_4bit_shape(n, quant_storage), device=A.device, dtype=quant_storage)
     return out, absmax
@@ -239,11 +245,23 @@ _define(
 )
 
 
+def _same_device(A, **others) -> None:
+    """Every tensor on A's device. Without this check a meta tensor among real ones sends the call to
+    these fake kernels, which would return an uninitialised real tensor instead of failing."""
+    for name, t in others.items():
+        if t is not None:
+            torch._check(t.device == A.device,
+                         lambda: f"{name} is on {t.device} but A is on {A.device}: all tensors of one call must be "
+                                 "on the same device")
+
+
 def _gemv_4bit_checks(A, B, shapeB, absmax, code, blocksize):
     torch._check_is_size(blocksize)
+    torch._check(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {shapeB}")
     torch._check(A.shape[-1] == shapeB[1], lambda: f"A [..., K] must match shapeB [N, K]; got {A.shape} and {shapeB}")
+    _same_device(A, B=B, absmax=absmax, code=code)
     torch._check(
-        B.dtype in (torch.uint8, torch.bfloat16, torch.float16, torch.float32),
+        B.dtype in check.QUANT_STORAGES_4BIT,
         lambda: f"B must be a packed 4-bit tensor (uint8/bf16/fp16/fp32 storage), got {B.dtype}",
     )
     torch._check(absmax.dtype == torch.float32, lambda: f"absmax must be float32, got {absmax.dtype}")
@@ -260,6 +278,7 @@ def _(A, B, shapeB, absmax, code, blocksize):
 def _(A, B, shapeB, absmax, code, blocksize, out):
     _gemv_4bit_checks(A, B, shapeB, absmax, code, blocksize)
     torch._check(out.dtype == A.dtype, lambda: f"out must have dtype {A.dtype}, got {out.dtype}")
+    _same_device(A, out=out)
 
 
 _define(
@@ -273,6 +292,9 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     torch._check(len(shapeB) == 2, lambda: f"shapeB must be 2-D [N, K], got {shapeB}")
     torch._check(A.shape[-1] == shapeB[1], lambda: f"A [..., K] must match shapeB [N, K]; got {A.shape} and {shapeB}")
     _4bit_checks(blocksize, quant_type)
+    _same_device(A, B=B, absmax=absmax, bias=bias, absmax_8bit=absmax_8bit, absmax_code=absmax_code,
+                 absmax_offset=absmax_offset)
+    torch._check(absmax.dtype == torch.float32, lambda: f"absmax must be float32, got {absmax.dtype}")
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == shapeB[0], lambda: f"bias must be [N={shapeB[0]}]")
         torch._check(bias.dtype == A.dtype, lambda: f"bias must have A's dtype {A.dtype}, got {bias.dtype}")

@@ -13,6 +13,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _dtype_from_name(key: str, name) -> torch.dtype:
+    """The torch dtype a serialized name ("float16", ...) stands for; anything else is refused (a bare
+    getattr(torch, name) would hand back torch.Tensor or a function for names such as "Tensor")."""
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"quant_state {key!r} must name a torch dtype such as 'float16'; got {name!r}")
+    return dtype
+
+
 class QuantState:
     """Container for the statistics of a quantized tensor (absmax, code, shape, dtype, blocksize...).
 
@@ -52,6 +61,15 @@ class QuantState:
     # Per-process caches kept on the state (the eager 4-bit product's prepared kernel arguments, which hold raw
     # pointers): never pickled or copied, a copy prepares its own.
     _CACHE_KEYS = ("_streaming_plan",)
+
+    # The fields a prepared plan decodes the weight by. Assigning one drops the plan here, once, rather than
+    # comparing them on every call of the eager 4-bit product (whose host time is budgeted per 0.1 us).
+    _PLAN_FIELDS = frozenset(("shape", "blocksize", "quant_type", "dtype", "state2", "offset"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._PLAN_FIELDS:
+            self.__dict__.pop("_streaming_plan", None)
+        object.__setattr__(self, name, value)
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
@@ -96,13 +114,22 @@ class QuantState:
         if unknown:
             raise ValueError(f"Unexpected quant_state keys {sorted(unknown)}; valid keys are {cls.valid_qs_keys}")
 
+        required = ["quant_type", "absmax", "blocksize", "quant_map", "dtype", "shape"]
         if "nested_absmax" in qs_dict:
-            offset = torch.tensor(float(qs_dict["nested_offset"])).to(device)
+            required += ["nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset"]
+        missing = [k for k in required if k not in qs_dict]
+        if missing:
+            raise ValueError(f"quant_state is missing {missing} (present: {sorted(qs_dict)}); a 4-bit state dict holds "
+                             f"{required}")
+
+        if "nested_absmax" in qs_dict:
+            # float32 whatever the default dtype: the kernels read the offset as one float32.
+            offset = torch.tensor(float(qs_dict["nested_offset"]), dtype=torch.float32).to(device)
             state2 = cls(
                 absmax=qs_dict["nested_absmax"].to(device),
                 blocksize=qs_dict["nested_blocksize"],
                 code=qs_dict["nested_quant_map"].to(device),
-                dtype=getattr(torch, qs_dict["nested_dtype"]),
+                dtype=_dtype_from_name("nested_dtype", qs_dict["nested_dtype"]),
             )
         else:
             offset, state2 = None, None
@@ -112,7 +139,7 @@ class QuantState:
             absmax=qs_dict["absmax"].to(device),
             blocksize=qs_dict["blocksize"],
             code=qs_dict["quant_map"].to(device),
-            dtype=getattr(torch, qs_dict["dtype"]),
+            dtype=_dtype_from_name("dtype", qs_dict["dtype"]),
             shape=torch.Size(shape) if shape is not None else None,
             offset=offset,
             state2=state2,
@@ -164,13 +191,18 @@ class QuantState:
         return tensors
 
     def to(self, device) -> None:
-        """Move the tensors in place (the state object itself is kept, as modules hold references to it)."""
-        self.code = self.code.to(device)
-        self.absmax = self.absmax.to(device)
+        """Move the tensors in place (the state object itself is kept, as modules hold references to it).
+        Fields that are None (a state built from absmax alone has no code) stay None."""
+
+        def move(t):
+            return None if t is None else t.to(device)
+
+        self.code = move(self.code)
+        self.absmax = move(self.absmax)
         if self.nested:
-            self.offset = self.offset.to(device)
-            self.state2.absmax = self.state2.absmax.to(device)
-            self.state2.code = self.state2.code.to(device)
+            self.offset = move(self.offset)
+            self.state2.absmax = move(self.state2.absmax)
+            self.state2.code = move(self.state2.code)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, QuantState):

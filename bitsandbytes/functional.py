@@ -21,6 +21,7 @@ from ._code_maps import (
     estimate_quantiles,
     get_4bit_type,
 )
+from ._ops import packed_4bit_shape
 from ._quant_state import QuantState
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "quantize_nf4",
     "dequantize_fp4",
     "dequantize_nf4",
+    "gemv_4bit",
     "int8_vectorwise_quant",
     "int8_vectorwise_dequant",
     "int8_double_quant",
@@ -85,6 +87,13 @@ def quantize_blockwise(
     code = _dynamic_code(A.device) if code is None else code
     check.code_book(code)
     check.same_device("A", A, code=code, absmax=absmax, out=out)
+    # The deprecated in-place outputs are checked before anything is computed or written, so a bad one
+    # leaves the other untouched. Nested absmax values are stored as their 8-bit codes.
+    nblocks = -(A.numel() // -blocksize)
+    if out is not None:
+        check.out_tensor("out", out, A.shape, torch.uint8, A.device)
+    if absmax is not None:
+        check.out_tensor("absmax", absmax, (nblocks,), torch.uint8 if nested else torch.float32, A.device)
 
     q, _absmax = torch.ops.bitsandbytes.quantize_blockwise(A, code.to(A.device), blocksize)
 
@@ -96,12 +105,10 @@ def quantize_blockwise(
     else:
         state = QuantState(absmax=_absmax, code=code.to(A.device, copy=True), blocksize=blocksize, dtype=A.dtype)
 
-    # Deprecated in-place outputs: copy the results into the caller's tensors.
+    # Deprecated in-place outputs (checked above): copy the results into the caller's tensors.
     if out is not None:
-        check.out_tensor("out", out, q.shape, torch.uint8, A.device)
         q = out.copy_(q)
     if absmax is not None:
-        check.out_tensor("absmax", absmax, state.absmax.shape, state.absmax.dtype, A.device)
         state.absmax = absmax.copy_(state.absmax)
     return q, state
 
@@ -165,9 +172,16 @@ def quantize_4bit(
     check.dtype_in("A", A, check.FLOAT_DTYPES)
     check.blocksize_4bit(blocksize)
     check.quant_type_4bit(quant_type)
-    if not isinstance(quant_storage, torch.dtype):
-        raise TypeError(f"quant_storage must be a torch.dtype; got {quant_storage!r}")
+    n = A.numel()
+    check.quant_storage_4bit(quant_storage, n)
     check.same_device("A", A, absmax=absmax, out=out)
+    # The in-place outputs are checked before anything is computed or written (a bad absmax must not leave
+    # out overwritten). Double-quantized absmax values are stored as their 8-bit codes.
+    if out is not None:
+        check.out_tensor("out", out, packed_4bit_shape(n, quant_storage), quant_storage, A.device)
+    if absmax is not None:
+        check.out_tensor("absmax", absmax, (-(n // -blocksize),), torch.uint8 if compress_statistics else torch.float32,
+                         A.device)
     input_shape = A.shape
 
     packed, _absmax = torch.ops.bitsandbytes.quantize_4bit(A, blocksize, quant_type, quant_storage)
@@ -183,10 +197,8 @@ def quantize_4bit(
                            quant_type=quant_type)
 
     if out is not None:
-        check.out_tensor("out", out, packed.shape, packed.dtype, A.device)
         packed = out.copy_(packed)
     if absmax is not None:
-        check.out_tensor("absmax", absmax, state.absmax.shape, state.absmax.dtype, A.device)
         state.absmax = absmax.copy_(state.absmax)
     return packed, state
 
@@ -234,6 +246,30 @@ def dequantize_4bit(
     if A.dim() == 2 and A.shape[0] == 1 and A.shape[1] > 1 and out.dim() == 2:
         return out.t()
     return out
+
+
+def gemv_4bit(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: Optional[torch.Tensor] = None,
+    transposed_A: bool = False,
+    transposed_B: bool = False,
+    state: Optional[QuantState] = None,
+) -> torch.Tensor:
+    """``A @ dequantize_4bit(B).T`` for a packed 4-bit weight B of logical shape ``state.shape = [N, K]``
+    (into ``out`` when given). ``transposed_A`` / ``transposed_B`` are accepted for compatibility and unused:
+    B is read as packed bytes whatever its view."""
+    if state is None:
+        raise ValueError("gemv_4bit needs the weight's state (the QuantState returned by quantize_4bit); got None")
+    check.tensor("A", A)
+    check.tensor("B", B)
+    absmax = state.absmax
+    if state.nested:
+        absmax = _nested_absmax(state)
+    if out is not None:
+        torch.ops.bitsandbytes.gemv_4bit.out(A, B, state.shape, absmax, state.code, state.blocksize, out=out)
+        return out
+    return torch.ops.bitsandbytes.gemv_4bit(A, B, state.shape, absmax, state.code, state.blocksize)
 
 
 def dequantize_fp4(A, quant_state=None, absmax=None, out=None, blocksize=None):

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as torchF
 
-from .. import functional as F
+from .. import _validate as check, functional as F
 from .._quant_state import QuantState
 from ..backends.native_4bit_matmul import gemm_4bit_direct
 
@@ -122,8 +122,11 @@ def _gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: 
                                             quant_state.quant_type, bias)
 
 
-def _empty_output(A: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.empty((*A.shape[:-1], n), dtype=A.dtype, device=A.device)
+def _empty_output(A: torch.Tensor, n: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The product of an input without values: [..., N] of zeros (a sum over K = 0 terms is 0, and M = 0
+    rows have none), plus the bias as every path adds it."""
+    out = torch.zeros((*A.shape[:-1], n), dtype=A.dtype, device=A.device)
+    return out if bias is None else out.add_(bias.to(A.dtype))
 
 
 class MatMul4Bit(torch.autograd.Function):
@@ -137,7 +140,7 @@ class MatMul4Bit(torch.autograd.Function):
         ctx.save_for_backward(B)
         if A.numel() == 0:
             ctx.empty = True
-            return _empty_output(A, n)
+            return _empty_output(A, n, bias)
         ctx.empty = False
         return _gemm_4bit(A, B, quant_state, bias)
 
@@ -168,6 +171,14 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
     """
     _check_4bit_state(quant_state)
     n, k = quant_state.shape
+    if not isinstance(A, torch.Tensor) or A.dim() == 0:
+        raise ValueError(f"A must be a tensor [..., K] with at least one dimension; got "
+                         f"{tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__}")
+    if out is not None:
+        # Checked before computing: copy_ would otherwise broadcast into a larger out or cast to its dtype.
+        # (A weight quantized as [K, N] gives [..., K] outputs.)
+        cols = k if (A.shape[-1] == n and n != k) else n
+        check.out_tensor("out", out, (*A.shape[:-1], cols), A.dtype, A.device, contiguous=False)
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
     if not needs_grad and out is None and A.shape[-1] == k:
         # Eager inference: the streaming kernel straight away (B's bytes are the same in any view).
@@ -187,7 +198,7 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
     elif needs_grad:
         result = MatMul4Bit.apply(A, B, None, bias, quant_state)
     elif A.numel() == 0:
-        result = _empty_output(A, n)
+        result = _empty_output(A, n, bias)
     else:
         result = _gemm_4bit(A, B, quant_state, bias)
     if out is not None:

@@ -132,13 +132,12 @@ def _(A: torch.Tensor, blocksize: int, quant_type: str, quant_storage: torch.dty
     check.quant_type_4bit(quant_type)
     A = _float_input("A", A)
     n = A.numel()
+    check.quant_storage_4bit(quant_storage, n)  # (so the packed shape below holds every code)
     absmax = torch.empty(-(n // -blocksize), device=A.device, dtype=torch.float32)
     # Packed bytes are written into a uint8 buffer sized for the storage dtype, then reinterpreted,
     # so every quant_storage holds identical bytes.
     shape = packed_4bit_shape(n, quant_storage)
     storage = torch.empty(shape[0] * quant_storage.itemsize, device=A.device, dtype=torch.uint8)
-    if storage.numel() < (n + 1) // 2:  # n not a multiple of 2 * itemsize: the tail needs room too
-        storage = torch.empty((n + 1) // 2, device=A.device, dtype=torch.uint8)
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_quantize_4bit", _ptr(A), _DTYPE_CODES[A.dtype], _native.QUANT_TYPES[quant_type], _ptr(storage),
              _ptr(absmax), n, blocksize, dev, stream)
@@ -150,20 +149,17 @@ def _dequantize_4bit_into(A, absmax, blocksize, quant_type, shape, dtype, out):
     check.blocksize_4bit(blocksize)
     check.quant_type_4bit(quant_type)
     check.float_dtype("dtype", dtype)
-    check.dtype_in("absmax", absmax, (torch.float32,))
     check.same_device("A", A, absmax=absmax)
     n = 1
     for s in shape:
+        if int(s) < 0:
+            raise ValueError(f"shape must have sizes >= 0; got {list(shape)}")
         n *= int(s)
+    check.packed_4bit("A", A, n)
+    check.scales_4bit(n, blocksize, absmax)
     A = _dense("A", A)
     packed = A.view(torch.uint8).reshape(-1)
-    if packed.numel() < (n + 1) // 2:
-        raise ValueError(
-            f"A holds {packed.numel()} packed bytes but shape {list(shape)} needs {(n + 1) // 2} "
-            f"({n} 4-bit values)"
-        )
     absmax = _dense("absmax", absmax)
-    check.numel("absmax", absmax, -(n // -blocksize))
     check.out_tensor("out", out, tuple(shape), dtype, A.device)
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_dequantize_4bit", _ptr(packed), _ptr(absmax), _native.QUANT_TYPES[quant_type], _ptr(out),

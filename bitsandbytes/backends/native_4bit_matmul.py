@@ -69,20 +69,11 @@ def _cpu_streaming_max_rows(dtype: torch.dtype) -> int:
 def _streaming(A, B, shapeB, absmax, blocksize: int, quant_type: str, bias, nested=None):
     """out = A @ W.T (+ bias) by the native kernel, reading W as packed codes. nested =
     (absmax_8bit, absmax_code, absmax_offset) for double-quantized scales (absmax = second level)."""
-    N, K = shapeB
+    N, K = shapeB  # (B, the scales and bias were checked against shapeB by the caller: _check_weight)
     A2 = A.reshape(-1, K).contiguous()
     packed = B.contiguous().view(torch.uint8).reshape(-1)
-    if packed.numel() < (N * K + 1) // 2:
-        raise ValueError(f"B holds {packed.numel()} packed bytes but shapeB {list(shapeB)} needs {(N * K + 1) // 2}")
-    if nested is None:
-        check.numel("absmax", absmax, -(N * K // -blocksize))
-        q, code, offset = None, None, None
-    else:
-        q, code, offset = (t.contiguous() for t in nested)
-        check.numel("absmax_8bit", q, -(N * K // -blocksize))
-        check.numel("absmax", absmax, -(q.numel() // -256))
+    q, code, offset = (None, None, None) if nested is None else (t.contiguous() for t in nested)
     if bias is not None:
-        check.dtype_in("bias", bias, (A.dtype,))
         bias = bias.contiguous()
     out = torch.empty(A2.shape[0], N, device=A.device, dtype=A.dtype)
     lib, dev, stream = _exec(A.device)
@@ -151,13 +142,27 @@ def _weight(B, absmax, blocksize: int, quant_type: str, shapeB: Sequence[int], d
 
 
 def _check_activations(A: torch.Tensor, shapeB: Sequence[int], bias: Optional[torch.Tensor]) -> None:
+    N, K = check.shape_4bit_weight("shapeB", shapeB)
     check.dtype_in("A", A, check.FLOAT_DTYPES)
-    if A.shape[-1] != shapeB[1]:
+    if A.dim() == 0 or A.shape[-1] != K:
         raise ValueError(f"A [..., K] must match shapeB [N, K]; got {tuple(A.shape)} and {list(shapeB)}")
     if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != shapeB[0]:
-            raise ValueError(f"bias must be 1-D with N = {shapeB[0]} elements; got shape {tuple(bias.shape)}")
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"bias must be 1-D with N = {N} elements; got shape {tuple(bias.shape)}")
+        # Every path adds it in A's dtype (the streaming kernel reads it as such; torch's linear would
+        # otherwise raise its own RuntimeError on larger inputs only).
+        check.dtype_in("bias", bias, (A.dtype,))
         check.same_device("A", A, bias=bias)
+
+
+def _check_weight(B, shapeB, absmax, blocksize: int, nested=None) -> None:
+    """B holds exactly the packed codes of shapeB and the scales have the dtypes and counts the kernels index
+    without bounds checks; nested = (absmax_8bit, absmax_code, absmax_offset) for double-quantized scales."""
+    N, K = check.shape_4bit_weight("shapeB", shapeB)
+    check.blocksize_4bit(blocksize)
+    check.tensor("B", B)
+    check.packed_4bit("B", B, N * K)
+    check.scales_4bit(N * K, blocksize, absmax, *(nested or ()))
 
 
 @torch.library.register_kernel("bitsandbytes::gemm_4bit", _DEVICES)
@@ -165,14 +170,14 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
     _check_activations(A, shapeB, bias)
     check.same_device("A", A, B=B, absmax=absmax, absmax_8bit=absmax_8bit, absmax_code=absmax_code,
                       absmax_offset=absmax_offset)
-    check.blocksize_4bit(blocksize)
     check.quant_type_4bit(quant_type)
     nested = None
     if absmax_8bit is not None:
         # Double-quantized statistics: block scale = code[q] * absmax2[i // 256] + offset.
-        if absmax_code is None or absmax_offset is None:
-            raise ValueError("absmax_8bit needs absmax_code and absmax_offset (double-quantized statistics)")
-        nested = (absmax_8bit, absmax_code, absmax_offset.to(torch.float32).reshape(1))
+        nested = (absmax_8bit, absmax_code, absmax_offset)
+    _check_weight(B, shapeB, absmax, blocksize, nested)
+    if nested is not None:
+        nested = (absmax_8bit, absmax_code, absmax_offset.reshape(1))
     if _use_streaming(A, blocksize):
         out = _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, bias, nested)
         if out is not None:
@@ -190,18 +195,35 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
 
 
 
+_host_tables: dict = {}  # "nf4" / "fp4" -> the 16-entry table on the CPU (the kernels' own, asked once)
+
+# A code table read from a checkpoint equals get_4bit_type's up to float rounding of its serialiser.
+_CODE_TABLE_ATOL = 1e-6
+
+
 def _quant_type_of(code: torch.Tensor) -> str:
-    """nf4 or fp4 from a 16-entry table (FP4's second entry is positive, NF4's negative)."""
+    """nf4 or fp4 for a 16-entry table equal to one of them; any other table is refused, since the kernels
+    only decode these two. The comparison runs on the host: a CUDA table is copied once per call (the one
+    read that telling the two apart always took), a CPU table is compared in place."""
+    check.tensor("code", code)
     check.dtype_in("code", code, (torch.float32,))
     check.numel("code", code, 16)
-    return "fp4" if float(code[1]) > 0 else "nf4"
+    if not _host_tables:
+        from .._code_maps import get_4bit_type
+        for name in check.QUANT_TYPES_4BIT:
+            _host_tables[name] = get_4bit_type(name, device="cpu")
+    values = code.reshape(16) if code.device.type == "cpu" else code.reshape(16).to("cpu")
+    for name, table in _host_tables.items():
+        if torch.allclose(values, table, rtol=0.0, atol=_CODE_TABLE_ATOL):
+            return name
+    raise ValueError(f"code must be the nf4 or fp4 table (get_4bit_type); got {values.tolist()}")
 
 
 def _gemv(A, B, shapeB, absmax, code, blocksize):
     _check_activations(A, shapeB, None)
     check.same_device("A", A, B=B, absmax=absmax, code=code)
     quant_type = _quant_type_of(code)
-    check.blocksize_4bit(blocksize)
+    _check_weight(B, shapeB, absmax, blocksize)
     if _use_streaming(A, blocksize):
         out = _try_streaming(A, B, shapeB, absmax, blocksize, quant_type, None)
         if out is not None:
@@ -239,16 +261,18 @@ def _scale_tensors(quant_state) -> tuple:
 
 
 def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
-    """(packed, scales, q, code, offset) pointers of a 4-bit weight, or None if the kernel cannot read it."""
+    """(packed, scales, q, code, offset) pointers of a 4-bit weight, or None if the kernel cannot read it
+    (the op then handles the call). A weight the op would refuse raises the op's error here."""
     N, K = quant_state.shape
-    packed = B.view(torch.uint8) if B.dtype != torch.uint8 else B
-    if not packed.is_contiguous() or packed.numel() < (N * K + 1) // 2:
-        return None
     if quant_state.nested and (quant_state.state2.blocksize != 256 or quant_state.offset is None):
         return None
     tensors = _scale_tensors(quant_state)
-    if any(t.device != B.device or not t.is_contiguous() or t.dtype not in (torch.float32, torch.uint8)
-           for t in tensors):
+    if any(not isinstance(t, torch.Tensor) or t.device != B.device for t in tensors):
+        return None
+    check.quant_type_4bit(quant_state.quant_type)
+    _check_weight(B, (N, K), tensors[0], quant_state.blocksize, tensors[1:] or None)
+    packed = B.view(torch.uint8) if B.dtype != torch.uint8 else B
+    if not packed.is_contiguous() or any(not t.is_contiguous() for t in tensors):
         return None
     ptrs = tuple(t.data_ptr() for t in tensors)
     if B.device.type == "cuda" and (packed.data_ptr() % 8 or ptrs[0] % 16 or (len(ptrs) == 4 and ptrs[1] % 4)):
@@ -292,18 +316,24 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
             or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return None
     with torch._C.DisableTorchFunctionSubclass():  # B may be a Params4bit: skip its torch-function hook
-        b_ptr, b_device = B.data_ptr(), B.device
+        b_ptr, b_bytes, b_dense = B.data_ptr(), B.nbytes, B.is_contiguous()
     device = A.device
-    # Every tensor the kernel reads is in the key: a state whose pieces were replaced (or moved and
-    # given back other addresses) is planned again rather than read through stale pointers.
+    # Everything the plan was checked against is in the key: every tensor the kernel reads (a state whose
+    # pieces were replaced, or moved and given back other addresses, is planned again rather than read through
+    # stale pointers) and B's size in bytes and layout (a slice or strided view at the same address is checked
+    # again, and refused). The state's shape, blocksize, quant_type and dtype are not: assigning any of them
+    # drops the plan (QuantState.__setattr__), which costs this per-call path nothing.
     if quant_state.nested:  # (written out: the key is built on every call)
         state2 = quant_state.state2
-        key = (b_ptr, device, A.dtype, state2.absmax.data_ptr(), quant_state.absmax.data_ptr(), state2.code.data_ptr(),
-               quant_state.offset.data_ptr())
+        key = (b_ptr, b_bytes, b_dense, device, A.dtype, state2.absmax.data_ptr(), quant_state.absmax.data_ptr(),
+               state2.code.data_ptr(), quant_state.offset.data_ptr())
     else:
-        key = (b_ptr, device, A.dtype, quant_state.absmax.data_ptr())
+        key = (b_ptr, b_bytes, b_dense, device, A.dtype, quant_state.absmax.data_ptr())
     plan = quant_state.__dict__.get("_streaming_plan")
     if plan is None or plan[0] != key:
+        # (B's device is asked only here: the plan checked it, and another device's B has another address.)
+        with torch._C.DisableTorchFunctionSubclass():
+            b_device = B.device
         plan = _streaming_plan(A, B, b_device, quant_state, key)
         quant_state.__dict__["_streaming_plan"] = plan
     weight = plan[1]

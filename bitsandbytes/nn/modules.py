@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as torchF
 from torch import Tensor
 
-from .. import functional as F
+from .. import _validate as check, functional as F
 from .._quant_state import QuantState
 from ..autograd._functions import matmul_4bit
 from ..backends.native_4bit_matmul import gemm_4bit_direct
@@ -223,6 +223,13 @@ class Params4bit(torch.nn.Parameter):
     # -- device moves: the first move to a real device quantizes --
 
     def _quantize(self, device: torch.device, dtype: Optional[torch.dtype]) -> "Params4bit":
+        if self.requires_grad and not self.quant_storage.is_floating_point:
+            # torch refuses integer data on a parameter that requires gradients; say why it happens here.
+            raise RuntimeError(
+                f"Params4bit with requires_grad=True cannot be quantized into {self.quant_storage} storage: 4-bit "
+                "weights are frozen (train adapters beside them). Create it with requires_grad=False or call "
+                ".requires_grad_(False) before moving it to a device."
+            )
         weight = self.data.contiguous().to(device=device, dtype=dtype)
         packed, quant_state = F.quantize_4bit(weight, blocksize=self.blocksize,
                                               compress_statistics=self.compress_statistics,
@@ -407,13 +414,29 @@ class Linear4bit(torch.nn.Linear):
             return
         data = state_dict[weight_key]
         device = self.weight.device if self.weight.device.type != "meta" else data.device
-        new_weight = Params4bit.from_prequantized(data, stats, requires_grad=False, device=device, module=self)
+        # Built without the module, which changes only once the whole load succeeded (a failed load leaves
+        # the layer as it was).
+        new_weight = Params4bit.from_prequantized(data, stats, requires_grad=False, device=device)
+        errors_before = len(error_msgs)
+        shape, expected = new_weight.quant_state.shape, (self.out_features, self.in_features)
+        if shape is None or tuple(shape) != expected:
+            error_msgs.append(f"size mismatch for {weight_key}: copying a 4-bit weight of shape "
+                              f"{None if shape is None else list(shape)} from checkpoint, the shape in current model "
+                              f"is {list(expected)}.")
+        else:
+            try:
+                check.packed_4bit(weight_key, new_weight.data, expected[0] * expected[1])
+            except (TypeError, ValueError) as e:
+                error_msgs.append(f"size mismatch for {weight_key}: {e}")
         rest = {k: v for k, v in state_dict.items()
                 if k.startswith(prefix) and k != weight_key and not k.startswith(weight_key + ".")}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if weight_key in missing_keys:
             missing_keys.remove(weight_key)
-        self.weight = new_weight
+        if len(error_msgs) == errors_before:
+            new_weight.module = self
+            self.quant_state = new_weight.quant_state
+            self.weight = new_weight
 
     def _inference_call(self, x: Tensor) -> Optional[Tensor]:
         """The streaming kernel straight away when nothing needs adapting (inputs already in the compute
@@ -434,17 +457,27 @@ class Linear4bit(torch.nn.Linear):
         if out is not None:
             return out
         fix_4bit_weight_quant_state_from_module(self)
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            # An integer input would otherwise be cast to the compute dtype and the result truncated back.
+            raise TypeError(f"{type(self).__name__} input must be a floating-point tensor; got "
+                            f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+        # The module changes only once the product succeeded, so a call that fails (wrong K, unsupported
+        # dtype) leaves it as it was.
+        compute_dtype = self.compute_dtype
+        if not self.compute_type_is_set and x.dtype in (torch.float32, torch.bfloat16):
+            compute_dtype = x.dtype  # what set_compute_type will record
+        inp, input_dtype = x, x.dtype
+        if compute_dtype is not None:
+            x = x.to(compute_dtype)
+        bias = None if self.bias is None else self.bias.to(input_dtype).to(x.dtype)
+        out = matmul_4bit(x, self.weight, quant_state=self.weight.quant_state, bias=bias).to(input_dtype)
         # The bias follows the activations' dtype; casting the stored bias once avoids a cast per call.
-        if self.bias is not None and self.bias.dtype != x.dtype:
-            self.bias.data = self.bias.data.to(x.dtype)
+        if self.bias is not None and self.bias.dtype != input_dtype:
+            self.bias.data = self.bias.data.to(input_dtype)
         if not self.compute_type_is_set:
-            self.set_compute_type(x)
+            self.set_compute_type(inp)
             self.compute_type_is_set = True
-        input_dtype = x.dtype
-        if self.compute_dtype is not None:
-            x = x.to(self.compute_dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return matmul_4bit(x, self.weight, quant_state=self.weight.quant_state, bias=bias).to(input_dtype)
+        return out
 
 
 class LinearFP4(Linear4bit):
@@ -496,10 +529,13 @@ class Embedding4bit(torch.nn.Embedding):
         packed_rows = self.weight.data.view(torch.uint8).reshape(self.num_embeddings, self.embedding_dim // 2)
         absmax_rows = quant_state.absmax.reshape(self.num_embeddings, blocks_per_row)
         flat = input.reshape(-1)
-        rows_state = QuantState(absmax=absmax_rows[flat].reshape(-1), shape=(flat.numel(), self.embedding_dim),
-                                code=quant_state.code, blocksize=quant_state.blocksize,
-                                quant_type=quant_state.quant_type, dtype=quant_state.dtype)
-        rows = F.dequantize_4bit(packed_rows[flat].reshape(-1, 1), rows_state)
+        # index_select, not indexing: like torch.nn.Embedding it refuses negative indices (IndexError)
+        # instead of counting them from the end of the table.
+        rows_state = QuantState(absmax=torch.index_select(absmax_rows, 0, flat).reshape(-1),
+                                shape=(flat.numel(), self.embedding_dim), code=quant_state.code,
+                                blocksize=quant_state.blocksize, quant_type=quant_state.quant_type,
+                                dtype=quant_state.dtype)
+        rows = F.dequantize_4bit(torch.index_select(packed_rows, 0, flat).reshape(-1, 1), rows_state)
         return rows.reshape(*input.shape, self.embedding_dim)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):

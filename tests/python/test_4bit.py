@@ -97,13 +97,19 @@ def test_quant_storage_bytes_identical(device, quant_type, dtype):
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 8, 9, 17, 130])
 def test_packed_shape_formula(storage, n):
     x = randn((n,), torch.float32, seed=n)
-    packed, _ = F.quantize_4bit(x, blocksize=64, quant_type="nf4", quant_storage=storage)
     rows = (n + 1) // (2 * storage.itemsize)
+    if rows * storage.itemsize < (n + 1) // 2:
+        # The shape the format fixes cannot hold the last codes in this storage: refused, never truncated.
+        with pytest.raises(ValueError, match="do not fit the packed shape"):
+            F.quantize_4bit(x, blocksize=64, quant_type="nf4", quant_storage=storage)
+        return
+    packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", quant_storage=storage)
     assert packed.shape == (rows, 1) and packed.dtype == storage
-    # whatever fits in the storage holds the oracle's leading bytes
-    packed_ref, _, _ = O.quantize_4bit_ref(x, 64, "nf4")
-    got = _bytes(packed)
-    assert torch.equal(got, packed_ref[: got.numel()])
+    # every byte of the storage is the oracle's, and every value comes back
+    packed_ref, codes_ref, absmax_ref = O.quantize_4bit_ref(x, 64, "nf4")
+    assert torch.equal(_bytes(packed), packed_ref)
+    y = F.dequantize_4bit(packed, state)
+    assert torch.equal(y, O.dequantize_4bit_ref(codes_ref, absmax_ref, 64, "nf4", (n,), torch.float32))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -233,3 +233,52 @@ def test_mixed_devices():
         F.int8_vectorwise_dequant(torch.zeros(4, 4, dtype=torch.int8, device="cuda"), torch.ones(4))
     with pytest.raises((ValueError, RuntimeError), match="device|cuda|cpu"):
         ops.quantize_blockwise(x, cpu_code, 128)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_quantize_outputs_are_checked_before_either_is_written(nested):
+    # A good out with a bad absmax: nothing may be written (the absmax of a nested call holds 8-bit codes).
+    x = randn((10, 64), torch.float32)
+    out = torch.full((320, 1), 7, dtype=torch.uint8)
+    for bad in (torch.full((5,), -2.0), torch.full((10,), -2.0, dtype=torch.float32 if nested else torch.float16)):
+        with pytest.raises((TypeError, ValueError), match="absmax"):
+            F.quantize_4bit(x, out=out, absmax=bad, compress_statistics=nested)
+        assert torch.all(out == 7)
+    out8 = torch.full((10, 64), 7, dtype=torch.uint8)
+    with pytest.raises((TypeError, ValueError), match="absmax"):
+        F.quantize_blockwise(x, out=out8, absmax=torch.full((3,), -2.0), blocksize=64, nested=nested)
+    assert torch.all(out8 == 7)
+    # good ones receive the results (oracle: the same call without in-place outputs)
+    absmax = torch.empty(10, dtype=torch.uint8 if nested else torch.float32)
+    packed, state = F.quantize_4bit(x, out=out, absmax=absmax, compress_statistics=nested)
+    ref_packed, ref_state = F.quantize_4bit(x, compress_statistics=nested)
+    assert packed is out and state.absmax is absmax
+    assert torch.equal(out, ref_packed) and torch.equal(absmax, ref_state.absmax)
+
+
+def test_dequantize_4bit_refuses_a_packed_tensor_of_another_shape():
+    w = randn((32, 64), torch.float32)
+    qa, qsa = F.quantize_4bit(w, blocksize=64)  # 32 blocks
+    qb, _ = F.quantize_4bit(randn((64, 64), torch.float32, seed=1), blocksize=128)  # 32 blocks, twice the bytes
+    for bad, exc in [(qb, ValueError), (w, ValueError), (qa.reshape(-1).view(torch.int64), TypeError)]:
+        with pytest.raises(exc, match="A"):
+            F.dequantize_4bit(bad, qsa)
+
+
+@pytest.mark.parametrize("storage", [torch.int8, torch.int32, torch.int64, torch.bool, torch.complex64, torch.float64],
+                         ids=str)
+def test_quantize_4bit_refuses_unsupported_storage(storage):
+    with pytest.raises(TypeError, match="quant_storage"):
+        F.quantize_4bit(randn((8, 64), torch.float32), quant_storage=storage)
+
+
+def test_quant_state_from_dict_errors_are_clear():
+    _, state = F.quantize_4bit(randn((16, 64), torch.float32), quant_type="nf4", compress_statistics=True)
+    sd = state.as_dict(packed=False)
+    for key in ("quant_map", "absmax", "nested_quant_map"):
+        broken = {k: v for k, v in sd.items() if k != key}
+        with pytest.raises(ValueError, match=f"missing.*{key}"):
+            F.QuantState.from_dict(broken, device="cpu")
+    for name in ("float64x", "Tensor", 3):
+        with pytest.raises(ValueError, match="dtype"):
+            F.QuantState.from_dict({**sd, "dtype": name}, device="cpu")

@@ -489,3 +489,141 @@ def test_prepared_weight_arguments_stay_out_of_pickles_and_copies(nested):
     for clone in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state), copy.copy(state)):
         assert "_streaming_plan" not in clone.__dict__
         torch.testing.assert_close(m.gemm_4bit_direct(x, packed.clone(), clone, None), y, rtol=0, atol=0)
+
+
+# ---- functional.gemv_4bit and argument checks of the 4-bit products ----------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_functional_gemv_4bit_matches_float64(device, nested, quant_type):
+    N, K = 40, 128
+    w = randn((N, K), torch.float32, device, seed=11)
+    x = randn((1, K), torch.float32, device, seed=12)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=nested)
+    # Oracle: the float64 product with the weight the state's own (nested or not) scales decode to.
+    ref = x.cpu().double() @ F.dequantize_4bit(packed, state).cpu().double().T
+    y = F.gemv_4bit(x, packed.t(), state=state)
+    assert y.shape == (1, N) and y.dtype == torch.float32
+    assert _rel_err(y, ref) < RTOL[torch.float32]
+    out = torch.empty(1, N, device=device)
+    assert F.gemv_4bit(x, packed, out=out, state=state) is out
+    assert _rel_err(out, ref) < RTOL[torch.float32]
+    assert "gemv_4bit" in F.__all__
+    with pytest.raises(ValueError, match="state"):
+        F.gemv_4bit(x, packed)
+
+
+def _small_weight(nested=False):
+    w = randn((32, 64), torch.float32, seed=21)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    return w, packed, state
+
+
+@pytest.mark.parametrize("m", [3, 600], ids=["streaming", "expand"])
+def test_gemm_4bit_rejects_bad_scales_and_packed_sizes(m):
+    A = randn((m, 64), torch.float32, seed=22)
+    _, q, qs = _small_weight()
+    for bad, exc, name in [(qs.absmax.half(), TypeError, "absmax"), (qs.absmax.double(), TypeError, "absmax"),
+                           (qs.absmax.int(), TypeError, "absmax"), (qs.absmax[:5], ValueError, "absmax")]:
+        with pytest.raises(exc, match=name):
+            ops.gemm_4bit(A, q, [32, 64], bad, 64, "nf4")
+        with pytest.raises(exc, match=name):
+            ops.gemv_4bit(A, q, [32, 64], bad, qs.code, 64)
+    # B must hold exactly the bytes of shapeB: a prefix, a strided view, a larger weight, an int64 tensor
+    other, _ = F.quantize_4bit(randn((64, 64), torch.float32, seed=23), blocksize=128)
+    as_int64 = q.reshape(-1).view(torch.int64)
+    for bad, exc in [(q[:100], ValueError), (q[::2], ValueError), (other, ValueError), (as_int64, TypeError)]:
+        with pytest.raises(exc, match="B"):
+            ops.gemm_4bit(A, bad, [32, 64], qs.absmax, 64, "nf4")
+    _, qn, qsn = _small_weight(nested=True)
+    s2 = qsn.state2
+    for kwargs, exc, name in [
+        (dict(absmax_8bit=qsn.absmax.float()), TypeError, "absmax_8bit"),
+        (dict(absmax_8bit=qsn.absmax[:4]), ValueError, "absmax_8bit"),
+        (dict(absmax_code=s2.code[:16].clone()), ValueError, "absmax_code"),
+        (dict(absmax_code=s2.code.half()), TypeError, "absmax_code"),
+        (dict(absmax_offset=qsn.offset.double()), TypeError, "absmax_offset"),
+        (dict(absmax_offset=qsn.offset.repeat(2)), ValueError, "absmax_offset"),
+    ]:
+        args = dict(absmax_8bit=qsn.absmax, absmax_code=s2.code, absmax_offset=qsn.offset)
+        args.update(kwargs)
+        with pytest.raises(exc, match=name):
+            ops.gemm_4bit(A, qn, [32, 64], s2.absmax, 64, "nf4", None, **args)
+
+
+def test_matmul_4bit_rejects_a_weight_that_is_not_its_states():
+    A = randn((2, 64), torch.float32, seed=24)
+    w, q, qs = _small_weight()
+    other, _ = F.quantize_4bit(randn((64, 64), torch.float32, seed=25), blocksize=128)  # also 32 blocks
+    for bad in (other, w, q[:100], q[::2]):
+        with pytest.raises((TypeError, ValueError), match="B"):
+            bnb.matmul_4bit(A, bad, qs)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_streaming_plan_is_checked_again_after_the_weight_or_state_changes(nested):
+    A = randn((3, 64), torch.float32, seed=26)
+    w, q, qs = _small_weight(nested)
+    bnb.matmul_4bit(A, q, qs)  # plans the eager path for this weight
+    for bad in (q[:100], q[::2]):  # same address, fewer bytes or another layout
+        with pytest.raises(ValueError, match="B"):
+            bnb.matmul_4bit(A, bad, qs)
+    # The state's quant_type changes how the same bytes decode: the result follows it (float64 oracle).
+    qs.quant_type = "fp4"
+    ref = A.double() @ F.dequantize_4bit(q, qs).double().T
+    assert _rel_err(bnb.matmul_4bit(A, q, qs), ref) < RTOL[torch.float32]
+    qs.quant_type = "nf4"
+    qs.blocksize = 128  # absmax no longer has one value per block
+    with pytest.raises(ValueError, match="absmax"):
+        bnb.matmul_4bit(A, q, qs)
+    qs.blocksize = 64
+    qs.shape = torch.Size([16, 64])  # B now holds twice the bytes the shape needs
+    with pytest.raises(ValueError, match="B"):
+        bnb.matmul_4bit(A, q, qs)
+
+
+def test_gemv_4bit_refuses_tables_other_than_nf4_fp4():
+    A = randn((2, 64), torch.float32, seed=27)
+    _, q, qs = _small_weight()
+    for name in ("int4", "af4"):
+        with pytest.raises(ValueError, match="nf4 or fp4"):
+            ops.gemv_4bit(A, q, [32, 64], qs.absmax, F.get_4bit_type(name, device="cpu"), 64)
+    # the two real tables decode as themselves (float64 oracle of each decoding)
+    for name in ("nf4", "fp4"):
+        s = F.QuantState(absmax=qs.absmax, shape=(32, 64), code=F.get_4bit_type(name, device="cpu"), blocksize=64,
+                         quant_type=name, dtype=torch.float32)
+        ref = A.double() @ F.dequantize_4bit(q, s).double().T
+        assert _rel_err(ops.gemv_4bit(A, q, [32, 64], qs.absmax, s.code, 64), ref) < RTOL[torch.float32]
+
+
+def test_4bit_product_argument_errors_are_clear():
+    A = randn((3, 64), torch.float32, seed=28)
+    _, q, qs = _small_weight()
+    for shapeB in ([64], [32, 64, 1], [-32, 64]):
+        with pytest.raises(ValueError, match="shapeB"):
+            ops.gemm_4bit(A, q, shapeB, qs.absmax, 64, "nf4")
+    for m in (3, 600):  # the streaming and the expand + BLAS paths say the same
+        with pytest.raises(TypeError, match="bias"):
+            ops.gemm_4bit(randn((m, 64), torch.float32, seed=29), q, [32, 64], qs.absmax, 64, "nf4",
+                          torch.zeros(32, dtype=torch.float16))
+    with pytest.raises(ValueError, match="at least one dimension"):
+        bnb.matmul_4bit(torch.tensor(1.0), q, qs)
+
+
+@pytest.mark.parametrize("op", ["gemm", "gemv"])
+def test_4bit_product_fake_kernels_refuse_mixed_devices(op):
+    A = randn((3, 64), torch.float32, seed=30)
+    _, q, qs = _small_weight()
+    meta_absmax = qs.absmax.to("meta")
+    with pytest.raises(RuntimeError, match="same device"):
+        if op == "gemm":
+            ops.gemm_4bit(A, q, [32, 64], meta_absmax, 64, "nf4")
+        else:
+            ops.gemv_4bit(A, q, [32, 64], meta_absmax, qs.code, 64)
+    with pytest.raises(RuntimeError, match="same device"):
+        bnb.matmul_4bit(A, q, qs, bias=torch.zeros(32, device="meta"))
+    # all-meta calls still describe the output
+    y = ops.gemm_4bit(A.to("meta"), q.to("meta"), [32, 64], meta_absmax, 64, "nf4")
+    assert y.device.type == "meta" and y.shape == (3, 32)

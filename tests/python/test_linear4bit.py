@@ -499,3 +499,95 @@ def test_linear4bit_cuda_quantizes_on_move_and_matches_cpu(dtype):
     # And back: the quant_state follows the data.
     back = cuda_layer.cpu()
     assert back.weight.device.type == "cpu" and back.quant_state.absmax.device.type == "cpu"
+
+
+# ---- empty inputs, out=, and failed calls or loads that must leave the layer unchanged --------------------
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("m", [3, 400])
+def test_matmul_4bit_k0_is_zeros_plus_bias(grad, m):
+    # A sum over K = 0 terms is 0: the product is the bias broadcast over the rows (float64 oracle).
+    packed, state = F.quantize_4bit(torch.empty(32, 0), quant_type="nf4")
+    bias = randn((32,), torch.float32, seed=3)
+    A = torch.empty(m, 0).fill_(float("nan"))
+    if grad:
+        A.requires_grad_(True)
+    y = bnb.matmul_4bit(A, packed.t(), state, bias=bias)
+    ref = torch.zeros(m, 32, dtype=torch.float64) + bias.double()
+    assert y.shape == (m, 32) and torch.equal(y.double(), ref)
+    assert torch.equal(bnb.matmul_4bit(A.detach(), packed, state).double(), torch.zeros(m, 32, dtype=torch.float64))
+
+
+def test_linear4bit_with_no_input_features_returns_the_bias():
+    layer = bnb.nn.LinearNF4(0, 32)
+    with torch.no_grad():
+        layer.bias.copy_(randn((32,), torch.float32, seed=4))
+    layer = layer.to("cpu")
+    for _ in range(2):  # the first call sets the compute dtype, the second takes the fast path
+        y = layer(torch.randn(2, 0))
+        assert torch.equal(y.double(), layer.bias.detach().double().expand(2, 32))
+
+
+def test_matmul_4bit_out_is_validated_before_computing():
+    layer = _quantized_linear(32, 64, "nf4", False, "cpu", dtype=torch.float32)
+    packed, state = layer.weight, layer.weight.quant_state
+    A = randn((3, 64), torch.float32, seed=5)
+    for out, exc in [(torch.zeros(2, 3, 32), ValueError), (torch.zeros(3, 33), ValueError),
+                     (torch.zeros(3, 32, dtype=torch.float16), TypeError),
+                     (torch.zeros(3, 32, dtype=torch.int64), TypeError)]:
+        before = out.clone()
+        with pytest.raises(exc, match="out"):
+            bnb.matmul_4bit(A, packed, state, out=out)
+        assert torch.equal(out, before)
+    out = torch.zeros(32, 3).t()  # any strides: the result is copied in
+    assert bnb.matmul_4bit(A, packed, state, out=out) is out
+    assert _rel_err(out, _oracle(A, packed, state)) < REL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("x", [torch.ones(2, 64, dtype=torch.long), torch.randn(2, 65, dtype=torch.float16)],
+                         ids=["int64", "wrong_K"])
+def test_failed_linear4bit_forward_leaves_the_module_unchanged(x):
+    layer = _quantized_linear(32, 64, "nf4", True, "cpu", dtype=torch.float32)
+    bias_before = layer.bias.detach().clone()
+    with pytest.raises((TypeError, ValueError)) as info:
+        layer(x)
+    if x.dtype == torch.long:
+        assert info.type is TypeError and "floating-point" in str(info.value)
+    assert layer.bias.dtype == torch.float32 and torch.equal(layer.bias.detach(), bias_before)
+    assert layer.compute_dtype is None and layer.compute_type_is_set is False
+    # and a good call afterwards behaves as on a fresh layer (float64 oracle)
+    good = randn((2, 64), torch.float16, seed=6)
+    y = layer(good)
+    assert y.dtype == torch.float16 and layer.bias.dtype == torch.float16
+    assert _rel_err(y, _oracle(good, layer.weight, layer.weight.quant_state, layer.bias)) < REL_TOL[torch.float16]
+
+
+def test_loading_a_4bit_checkpoint_of_another_shape_fails_and_keeps_the_weight():
+    src = _quantized_linear(16, 32, "nf4", True, "cpu", dtype=torch.float32)
+    dst = _quantized_linear(48, 64, "nf4", True, "cpu", dtype=torch.float32)
+    weight, state = dst.weight, dst.quant_state
+    sd = {k: v for k, v in src.state_dict().items() if k != "bias"}
+    with pytest.raises(RuntimeError, match=r"size mismatch for weight.*\[16, 32\].*\[48, 64\]"):
+        dst.load_state_dict(sd, strict=False)
+    assert dst.weight is weight and dst.quant_state is state and dst.weight.quant_state.shape == (48, 64)
+    # a matching weight with a bad bias: the load fails as a whole, the weight stays
+    good = _quantized_linear(48, 64, "fp4", True, "cpu", dtype=torch.float32).state_dict()
+    good["bias"] = torch.zeros(5)
+    with pytest.raises(RuntimeError, match="size mismatch for bias"):
+        dst.load_state_dict(good)
+    assert dst.weight is weight and dst.weight.quant_type == "nf4"
+
+
+def test_embedding4bit_refuses_negative_indices():
+    emb = bnb.nn.EmbeddingNF4(10, 64).to("cpu")
+    ref = torch.nn.Embedding(10, 64)
+    for idx in (torch.tensor([-1]), torch.tensor([3, -10]), torch.tensor([10])):
+        with pytest.raises(IndexError):
+            ref(idx)
+        with pytest.raises(IndexError):
+            emb(idx)
+    # in-range indices still gather the dequantized rows (oracle: the full dequantized table)
+    table = F.dequantize_4bit(emb.weight.data, emb.weight.quant_state)
+    idx = torch.tensor([[9, 0], [3, 3]])
+    assert torch.equal(emb(idx), table[idx])

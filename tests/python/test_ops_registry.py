@@ -157,9 +157,16 @@ def test_opcheck_int8_double_quant(device, threshold):
 @pytest.mark.parametrize("storage", [torch.uint8, torch.float16, torch.bfloat16, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("shape", [(0,), (1,), (7, 9), (3, 64), (2, 3, 40)], ids=str)
 def test_meta_quantize_4bit_matches_real(storage, shape):
+    n = torch.Size(shape).numel()
+    if (n + 1) // (2 * storage.itemsize) * storage.itemsize < (n + 1) // 2:
+        # The packed shape cannot hold every code in this storage: both kernels refuse it.
+        with pytest.raises(ValueError, match="do not fit"):
+            ops.quantize_4bit(torch.randn(shape), 64, "nf4", storage)
+        with pytest.raises(RuntimeError, match="do not fit"):
+            ops.quantize_4bit(torch.empty(shape, device="meta"), 64, "nf4", storage)
+        return
     real = ops.quantize_4bit(torch.randn(shape), 64, "nf4", storage)
     meta = ops.quantize_4bit(torch.empty(shape, device="meta"), 64, "nf4", storage)
-    n = torch.Size(shape).numel()
     assert real[0].shape == meta[0].shape == ((n + 1) // (2 * storage.itemsize), 1)
     assert real[0].dtype == meta[0].dtype == storage
     assert real[1].shape == meta[1].shape == (-(n // -64),)

@@ -201,3 +201,14 @@ def test_cuda_moves_both_ways():
     assert torch.equal(back.data, cpu_ref.data)
     again = back.to("cuda")
     assert again.is_cuda and again.quant_state.code.is_cuda
+
+
+def test_quantizing_a_weight_that_requires_grad_says_why_it_fails():
+    w = randn((32, 64), torch.float32)
+    p = Params4bit(w.clone(), requires_grad=True, quant_type="nf4")
+    with pytest.raises(RuntimeError, match="requires_grad=True.*frozen"):
+        p.to("cpu")
+    assert p.bnb_quantized is False and torch.equal(p.data, w)  # nothing was quantized
+    q = p.requires_grad_(False).to("cpu")
+    ref, _ = F.quantize_4bit(w, quant_type="nf4", compress_statistics=True)  # oracle: the same bytes
+    assert q.bnb_quantized and torch.equal(q.data, ref)

@@ -281,3 +281,11 @@ def test_constructor_fields():
     assert qs.absmax is absmax and qs.nested is False and qs.offset is None and qs.state2 is None
     nested = QuantState(absmax, state2=QuantState(torch.ones(1)), offset=torch.tensor(0.5))
     assert nested.nested is True
+
+
+def test_to_keeps_missing_fields_missing():
+    # A state built from absmax alone (dequantize_4bit without quant_state) has no code book.
+    absmax = torch.rand(4)
+    state = QuantState(absmax=absmax, shape=(4, 64), blocksize=64, quant_type="nf4", dtype=torch.float32)
+    state.to("cpu")
+    assert state.code is None and torch.equal(state.absmax, absmax)
