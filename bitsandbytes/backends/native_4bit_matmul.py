@@ -11,6 +11,7 @@ Double-quantized block scales are decoded inside the native product kernels.
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -196,6 +197,10 @@ def _(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, 
 
 
 _host_tables: dict = {}  # "nf4" / "fp4" -> the 16-entry table on the CPU (the kernels' own, asked once)
+# id(code) -> (weak reference to code, its version counter, "nf4" / "fp4"): a table already told apart is not
+# copied to the host again, so a repeated gemv_4bit with the same state's code does not wait for the GPU.
+# An in-place change of the table bumps its version and it is compared again.
+_known_tables: dict = {}
 
 # A code table read from a checkpoint equals get_4bit_type's up to float rounding of its serialiser.
 _CODE_TABLE_ATOL = 1e-6
@@ -203,11 +208,14 @@ _CODE_TABLE_ATOL = 1e-6
 
 def _quant_type_of(code: torch.Tensor) -> str:
     """nf4 or fp4 for a 16-entry table equal to one of them; any other table is refused, since the kernels
-    only decode these two. The comparison runs on the host: a CUDA table is copied once per call (the one
-    read that telling the two apart always took), a CPU table is compared in place."""
+    only decode these two. The comparison runs on the host, once per table (and again after it is changed
+    in place): a CUDA table is copied to the host the first time it is seen."""
     check.tensor("code", code)
     check.dtype_in("code", code, (torch.float32,))
     check.numel("code", code, 16)
+    known = _known_tables.get(id(code))
+    if known is not None and known[0]() is code and known[1] == code._version:
+        return known[2]
     if not _host_tables:
         from .._code_maps import get_4bit_type
         for name in check.QUANT_TYPES_4BIT:
@@ -215,6 +223,9 @@ def _quant_type_of(code: torch.Tensor) -> str:
     values = code.reshape(16) if code.device.type == "cpu" else code.reshape(16).to("cpu")
     for name, table in _host_tables.items():
         if torch.allclose(values, table, rtol=0.0, atol=_CODE_TABLE_ATOL):
+            key = id(code)
+            # The entry leaves with the table (the callback), so the dict does not grow with dead tables.
+            _known_tables[key] = (weakref.ref(code, lambda _ref: _known_tables.pop(key, None)), code._version, name)
             return name
     raise ValueError(f"code must be the nf4 or fp4 table (get_4bit_type); got {values.tolist()}")
 

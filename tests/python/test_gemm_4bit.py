@@ -627,3 +627,33 @@ def test_4bit_product_fake_kernels_refuse_mixed_devices(op):
     # all-meta calls still describe the output
     y = ops.gemm_4bit(A.to("meta"), q.to("meta"), [32, 64], meta_absmax, 64, "nf4")
     assert y.device.type == "meta" and y.shape == (3, 32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gemv_4bit_tells_a_table_apart_once_and_again_after_it_changes(device):
+    """The nf4 / fp4 decision is kept per code table: repeated calls do not copy it to the host (on CUDA that
+    would wait for the GPU), while a table changed in place is compared again (float64 oracles)."""
+    A = randn((1, 64), torch.float32, device, seed=31)
+    w = randn((32, 64), torch.float32, device, seed=32)
+    q, qs = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    code = F.get_4bit_type("nf4", device=device)
+
+    def oracle(quant_type):
+        s = F.QuantState(absmax=qs.absmax, shape=(32, 64), code=F.get_4bit_type(quant_type, device=device),
+                         blocksize=64, quant_type=quant_type, dtype=torch.float32)
+        return A.cpu().double() @ F.dequantize_4bit(q, s).cpu().double().T
+
+    assert _rel_err(ops.gemv_4bit(A, q, [32, 64], qs.absmax, code, 64), oracle("nf4")) < RTOL[torch.float32]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # a host copy of the table would raise here
+        try:
+            y = ops.gemv_4bit(A, q, [32, 64], qs.absmax, code, 64)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert _rel_err(y, oracle("nf4")) < RTOL[torch.float32]
+    code.copy_(F.get_4bit_type("fp4", device=device))
+    assert _rel_err(ops.gemv_4bit(A, q, [32, 64], qs.absmax, code, 64), oracle("fp4")) < RTOL[torch.float32]
+    code.mul_(0.5)  # no longer either table
+    with pytest.raises(ValueError, match="nf4 or fp4"):
+        ops.gemv_4bit(A, q, [32, 64], qs.absmax, code, 64)
