@@ -109,6 +109,45 @@ struct CodeSearch {
   static constexpr uint32_t kNegativeInfinityBits = 0xff800000u;
 };
 
+// ---- codes in any order ----------------------------------------------------------------------------
+// CodeSearch needs ascending midpoints, but a code may come in any order (create_linear_map pads with
+// zeros after its positive entries; users pass their own tables). Such a code is searched as its
+// ascending copy, and the position found there is mapped back to the caller's index: the result is
+// still the nearest entry. An ascending code is used as it is, so its results stay those of the
+// midpoint rule bit for bit.
+struct SortedCode {
+  static constexpr int kSize = 256;
+  float value[kSize];    // the code's entries in ascending order (order of sorts_before)
+  uint8_t index[kSize];  // index[k]: the caller's index of value[k]; filled only for a code out of order
+};
+
+// Whether the code is ascending as CodeSearch needs it (equal neighbours allowed; a NaN breaks the order).
+BNB_HD bool in_ascending_order(float a, float b) { return a <= b; }
+
+// The order of an out-of-order code: a total order on (value, index), identical on host and device, so
+// that every backend picks the same entry among equal values. Values compare by their bits mapped to
+// unsigned integers (negative patterns reversed), which orders -NaN < -inf < ... < -0 < +0 < ... < +inf
+// < +NaN; ties go to the lower index.
+BNB_HD uint32_t total_order_key(float x) {
+  const uint32_t bits = float_bits(x);
+  return (bits >> 31) ? ~bits : (bits | 0x80000000u);
+}
+BNB_HD bool sorts_before(float a, int i, float b, int j) {
+  const uint32_t ka = total_order_key(a), kb = total_order_key(b);
+  return ka < kb || (ka == kb && i < j);
+}
+
+// Position of entry i in the ascending copy of the 256-entry code: the number of entries sorting before it.
+BNB_HD int sorted_position(const float* code, int i) {
+  int position = 0;
+  for (int j = 0; j < SortedCode::kSize; ++j) position += sorts_before(code[j], j, code[i], i) ? 1 : 0;
+  return position;
+}
+
+// Fills sorted.value with the code in ascending order; returns true when the code already was ascending
+// (then value is a plain copy and index is left unset: positions are the caller's indices).
+bool sort_code(const float* code, SortedCode& sorted);
+
 // Number of entries of the ascending array `sorted` strictly below v (binary search).
 BNB_HD int count_below(const float* sorted, int count, float v) {
   int lo = 0, hi = count;  // first index with sorted[i] >= v

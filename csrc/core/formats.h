@@ -86,6 +86,35 @@ BNB_TABLE_FN uint8_t encode_4bit(float x) {
 // instead of NaN, so its codes are the zero code and it dequantizes to exact zeros.
 BNB_HD float inverse_absmax(float absmax) { return absmax > 0.0f ? 1.0f / absmax : 0.0f; }
 
+// ---- blocks holding inf or NaN (8-bit blockwise and 4-bit alike) ----------------------------------------
+// A block's absmax keeps the block's non-finite values, so that dequantization (code[q] * absmax) never
+// turns them into plausible finite numbers:
+//   - any NaN in the block: absmax = NaN (stored as kAbsmaxNaNBits on every backend), and every element
+//     of the block dequantizes to NaN;
+//   - otherwise any +-inf: absmax = +inf; +inf gets the largest code and -inf the smallest, so each comes
+//     back as an infinity of its own sign when the code has entries of both signs (as the dynamic, NF4 and
+//     FP4 codes do), and every finite value of the block gets the code nearest 0: it comes back as
+//     0 * inf = NaN (or as an infinity when the code has no zero).
+// Blocks of finite values do not take this path: their results are those of the midpoint rule.
+
+// max(acc, |x|) for a running block maximum acc >= 0 that keeps NaN (see magnitude_bits).
+BNB_HD float absmax_keeping_nan(float acc, float x) {
+  const uint32_t a = float_bits(acc), m = magnitude_bits(x);
+  return float_from_bits(m > a ? m : a);
+}
+
+// One NaN pattern for the absmax of every NaN block (a maximum of NaN patterns is whichever NaN had the
+// largest payload), so that all backends store the same bytes.
+constexpr uint32_t kAbsmaxNaNBits = 0x7fc00000u;
+BNB_HD float stored_absmax(float absmax) { return absmax != absmax ? float_from_bits(kAbsmaxNaNBits) : absmax; }
+
+// The value quantized in place of x in a block whose absmax is not finite: +-inf themselves (they find
+// the largest / smallest code), 0 for everything else (finite values and NaN, which the NaN absmax covers).
+BNB_HD float value_in_non_finite_block(float x) {
+  constexpr uint32_t kInfinityBits = 0x7f800000u;
+  return magnitude_bits(x) == kInfinityBits ? x : 0.0f;
+}
+
 // LLM.int8() scale: 127 / absmax, 0 for an all-zero (or all-outlier) row.
 BNB_HD float int8_scale(float absmax) { return absmax > 0.0f ? kInt8Scale / absmax : 0.0f; }
 

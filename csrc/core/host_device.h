@@ -34,7 +34,19 @@ BNB_HD uint32_t float_bits(float x) {
   return u;
 #endif
 }
+BNB_HD float float_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+#endif
+}
 BNB_HD bool is_finite(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
 BNB_HD bool sign_bit(float x) { return (float_bits(x) >> 31) != 0; }
+// Bit pattern of |x|. Patterns of non-negative floats order like their values, and every NaN pattern
+// lies above +inf's, so an integer maximum over them is max |x| that keeps NaN (std::max and fmaxf drop it).
+BNB_HD uint32_t magnitude_bits(float x) { return float_bits(x) & 0x7fffffffu; }
 
 }  // namespace bnb

@@ -12,12 +12,15 @@ namespace bnb::cpu {
 
 struct KernelTable {
   const char* isa;  // "scalar", "avx2", "avx512"
-  // Blocks [block_begin, block_end) of an 8-bit blockwise quantization.
+  // Blocks [block_begin, block_end) of an 8-bit blockwise quantization. Writes, for each element, its
+  // position in the ascending code `search` was built from (SortedCode: the caller maps positions back
+  // when the code was out of order). Blocks holding inf or NaN follow the rule of core/formats.h.
   void (*quantize_blockwise)(const QuantizeBlockwiseParams& p, const CodeSearch& search, int64_t block_begin,
                              int64_t block_end);
   // Elements [begin, end) of an 8-bit blockwise dequantization.
   void (*dequantize_blockwise)(const DequantizeBlockwiseParams& p, int64_t begin, int64_t end);
-  // Blocks [block_begin, block_end) of a 4-bit quantization (blocks are whole bytes: blocksize is even).
+  // Blocks [block_begin, block_end) of a 4-bit quantization (blocks are whole bytes: blocksize is even;
+  // blocks holding inf or NaN follow the rule of core/formats.h).
   void (*quantize_4bit)(const Quantize4bitParams& p, int64_t block_begin, int64_t block_end);
   // Packed bytes [byte_begin, byte_end) of a 4-bit dequantization (elements 2*byte_begin ..).
   void (*dequantize_4bit)(const Dequantize4bitParams& p, int64_t byte_begin, int64_t byte_end);

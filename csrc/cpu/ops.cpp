@@ -54,11 +54,21 @@ std::string info_json() {
 }
 
 void quantize_blockwise(const QuantizeBlockwiseParams& p, int32_t, bnb_stream_t) {
+  // The kernels search the code in ascending order (see SortedCode) and write positions in it; for a
+  // code out of order each block's positions are then mapped back to the caller's indices, while the
+  // block is still in cache.
+  SortedCode sorted;
+  const bool ascending = sort_code(p.code, sorted);
   CodeSearch search;
-  search.build(p.code);
+  search.build(sorted.value);
   const int64_t blocks = (p.n + p.blocksize - 1) / p.blocksize;
   const auto& k = active_kernels();
-  parallel_for(blocks, grain_in(p.blocksize), [&](int64_t b0, int64_t b1) { k.quantize_blockwise(p, search, b0, b1); });
+  parallel_for(blocks, grain_in(p.blocksize), [&](int64_t b0, int64_t b1) {
+    k.quantize_blockwise(p, search, b0, b1);
+    if (ascending) return;
+    const int64_t end = std::min(b1 * p.blocksize, p.n);
+    for (int64_t i = b0 * p.blocksize; i < end; ++i) p.out[i] = sorted.index[p.out[i]];
+  });
 }
 
 // Outputs from this size on are worth advising huge pages for (see cpu/huge_pages.h).

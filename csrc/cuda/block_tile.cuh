@@ -12,7 +12,8 @@
 //
 // The L loads of a thread are independent and issued back to back (L x 16 bytes in flight per
 // thread). The block maximum is a shuffle reduction over the G lanes; groups wider than a warp
-// finish through shared memory.
+// finish through shared memory. It is taken over the bit patterns of |x| (bnb::magnitude_bits), which
+// keeps a NaN: the quantizers treat blocks holding inf or NaN apart (core/formats.h).
 #pragma once
 
 #include <type_traits>
@@ -37,7 +38,7 @@ struct BlockTile {
   // Scratch for groups wider than a warp: one partial max per warp, double-buffered by tile parity
   // so the next tile's writes never race this tile's reads (one barrier per tile instead of two).
   struct Shared {
-    float warp_max[2][kWarps];
+    uint32_t warp_max[2][kWarps];  // magnitude bit patterns
   };
 
   using Raw = RawVec<T, kVec>;
@@ -54,47 +55,65 @@ struct BlockTile {
     Raw::unpack(raw[l], x);
   }
 
+  // Replaces each element x of this thread's vectors by f(x); f must give values exact in T (0, +-inf).
+  template <typename F>
+  __device__ static void transform(uint4 (&raw)[L], F f) {
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      auto& e = *reinterpret_cast<Packet<T, kVec>*>(&raw[l]);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) e.v[i] = from_f32<T>(f(to_f32(e.v[i])));
+    }
+  }
+
   // Element offset, inside the block, of element i of this thread's vector l.
   __device__ __forceinline__ static int offset_in_block(int g, int l) { return (l * G + g) * kVec; }
 
-  // max |x| over the whole block; every thread of the group gets it. Must be reached by all
-  // threads of the CTA when G > 32 (it contains a barrier).
+  // max |x| over the whole block (NaN if the block holds one); every thread of the group gets it.
+  // Must be reached by all threads of the CTA when G > 32 (it contains a barrier).
   __device__ __forceinline__ static float absmax(const uint4 (&raw)[L], Shared& smem, int parity) {
-    float m = 0.0f;
+    uint32_t m = 0;
     if constexpr (sizeof(T) == 2) {
-      // Two 16-bit values per instruction; the maximum of 16-bit values is exact in 16 bits, and
-      // __hmax2 returns the other operand for a NaN, as fmaxf does.
+      // Two 16-bit values per instruction; the maximum of 16-bit values is exact in 16 bits and widened
+      // once at the end. __hmax2_nan (sm_80 on) passes a NaN through; before sm_80, an integer maximum
+      // of the 16-bit magnitude patterns does the same (they order like the values, NaN above inf).
       using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
-      const uint32_t zero = 0u;  // +0 in both halves
-      T2 m2 = *reinterpret_cast<const T2*>(&zero);
+      uint32_t m2 = 0;  // +0 in both halves
 #pragma unroll
       for (int l = 0; l < L; ++l) {
         const uint32_t w[4] = {raw[l].x, raw[l].y, raw[l].z, raw[l].w};
 #pragma unroll
-        for (int k = 0; k < 4; ++k) m2 = __hmax2(m2, __habs2(*reinterpret_cast<const T2*>(&w[k])));
+        for (int k = 0; k < 4; ++k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+          const T2 h = __hmax2_nan(*reinterpret_cast<const T2*>(&m2), __habs2(*reinterpret_cast<const T2*>(&w[k])));
+          m2 = *reinterpret_cast<const uint32_t*>(&h);
+#else
+          m2 = __vmaxu2(m2, w[k] & 0x7fff7fffu);
+#endif
+        }
       }
-      m = fmaxf(to_f32(m2.x), to_f32(m2.y));
+      const T2 halves = *reinterpret_cast<const T2*>(&m2);
+      m = max(magnitude_bits(to_f32(halves.x)), magnitude_bits(to_f32(halves.y)));
     } else {
 #pragma unroll
       for (int l = 0; l < L; ++l) {
-        float x[kVec];
-        unpack(raw, l, x);
+        const uint32_t w[4] = {raw[l].x, raw[l].y, raw[l].z, raw[l].w};  // float32 patterns
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) m = fmaxf(m, fabsf(x[i]));
+        for (int k = 0; k < 4; ++k) m = max(m, w[k] & 0x7fffffffu);
       }
     }
     if constexpr (G <= kWarpSize) {
-      return group_max<G>(m);
+      return __uint_as_float(group_max_bits<G>(m));
     } else {
-      m = group_max<kWarpSize>(m);
+      m = group_max_bits<kWarpSize>(m);
       const int warp = threadIdx.x / kWarpSize;
       if (threadIdx.x % kWarpSize == 0) smem.warp_max[parity][warp] = m;
       __syncthreads();
       const int first = (threadIdx.x / G) * kWarpsPerGroup;
-      m = 0.0f;
+      m = 0;
 #pragma unroll
-      for (int w = 0; w < kWarpsPerGroup; ++w) m = fmaxf(m, smem.warp_max[parity][first + w]);
-      return m;
+      for (int w = 0; w < kWarpsPerGroup; ++w) m = max(m, smem.warp_max[parity][first + w]);
+      return __uint_as_float(m);
     }
   }
 };

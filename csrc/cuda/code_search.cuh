@@ -7,12 +7,34 @@
 
 namespace bnb::cuda {
 
-// Fills the CTA's copy of the search tables from the code book. Same arithmetic as
-// CodeSearch::build on the host, so the tables (and therefore the codes) are identical.
-// Contains barriers: every thread of the CTA must call it.
+// The CTA's copy of a code in ascending order, as bnb::sort_code makes it on the host (same order,
+// same tie-breaking, so the same indices): returns true, with sorted.value a plain copy, when the code
+// already is ascending, which one comparison per thread and a vote find out. Only a code out of order
+// pays for the rank sort (each thread counts the entries before its own: 256 steps). The result is
+// uniform over the CTA. Contains barriers: every thread of the CTA must call it.
+__device__ inline bool sort_code_in_cta(const float* __restrict__ code, SortedCode& sorted) {
+  for (int i = threadIdx.x; i < SortedCode::kSize; i += blockDim.x) sorted.value[i] = __ldg(code + i);
+  __syncthreads();
+  bool ascending = true;
+  for (int i = threadIdx.x; i + 1 < SortedCode::kSize; i += blockDim.x)
+    ascending = ascending && in_ascending_order(sorted.value[i], sorted.value[i + 1]);
+  if (__syncthreads_and(ascending)) return true;
+  // Everybody has read sorted.value (the vote is a barrier): the ranks read the code from global memory.
+  for (int i = threadIdx.x; i < SortedCode::kSize; i += blockDim.x) {
+    const int k = sorted_position(code, i);
+    sorted.value[k] = __ldg(code + i);
+    sorted.index[k] = static_cast<uint8_t>(i);
+  }
+  __syncthreads();
+  return false;
+}
+
+// Fills the CTA's copy of the search tables from an ascending code book (global or shared memory).
+// Same arithmetic as CodeSearch::build on the host, so the tables (and therefore the codes) are
+// identical. Contains barriers: every thread of the CTA must call it.
 __device__ inline void build_code_search(CodeSearch& s, const float* __restrict__ code) {
   for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
-    s.mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
+    s.mid[i] = (code[i] + code[i + 1]) * 0.5f;
   if (threadIdx.x == 0) s.mid[CodeSearch::kMidpoints] = CodeSearch::kSentinel;
   __syncthreads();
   for (int b = threadIdx.x; b < CodeSearch::kBuckets; b += blockDim.x) {
@@ -42,6 +64,10 @@ __device__ inline void build_code_search(CodeSearch& s, const float* __restrict_
 // exponents) when a midpoint lies inside, clear bit 23 and take CodeSearch's forward scan from lo.
 // A NaN lands in the |v| >= 1 bucket of its sign, as in CodeSearch; no comparison with it holds, so
 // it gets lo there on either path, as CodeSearch gives it.
+// A code searched as its ascending copy (SortedCode) maps each position found back to the caller's
+// index through code_index. The one-comparison path cannot (its result is lo plus a carry), so such
+// tables send every value through the scan, which maps: the fast path of an ascending code keeps its
+// instructions and registers, and only the scan, rare there, pays one more shared-memory load.
 struct FineCodeSearch {
   static constexpr int kSliceBits = CodeSearch::kMantissaBits;  // 64 slices per octave
   static constexpr int kOctaves = CodeSearch::kOctaves;          // [2^-24, 1) get slices
@@ -61,6 +87,7 @@ struct FineCodeSearch {
 
   float mid[CodeSearch::kMidpoints];
   uint32_t entry[kEntries];
+  uint8_t code_index[SortedCode::kSize];  // the caller's index of each position of the code searched
 
   // Table slot of v: magnitude bucket (clamped: tiny below, |v| >= 1 and NaN above) | sign stride.
   __device__ __forceinline__ static int slot(uint32_t bits) {
@@ -78,7 +105,7 @@ struct FineCodeSearch {
   __device__ __forceinline__ int scan(float v, uint32_t e) const {
     int idx = static_cast<int>(e >> kIndexShift);
     while (idx < CodeSearch::kMidpoints && v > mid[idx]) ++idx;
-    return idx;
+    return code_index[idx];
   }
 
   // Indices of kGroup values at once; byte 3 of each result is the index. The fast path is taken
@@ -149,9 +176,15 @@ struct FineCodeSearch {
   // keeps the one-comparison path only where every code it can answer has the sign of the bucket's
   // values, so that path needs no sign fix; elsewhere (next to the zero code) the scan answers and
   // keep_sign runs there.
-  __device__ void build(const float* __restrict__ code, bool signed_codes = false) {
+  // code: ascending, in global or shared memory. index_of_position: for a code searched as its
+  // ascending copy, the caller's index of each entry of `code` (SortedCode::index); nullptr when `code`
+  // is the caller's code itself. Not with signed_codes: keep_sign steps through the caller's order.
+  __device__ void build(const float* __restrict__ code, bool signed_codes = false,
+                        const uint8_t* index_of_position = nullptr) {
     for (int i = threadIdx.x; i < CodeSearch::kMidpoints; i += blockDim.x)
-      mid[i] = (__ldg(code + i) + __ldg(code + i + 1)) * 0.5f;
+      mid[i] = (code[i] + code[i + 1]) * 0.5f;
+    for (int i = threadIdx.x; i < SortedCode::kSize; i += blockDim.x)
+      code_index[i] = index_of_position ? index_of_position[i] : static_cast<uint8_t>(i);
     __syncthreads();
     for (int idx = threadIdx.x; idx < kEntries; idx += blockDim.x) {
       const int m = idx % kSignStride;
@@ -171,9 +204,9 @@ struct FineCodeSearch {
       bool same_sign = true;
       if (signed_codes) {
         for (int i = lo; i <= lo + count && i <= CodeSearch::kMidpoints; ++i)
-          same_sign = same_sign && sign_bit(__ldg(code + i)) == negative;
+          same_sign = same_sign && sign_bit(code[i]) == negative;
       }
-      if (!same_sign) {
+      if (!same_sign || index_of_position) {
         // scan only
       } else if (count == 0) {
         e |= kCarryOnes;  // K = 0: x never carries

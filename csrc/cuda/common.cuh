@@ -246,12 +246,21 @@ __device__ __forceinline__ float group_max(float v) {
   return v;
 }
 
-// max |A[i]| over [begin, end) for one warp (lane = its lane index); every lane gets the result.
+// group_max over the bit patterns of magnitudes (bnb::magnitude_bits): the maximum keeps a NaN.
+template <int Lanes>
+__device__ __forceinline__ uint32_t group_max_bits(uint32_t v) {
+#pragma unroll
+  for (int offset = Lanes / 2; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(kFullWarpMask, v, offset));
+  return v;
+}
+
+// max |A[i]| over [begin, end) for one warp (lane = its lane index); every lane gets the result. A NaN
+// in the range gives NaN: the blockwise quantizers need to see it (core/formats.h).
 template <typename T>
 __device__ __forceinline__ float warp_absmax(const T* __restrict__ A, int64_t begin, int64_t end, int lane) {
-  float m = 0.0f;
-  for (int64_t i = begin + lane; i < end; i += kWarpSize) m = fmaxf(m, fabsf(to_f32(A[i])));
-  return group_max<kWarpSize>(m);
+  uint32_t m = 0;
+  for (int64_t i = begin + lane; i < end; i += kWarpSize) m = max(m, magnitude_bits(to_f32(A[i])));
+  return __uint_as_float(group_max_bits<kWarpSize>(m));
 }
 
 // ---- programmatic dependent launch (sm_90 on) -----------------------------------------------------------

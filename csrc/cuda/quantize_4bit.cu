@@ -5,7 +5,9 @@
 // table derived from it); element 2j goes to the high nibble of
 // packed[j], element 2j + 1 to the low nibble, and an odd n leaves the last low nibble zero.
 // Whole tiles of aligned data use the vector layout of block_tile.cuh; the rest (last partial tile,
-// misaligned pointers) goes through a warp-per-block kernel with the same encoder.
+// misaligned pointers) goes through a warp-per-block kernel with the same encoder. Blocks holding inf
+// or NaN follow the rule of core/formats.h, as on the CPU (encode_4bit itself: the table covers finite
+// blocks only).
 //
 // Dequantize: out[i] = table[nibble(i)] * absmax[i / blocksize]; one thread writes a 16-byte output
 // vector per step, with the 16-entry table in shared memory (16 words in 16 banks: no conflicts).
@@ -113,7 +115,8 @@ __global__ void __launch_bounds__(kTileThreads) quantize_4bit_kernel(Quantize4bi
     uint4 raw[kLoadsPerThread];
     Tile::load(A, block, g, raw);
     const float amax = Tile::absmax(raw, scratch, parity);
-    if (g == 0) p.absmax[block] = amax;
+    if (g == 0) p.absmax[block] = stored_absmax(amax);
+    const bool finite = is_finite(amax);  // else the rule for blocks holding inf or NaN (formats.h)
     const float scale = inverse_absmax(amax);
     uint8_t* packed = p.packed + block * (Tile::kBlockElems / 2);
 #pragma unroll
@@ -121,9 +124,16 @@ __global__ void __launch_bounds__(kTileThreads) quantize_4bit_kernel(Quantize4bi
       float x[V];
       Tile::unpack(raw, l, x);
       Packet<uint8_t, V / 2> q;
+      if (finite) {
 #pragma unroll
-      for (int j = 0; j < V / 2; ++j)
-        q.v[j] = static_cast<uint8_t>((lut.encode(x[2 * j] * scale) << 4) | lut.encode(x[2 * j + 1] * scale));
+        for (int j = 0; j < V / 2; ++j)
+          q.v[j] = static_cast<uint8_t>((lut.encode(x[2 * j] * scale) << 4) | lut.encode(x[2 * j + 1] * scale));
+      } else {
+#pragma unroll
+        for (int j = 0; j < V / 2; ++j)
+          q.v[j] = pack_pair(encode_4bit<Q>(value_in_non_finite_block(x[2 * j])),
+                             encode_4bit<Q>(value_in_non_finite_block(x[2 * j + 1])));
+      }
       *reinterpret_cast<Packet<uint8_t, V / 2>*>(packed + Tile::offset_in_block(g, l) / 2) = q;
     }
   }
@@ -143,11 +153,16 @@ __global__ void __launch_bounds__(kGenericThreads)
     const int64_t begin = b * p.blocksize;
     const int64_t end = begin + p.blocksize < p.n ? begin + p.blocksize : p.n;
     const float m = warp_absmax(A, begin, end, lane);
-    if (lane == 0) p.absmax[b] = m;
+    if (lane == 0) p.absmax[b] = stored_absmax(m);
+    const bool finite = is_finite(m);  // else the rule for blocks holding inf or NaN (formats.h)
     const float scale = inverse_absmax(m);
+    auto encode = [&](int64_t i) {
+      const float x = to_f32(A[i]);
+      return encode_4bit<Q>(finite ? x * scale : value_in_non_finite_block(x));
+    };
     for (int64_t i = begin + 2 * lane; i < end; i += 2 * kWarpSize) {
-      const uint8_t hi = encode_4bit<Q>(to_f32(A[i]) * scale);
-      const uint8_t lo = (i + 1 < end) ? encode_4bit<Q>(to_f32(A[i + 1]) * scale) : uint8_t{0};
+      const uint8_t hi = encode(i);
+      const uint8_t lo = (i + 1 < end) ? encode(i + 1) : uint8_t{0};
       p.packed[i / 2] = pack_pair(hi, lo);
     }
   }

@@ -1,10 +1,14 @@
-// 8-bit blockwise quantization with an arbitrary sorted 256-entry code book, and its inverse.
+// 8-bit blockwise quantization with an arbitrary 256-entry code book, and its inverse.
 //
 // Quantize: absmax[b] = max |A| over block b; out[i] = bucketize(A[i] * inverse_absmax(absmax), midpoints)
 // via bnb::CodeSearch, whose tables each CTA builds once in shared memory and then reuses over a
 // persistent grid-stride loop of tiles (block_tile.cuh describes the tile layout). Everything that
 // is not a whole tile of aligned data (the last partial tile, misaligned pointers) goes through a
 // warp-per-block kernel with scalar accesses and the same search, so the bytes never depend on the path.
+// A code out of ascending order is searched as its sorted copy and the positions are mapped back to
+// the caller's indices (SortedCode, FineCodeSearch::code_index); finding out that a code is ascending
+// costs one vote per CTA.
+// Blocks holding inf or NaN follow the rule of core/formats.h, as on the CPU.
 //
 // Dequantize: out[i] = code[A[i]] * absmax[i / blocksize], one 16-byte output vector per thread per step.
 #include <algorithm>
@@ -32,9 +36,11 @@ __global__ void __launch_bounds__(kTileThreads)
     quantize_blockwise_kernel(QuantizeBlockwiseParams p, int64_t num_tiles) {
   using Tile = BlockTile<T, G, kLoadsPerThread>;
   constexpr int V = Tile::kVec;
+  __shared__ SortedCode sorted;
   __shared__ FineCodeSearch search;
   __shared__ typename Tile::Shared scratch;
-  search.build(p.code);
+  const bool ascending = sort_code_in_cta(p.code, sorted);
+  search.build(sorted.value, /*signed_codes=*/false, ascending ? nullptr : sorted.index);
 
   const T* __restrict__ A = static_cast<const T*>(p.A);
   const int group = threadIdx.x / G;
@@ -45,8 +51,14 @@ __global__ void __launch_bounds__(kTileThreads)
     uint4 raw[kLoadsPerThread];
     Tile::load(A, block, g, raw);
     const float amax = Tile::absmax(raw, scratch, parity);
-    if (g == 0) p.absmax[block] = amax;
-    const float scale = inverse_absmax(amax);
+    if (g == 0) p.absmax[block] = stored_absmax(amax);
+    float scale = inverse_absmax(amax);
+    if (!is_finite(amax)) {
+      // The rule for blocks holding inf or NaN (formats.h): the block's values are replaced before the
+      // loop below rather than tested in it, which keeps that loop as it is for every finite block.
+      Tile::transform(raw, [](float x) { return value_in_non_finite_block(x); });
+      scale = 1.0f;
+    }
     uint8_t* out = p.out + block * Tile::kBlockElems;
 #pragma unroll
     for (int l = 0; l < kLoadsPerThread; ++l) {
@@ -74,8 +86,10 @@ __global__ void __launch_bounds__(kTileThreads)
 template <typename T>
 __global__ void __launch_bounds__(kGenericThreads)
     quantize_blockwise_generic_kernel(QuantizeBlockwiseParams p, int64_t first_block) {
+  __shared__ SortedCode sorted;
   __shared__ CodeSearch search;
-  build_code_search(search, p.code);
+  const bool ascending = sort_code_in_cta(p.code, sorted);
+  build_code_search(search, sorted.value);
 
   const T* __restrict__ A = static_cast<const T*>(p.A);
   const int lane = threadIdx.x % kWarpSize;
@@ -86,10 +100,14 @@ __global__ void __launch_bounds__(kGenericThreads)
     const int64_t begin = b * p.blocksize;
     const int64_t end = begin + p.blocksize < p.n ? begin + p.blocksize : p.n;
     const float m = warp_absmax(A, begin, end, lane);
-    if (lane == 0) p.absmax[b] = m;
+    if (lane == 0) p.absmax[b] = stored_absmax(m);
+    const bool finite = is_finite(m);  // else the rule for blocks holding inf or NaN (formats.h)
     const float scale = inverse_absmax(m);
-    for (int64_t i = begin + lane; i < end; i += kWarpSize)
-      p.out[i] = static_cast<uint8_t>(search.search(to_f32(A[i]) * scale));
+    for (int64_t i = begin + lane; i < end; i += kWarpSize) {
+      const float x = to_f32(A[i]);
+      const int position = search.search(finite ? x * scale : value_in_non_finite_block(x));
+      p.out[i] = ascending ? static_cast<uint8_t>(position) : sorted.index[position];
+    }
   }
 }
 

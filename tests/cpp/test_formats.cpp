@@ -101,6 +101,43 @@ TEST(CodeSearch, MidpointTiesGoToTheLowerCode) {
   EXPECT_EQ(cs.search(-1.0f), 0);
 }
 
+// A code out of order: sort_code gives the entries ascending with ties in index order, and the search
+// over that copy, mapped back, lands on a nearest entry (a permuted dynamic map; a code of repeated values).
+TEST(CodeSearch, AnyOrderThroughSortCode) {
+  std::vector<float> permuted = dynamic_map();
+  std::mt19937 rng(11);
+  std::shuffle(permuted.begin(), permuted.end(), rng);
+  std::vector<float> repeated(256);
+  for (int i = 0; i < 256; ++i) repeated[i] = static_cast<float>((i * 37) % 9 - 4) / 4.0f;
+  for (const auto& code : {permuted, repeated}) {
+    SortedCode sorted;
+    ASSERT_FALSE(sort_code(code.data(), sorted));
+    for (int k = 0; k < 256; ++k) {
+      EXPECT_EQ(sorted.value[k], code[sorted.index[k]]);
+      if (k > 0) {
+        EXPECT_LE(sorted.value[k - 1], sorted.value[k]);
+        if (sorted.value[k - 1] == sorted.value[k]) EXPECT_LT(sorted.index[k - 1], sorted.index[k]);
+      }
+      EXPECT_EQ(sorted_position(code.data(), sorted.index[k]), k) << "the CUDA kernels' rank differs";
+    }
+    CodeSearch cs;
+    cs.build(sorted.value);
+    for (float v : probes(code, 9)) {
+      const float chosen = code[sorted.index[cs.search(v)]];
+      double best = 1e30;
+      for (float c : code) best = std::min(best, std::fabs(static_cast<double>(v) - c));
+      const double excess = std::fabs(static_cast<double>(v) - chosen) - best;
+      // float32 midpoints may move the choice between two neighbours a and b by 2^-24 (|a| + |b|).
+      ASSERT_LE(excess, 1e-7 * (std::fabs(chosen) + std::fabs(v) + best) + 1e-44) << "v=" << v << " chose " << chosen;
+    }
+  }
+  // An ascending code is used as it is.
+  SortedCode sorted;
+  const auto code = dynamic_map();
+  ASSERT_TRUE(sort_code(code.data(), sorted));
+  EXPECT_TRUE(std::equal(code.begin(), code.end(), sorted.value));
+}
+
 // ---- 4-bit tables and encoders ------------------------------------------------------------------------
 
 // Literal values from compat.md §1.4.1.

@@ -53,7 +53,7 @@ std::vector<uint8_t> out_buffer(size_t bytes) { return std::vector<uint8_t>(byte
 // Normal data with special blocks: block 0 all zeros (when there are several blocks), block 1 with
 // absmax exactly 1 (scale 1) holding the `ties` values and their negatives, block 2 with absmax 2
 // (scale 0.5, exact) holding twice the ties, a block with one large value (everything else lands in
-// the tiny buckets), and some signed zeros.
+// the tiny buckets), some signed zeros, and blocks holding a NaN, +-inf or both (the rule of formats.h).
 std::vector<float> quant_input(int64_t n, int64_t blocksize, uint32_t seed, const std::vector<float>& ties) {
   std::vector<float> v = normal(static_cast<size_t>(n), seed);
   const int64_t blocks = (n + blocksize - 1) / blocksize;
@@ -79,6 +79,15 @@ std::vector<float> quant_input(int64_t n, int64_t blocksize, uint32_t seed, cons
   }
   if (blocks == 1 && !ties.empty()) fill_block(0, 1.0f);
   if (n > 5) v[n - 2] = -0.0f;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  auto put = [&](int64_t b, int64_t offset, float x) {
+    if (b < blocks && b * blocksize + offset < n) v[b * blocksize + offset] = x;
+  };
+  put(5, 1, std::numeric_limits<float>::quiet_NaN());
+  put(6, 0, kInf);
+  put(6, 2, -kInf);
+  put(7, 1, -kInf);
+  put(7, 3, -std::numeric_limits<float>::quiet_NaN());
   return v;
 }
 

@@ -116,6 +116,26 @@ def quantize_blockwise_ref(x: torch.Tensor, code: torch.Tensor, blocksize: int):
     return idx.to(torch.uint8).reshape(x.shape), absmax
 
 
+def nearest_code_excess(x: torch.Tensor, q: torch.Tensor, code: torch.Tensor, blocksize: int):
+    """Nearest-value oracle for a code in any order, in float64: for each element, how much farther the
+    chosen entry code[q] lies from v = x * (1/absmax) (the float32 value the kernels search) than the
+    nearest entry of the code, and the bound that float32 midpoints allow for that excess.
+
+    A midpoint (a + b) / 2 rounded to float32 is off by at most ulp(a + b) / 4, which moves the choice
+    only for v within that distance of it, and the excess is then at most 2^-24 (|a| + |b|), a and b
+    being the chosen and the nearest entry. Returns (excess [n], bound [n]), both float64.
+    """
+    v, _, n = scaled_blocks(x, blocksize)
+    v = v.reshape(-1)[:n].double()
+    code = code.detach().double().cpu()
+    chosen = code[q.reshape(-1).cpu().long()]
+    distance = (v[:, None] - code[None, :]).abs()
+    nearest = code[distance.argmin(dim=1)]
+    excess = (v - chosen).abs() - distance.min(dim=1).values
+    bound = 2.0**-24 * (chosen.abs() + nearest.abs()) + 2.0**-149
+    return excess, bound
+
+
 def dequantize_blockwise_ref(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int,
                              dtype: torch.dtype) -> torch.Tensor:
     """code[q] * absmax[i // bs] in float32, then cast."""

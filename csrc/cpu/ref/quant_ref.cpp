@@ -18,10 +18,14 @@ void quantize_blockwise_t(const QuantizeBlockwiseParams& p, const CodeSearch& se
     const int64_t begin = b * p.blocksize;
     const int64_t end = std::min(begin + p.blocksize, p.n);
     float amax = 0.0f;
-    for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(to_float(A[i])));
-    p.absmax[b] = amax;
+    for (int64_t i = begin; i < end; ++i) amax = absmax_keeping_nan(amax, to_float(A[i]));
+    p.absmax[b] = stored_absmax(amax);
+    const bool finite = is_finite(amax);  // else the rule for blocks holding inf or NaN (formats.h)
     const float scale = inverse_absmax(amax);
-    for (int64_t i = begin; i < end; ++i) p.out[i] = static_cast<uint8_t>(search.search(to_float(A[i]) * scale));
+    for (int64_t i = begin; i < end; ++i) {
+      const float x = to_float(A[i]);
+      p.out[i] = static_cast<uint8_t>(search.search(finite ? x * scale : value_in_non_finite_block(x)));
+    }
   }
 }
 
@@ -38,12 +42,17 @@ void quantize_4bit_t(const Quantize4bitParams& p, int64_t b0, int64_t b1) {
     const int64_t begin = b * p.blocksize;
     const int64_t end = std::min(begin + p.blocksize, p.n);
     float amax = 0.0f;
-    for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(to_float(A[i])));
-    p.absmax[b] = amax;
+    for (int64_t i = begin; i < end; ++i) amax = absmax_keeping_nan(amax, to_float(A[i]));
+    p.absmax[b] = stored_absmax(amax);
+    const bool finite = is_finite(amax);  // else the rule for blocks holding inf or NaN (formats.h)
     const float scale = inverse_absmax(amax);
+    auto encode = [&](int64_t i) {
+      const float x = to_float(A[i]);
+      return encode_4bit<Q>(finite ? x * scale : value_in_non_finite_block(x));
+    };
     for (int64_t i = begin; i < end; i += 2) {
-      const uint8_t hi = encode_4bit<Q>(to_float(A[i]) * scale);
-      const uint8_t lo = (i + 1 < end) ? encode_4bit<Q>(to_float(A[i + 1]) * scale) : 0;
+      const uint8_t hi = encode(i);
+      const uint8_t lo = (i + 1 < end) ? encode(i + 1) : 0;
       p.packed[i / 2] = static_cast<uint8_t>((hi << 4) | lo);
     }
   }

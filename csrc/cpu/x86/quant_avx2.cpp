@@ -90,6 +90,17 @@ struct Avx2 {
     q = _mm_max_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
   }
+  // For x, acc >= 0 or NaN: signed integer maxima of the bit patterns order like the values and keep NaN.
+  static F max_magnitude(F x, F acc) {
+    return _mm256_castsi256_ps(_mm256_max_epi32(_mm256_castps_si256(x), _mm256_castps_si256(acc)));
+  }
+  static float hmax_magnitude(F v) {
+    const I x = _mm256_castps_si256(v);
+    __m128i q = _mm_max_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    q = _mm_max_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
+    q = _mm_max_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtss_f32(_mm_castsi128_ps(q));
+  }
 
   // int32 lanes -> their low bytes, in lane order, in the low 8 bytes.
   static __m128i narrow_bytes(I v) {

@@ -96,6 +96,16 @@ struct Avx512 {
     q = _mm_max_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
   }
+  // For x, acc >= 0 or NaN: signed integer maxima of the bit patterns order like the values and keep NaN.
+  static F max_magnitude(F x, F acc) {
+    return _mm512_castsi512_ps(_mm512_max_epi32(_mm512_castps_si512(x), _mm512_castps_si512(acc)));
+  }
+  static float hmax_magnitude(F v) {
+    const int32_t bits = _mm512_reduce_max_epi32(_mm512_castps_si512(v));
+    float m;
+    std::memcpy(&m, &bits, sizeof(m));
+    return m;
+  }
 
   // ---- 256-entry lookups ----
   // The 256-entry code book held in 16 registers: vpermt2ps picks from each 32-entry pair with

@@ -12,6 +12,8 @@
 //   load<T>(p) / load_part<T>(p, k)          W elements as float32 (lanes >= k read as 0)
 //   store<T>(p, v) / store_part<T>(p, v, k)  float32 -> T with the rounding of types.h
 //   zero, set1, mul, abs, max(x, acc), hmax  (max returns acc where x is NaN, as std::max does)
+//   max_magnitude(x, acc), hmax_magnitude    the same for x, acc >= 0 or NaN, as integer maxima of the
+//                                            bit patterns: a NaN is kept (bnb::magnitude_bits)
 //   searcher(cs, max_scan_steps(cs)), search(searcher, v)   CodeSearch::search, lane by lane
 //   store_u8 / store_u8_part                 int32 lanes -> bytes (truncating)
 //   Table256, table256(code), lookup256(t, p) / lookup256_part(t, p, k)   code[p[i]] for W bytes
@@ -57,6 +59,28 @@ float block_absmax(const T* A, int64_t begin, int64_t end) {
   return S::hmax(S::max(S::max(a0, a1), S::max(a2, a3)));
 }
 
+// max |A[i]| over [begin, end) that keeps NaN, as blocks holding inf or NaN need it (core/formats.h):
+// block_absmax with integer maxima of the bit patterns of |x|, which cost the same as vmaxps.
+template <class S, class T>
+float block_absmax_keeping_nan(const T* A, int64_t begin, int64_t end) {
+  constexpr int W = S::W;
+  auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+  int64_t i = begin;
+  for (; i + 4 * W <= end; i += 4 * W) {
+    a0 = S::max_magnitude(S::abs(S::template load<T>(A + i)), a0);
+    a1 = S::max_magnitude(S::abs(S::template load<T>(A + i + W)), a1);
+    a2 = S::max_magnitude(S::abs(S::template load<T>(A + i + 2 * W)), a2);
+    a3 = S::max_magnitude(S::abs(S::template load<T>(A + i + 3 * W)), a3);
+  }
+  for (; i + W <= end; i += W) a0 = S::max_magnitude(S::abs(S::template load<T>(A + i)), a0);
+  if (i < end) a1 = S::max_magnitude(S::abs(S::template load_part<T>(A + i, static_cast<int>(end - i))), a1);
+  return S::hmax_magnitude(S::max_magnitude(S::max_magnitude(a0, a1), S::max_magnitude(a2, a3)));
+}
+
+// False for +inf and NaN (amax >= 0 otherwise). Such blocks are rare and go to the reference kernel,
+// which holds the rule for them (core/formats.h); kept local, see the ODR caution above.
+static inline bool finite_absmax(float amax) { return amax <= __FLT_MAX__; }
+
 // The most midpoints inside one bucket: a value of bucket b lies below every value of bucket b + 1,
 // so its search advances at most lo[b + 1] - lo[b] steps past lo[b].
 static inline int max_scan_steps(const CodeSearch& cs) {
@@ -76,7 +100,11 @@ void quantize_blockwise(const QuantizeBlockwiseParams& p, const CodeSearch& cs, 
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t begin = b * p.blocksize;
     const int64_t end = min_i64(begin + p.blocksize, p.n);
-    const float amax = block_absmax<S>(A, begin, end);
+    const float amax = block_absmax_keeping_nan<S>(A, begin, end);
+    if (!finite_absmax(amax)) {
+      reference_kernels().quantize_blockwise(p, cs, b, b + 1);
+      continue;
+    }
     p.absmax[b] = amax;
     const auto scale = S::set1(inverse_scale(amax));
     int64_t i = begin;
@@ -116,7 +144,11 @@ void quantize_4bit(const Quantize4bitParams& p, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t begin = b * p.blocksize;
     const int64_t end = min_i64(begin + p.blocksize, p.n);
-    const float amax = block_absmax<S>(A, begin, end);
+    const float amax = block_absmax_keeping_nan<S>(A, begin, end);
+    if (!finite_absmax(amax)) {
+      reference_kernels().quantize_4bit(p, b, b + 1);
+      continue;
+    }
     p.absmax[b] = amax;
     const auto scale = S::set1(inverse_scale(amax));
     int64_t i = begin;
