@@ -7,6 +7,7 @@ fake output shapes/dtypes follow the public contract exactly.
 
 from __future__ import annotations
 
+import math
 from math import prod
 from typing import Optional, Sequence
 
@@ -30,7 +31,19 @@ def _num_blocks(n: int, blocksize: int) -> int:
     return -(n // -blocksize)
 
 
+def _same_device(A, **others) -> None:
+    """Every tensor on A's device. Without this check a meta tensor among real ones sends the call to
+    these fake kernels, which would return an uninitialised real tensor instead of failing."""
+    for name, t in others.items():
+        if t is not None:
+            torch._check(t.device == A.device,
+                         lambda: f"{name} is on {t.device} but A is on {A.device}: all tensors of one call must be "
+                                 "on the same device")
+
+
 # ---- LLM.int8() ------------------------------------------------------------------------------------
+# The fake kernels check what the device kernels check (dtypes, sizes, devices, threshold), so traced
+# and compiled code fails where eager code fails instead of describing outputs no kernel would make.
 
 _define("int8_linear_matmul(Tensor A, Tensor B) -> Tensor")
 _define("int8_linear_matmul.out(Tensor A, Tensor B, Tensor! out) -> ()")
@@ -40,7 +53,40 @@ def _int8_matmul_checks(A: torch.Tensor, B: torch.Tensor) -> None:
     torch._check(A.dtype == torch.int8, lambda: f"A must be int8, got {A.dtype}")
     torch._check(B.dtype == torch.int8, lambda: f"B must be int8, got {B.dtype}")
     torch._check(B.dim() == 2, lambda: f"B must be 2-D [N, K], got shape {tuple(B.shape)}")
+    torch._check(A.dim() >= 1, lambda: "A must have at least one dimension [..., K]")
     torch._check(A.shape[-1] == B.shape[-1], lambda: f"A [..., K] and B [N, K] disagree on K: {A.shape}, {B.shape}")
+    _same_device(A, B=B)
+
+
+def _rows(A: torch.Tensor):
+    """Rows of a row-wise int8 operand: every leading dimension (a 0-d tensor is one row)."""
+    return prod(A.shape[:-1])
+
+
+def _int8_dequant_checks(rows, N, row_stats, col_stats, bias, dtype, device) -> None:
+    """Per-row and per-column float scales of exactly M and N values, a float bias of N values, a float
+    output dtype, all on the product's device (the kernels index the scales without bounds checks)."""
+    for name, t, n in (("row_stats", row_stats, rows), ("col_stats", col_stats, N), ("bias", bias, N)):
+        if t is None:
+            continue
+        torch._check(t.dtype in check.FLOAT_DTYPES, lambda: f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+        torch._check(t.numel() == n, lambda: f"{name} must have {n} elements, got shape {tuple(t.shape)}")
+        torch._check(t.device == device, lambda: f"{name} is on {t.device} but the product is on {device}: all "
+                                                 "tensors of one call must be on the same device")
+    torch._check(dtype is None or dtype in check.FLOAT_DTYPES,
+                 lambda: f"dtype must be float16, bfloat16 or float32, got {dtype}")
+
+
+def _int8_threshold_check(threshold: float) -> None:
+    # As check.int8_threshold: the kernels compare in float32, where larger values are infinity.
+    torch._check(math.isfinite(threshold) and 0.0 <= threshold <= torch.finfo(torch.float32).max,
+                 lambda: f"threshold must be finite and >= 0, got {threshold}")
+
+
+def _int8_quant_checks(A: torch.Tensor, threshold: float) -> None:
+    torch._check(A.dtype in check.FLOAT_DTYPES, lambda: f"A must be float16, bfloat16 or float32, got {A.dtype}")
+    torch._check(A.dim() >= 1, lambda: "A must have at least one dimension (rows x columns)")
+    _int8_threshold_check(threshold)
 
 
 @_fake("int8_linear_matmul")
@@ -53,6 +99,9 @@ def _(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def _(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
     _int8_matmul_checks(A, B)
     torch._check(out.dtype == torch.int32, lambda: f"out must be int32, got {out.dtype}")
+    torch._check(out.shape == (*A.shape[:-1], B.shape[0]),
+                 lambda: f"out must have shape {(*A.shape[:-1], B.shape[0])}, got {tuple(out.shape)}")
+    _same_device(A, out=out)
 
 
 _define("int8_vectorwise_quant(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Tensor?)")
@@ -60,8 +109,9 @@ _define("int8_vectorwise_quant(Tensor A, float threshold=0.0) -> (Tensor, Tensor
 
 @_fake("int8_vectorwise_quant")
 def _(A: torch.Tensor, threshold: float = 0.0):
+    _int8_quant_checks(A, threshold)
     out = torch.empty_like(A, dtype=torch.int8)
-    row_stats = torch.empty(prod(A.shape[:-1]), device=A.device, dtype=torch.float32)
+    row_stats = torch.empty(_rows(A), device=A.device, dtype=torch.float32)
     if threshold == 0.0:
         return out, row_stats, None
     outlier_count = torch.library.get_ctx().new_dynamic_size()
@@ -78,15 +128,21 @@ INT8_DEQUANT_MULTIPLIER = 7.874015718698502e-3
 def _(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     torch._check(A.dtype == torch.int8, lambda: f"A must be int8, got {A.dtype}")
     torch._check(stats.dtype == torch.float32, lambda: f"stats must be float32, got {stats.dtype}")
+    torch._check(stats.numel() == _rows(A), lambda: f"stats must have one value per row ({_rows(A)}), got shape "
+                                                    f"{tuple(stats.shape)}")
+    _same_device(A, stats=stats)
     return torch.empty_like(A, dtype=torch.float32)
 
 
 @torch.library.register_kernel(f"{_NS}::int8_vectorwise_dequant", "default")
 def _(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    torch._check(A.dtype == torch.int8, lambda: f"A must be int8, got {A.dtype}")
-    torch._check(stats.dtype == torch.float32, lambda: f"stats must be float32, got {stats.dtype}")
-    rows = A.reshape(-1, A.shape[-1]) if A.dim() > 0 else A.reshape(1, 1)
-    return (rows * stats.view(-1, 1) * INT8_DEQUANT_MULTIPLIER).reshape(A.shape)
+    check.dtype_in("A", A, (torch.int8,))
+    check.dtype_in("stats", stats, (torch.float32,))
+    # One scale per row, exactly: a single value would otherwise broadcast over every row.
+    rows, cols = _rows(A), (A.shape[-1] if A.dim() else 1)
+    check.numel("stats", stats, rows)
+    check.same_device("A", A, stats=stats)
+    return (A.reshape(rows, cols) * stats.reshape(rows, 1) * INT8_DEQUANT_MULTIPLIER).reshape(A.shape)
 
 
 _define("int8_mm_dequant(Tensor A, Tensor row_stats, Tensor col_stats, ScalarType? dtype=None, Tensor? bias=None) -> Tensor")
@@ -95,6 +151,8 @@ _define("int8_mm_dequant(Tensor A, Tensor row_stats, Tensor col_stats, ScalarTyp
 @_fake("int8_mm_dequant")
 def _(A, row_stats, col_stats, dtype=None, bias=None):
     torch._check(A.dtype == torch.int32, lambda: f"A must be int32, got {A.dtype}")
+    torch._check(A.dim() >= 1, lambda: "A must have at least one dimension [..., N]")
+    _int8_dequant_checks(_rows(A), A.shape[-1], row_stats, col_stats, bias, dtype, A.device)
     return torch.empty_like(A, dtype=dtype or torch.float16)
 
 
@@ -107,6 +165,7 @@ _define(
 @_fake("int8_scaled_mm")
 def _(A, B, row_stats, col_stats, bias=None, dtype=None):
     _int8_matmul_checks(A, B)
+    _int8_dequant_checks(_rows(A), B.shape[0], row_stats, col_stats, bias, dtype, A.device)
     return torch.empty((*A.shape[:-1], B.shape[0]), device=A.device, dtype=dtype or torch.float16)
 
 
@@ -118,7 +177,11 @@ _define(
 
 @_fake("int8_mixed_scaled_mm")
 def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+    torch._check(A.dtype in check.FLOAT_DTYPES, lambda: f"A must be float16, bfloat16 or float32, got {A.dtype}")
+    torch._check(A.shape == CA.shape, lambda: f"A and CA must have the same shape, got {A.shape} and {CA.shape}")
     _int8_matmul_checks(CA, CB)
+    _same_device(A, CA=CA, outlier_cols=outlier_cols)
+    _int8_dequant_checks(_rows(CA), CB.shape[0], SCA, SCB, bias, None, A.device)
     out = torch.empty((*CA.shape[:-1], CB.shape[0]), device=A.device, dtype=A.dtype)
     # The contract's fake describes subA as a 1-D int64 of dynamic size (real kernels return A's dtype).
     subA = A.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.int64)
@@ -130,9 +193,10 @@ _define("int8_double_quant(Tensor A, float threshold=0.0) -> (Tensor, Tensor, Te
 
 @_fake("int8_double_quant")
 def _(A: torch.Tensor, threshold: float = 0.0):
+    _int8_quant_checks(A, threshold)
     out_row = torch.empty_like(A, dtype=torch.int8)
     out_col = torch.empty_like(A, dtype=torch.int8)
-    row_stats = torch.empty(prod(A.shape[:-1]), device=A.device, dtype=torch.float32)
+    row_stats = torch.empty(_rows(A), device=A.device, dtype=torch.float32)
     col_stats = torch.empty(A.shape[-1], device=A.device, dtype=torch.float32)
     if threshold == 0.0:
         return out_row, out_col, row_stats, col_stats, None
@@ -243,16 +307,6 @@ _define("gemv_4bit(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code,
 _define(
     "gemv_4bit.out(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor code, int blocksize, Tensor! out) -> ()"
 )
-
-
-def _same_device(A, **others) -> None:
-    """Every tensor on A's device. Without this check a meta tensor among real ones sends the call to
-    these fake kernels, which would return an uninitialised real tensor instead of failing."""
-    for name, t in others.items():
-        if t is not None:
-            torch._check(t.device == A.device,
-                         lambda: f"{name} is on {t.device} but A is on {A.device}: all tensors of one call must be "
-                                 "on the same device")
 
 
 def _gemv_4bit_checks(A, B, shapeB, absmax, code, blocksize):

@@ -6,6 +6,8 @@ for a wrong value, shape or device) with a message naming the argument and what 
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Iterable, Optional
 
 import torch
@@ -15,6 +17,7 @@ BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 QUANT_TYPES_4BIT = ("nf4", "fp4")
 # Dtypes a packed 4-bit tensor may be stored as (its bytes reinterpreted; FSDP wants float storage).
 QUANT_STORAGES_4BIT = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
+_FLOAT32_MAX = torch.finfo(torch.float32).max  # larger thresholds become infinity in the kernels
 # Second-level block of double-quantized 4-bit scales (fixed by the gemm_4bit op contract).
 NESTED_BLOCKSIZE_4BIT = 256
 
@@ -78,6 +81,22 @@ def out_tensor(name: str, out: torch.Tensor, shape, dtype: torch.dtype, device: 
         raise ValueError(f"{name} is on {out.device} but the inputs are on {device}")
     if contiguous and not out.is_contiguous():
         raise ValueError(f"{name} must be contiguous (it is written in place); got strides {out.stride()}")
+
+
+def int8_threshold(threshold) -> float:
+    """The LLM.int8() outlier threshold as a float: finite and >= 0 (0 = no outlier decomposition).
+
+    A NaN would compare false everywhere (no outliers on one path, a dynamic outlier list on another),
+    a negative value would make every value an outlier, and the kernels compare in float32, where
+    infinity would make only infinite values outliers: each is refused rather than interpreted."""
+    if type(threshold) is float and 0.0 <= threshold <= _FLOAT32_MAX:  # (NaN fails both comparisons)
+        return threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a float; got {type(threshold).__name__}")
+    threshold = float(threshold)
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= _FLOAT32_MAX):
+        raise ValueError(f"threshold must be finite and >= 0 (0 disables outlier columns); got {threshold}")
+    return threshold
 
 
 def blocksize_8bit(blocksize) -> None:

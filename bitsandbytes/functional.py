@@ -7,6 +7,7 @@ TypeError / ValueError naming the argument; the computation runs in ``torch.ops.
 from __future__ import annotations
 
 import ctypes as ct
+import warnings
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -47,6 +48,9 @@ __all__ = [
     "int8_double_quant",
     "int8_linear_matmul",
     "int8_mm_dequant",
+    "check_matmul",
+    "igemm",
+    "batched_igemm",
     "get_ptr",
     "is_on_gpu",
 ]
@@ -77,8 +81,19 @@ def quantize_blockwise(
 ) -> Tuple[torch.Tensor, QuantState]:
     """Quantize A blockwise to 8-bit indices into `code` (default: the signed dynamic map).
 
+    Each value x of a block maps to the entry of `code` nearest to x / absmax. `code` may be in any
+    order (e.g. the zero-padded ``create_linear_map(signed=False, total_bits=4)``); an ascending code
+    gives exactly the midpoint rule, and among equal entries CPU and CUDA pick the same index.
+
+    Blocks holding inf or NaN never come back as plausible finite numbers. A block with a NaN gets
+    absmax NaN, so all its values dequantize to NaN. Otherwise a block with +-inf gets absmax +inf:
+    +inf takes the largest entry of `code` and -inf the smallest (each returns as an infinity of its
+    own sign when `code` has entries of both signs), and the block's finite values take the entry
+    nearest 0, so they return as 0 * inf = NaN (an infinity if `code` has no zero).
+
     Returns the uint8 tensor (A's shape) and a QuantState with the per-block absmax. With
-    ``nested=True`` the absmax values are themselves quantized (offset = their mean).
+    ``nested=True`` the absmax values are themselves quantized (offset = their mean, so one block
+    with inf or NaN makes every block non-finite).
     """
     check.tensor("A", A)
     if A.dtype not in check.FLOAT_DTYPES:
@@ -166,6 +181,9 @@ def quantize_4bit(
 
     The packed tensor has shape [(n + 1) // (2 * itemsize), 1] and dtype `quant_storage`.
     ``compress_statistics=True`` double-quantizes absmax (8-bit, blocksize 256, offset = mean).
+    Blocks holding inf or NaN follow the rule of `quantize_blockwise`: a NaN makes the block's absmax
+    NaN (the whole block dequantizes to NaN); else +-inf take the codes of +-1 and dequantize to +-inf,
+    and the block's finite values take the code of 0 and dequantize to NaN.
     """
     check.tensor("A", A)
     blocksize = 64 if blocksize is None else blocksize
@@ -288,16 +306,21 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
 
     With threshold > 0 values with |x| >= threshold are excluded from the row absmax and zeroed;
     the columns holding them are returned (and zeroed entirely when A has more than one row).
+    ``threshold`` must be finite and >= 0.
+
+    Non-finite values: +-inf is an outlier whenever threshold > 0 (|inf| >= threshold). A row that keeps
+    a NaN, or (threshold = 0) an infinity, cannot be represented in int8: its row absmax is NaN (any NaN)
+    or inf, and every code of the row is 0, so the row dequantizes, and multiplies, to NaN rather than to
+    plausible finite numbers. NaN is never an outlier (it compares false with the threshold).
     """
     check.tensor("A", A)
     check.dtype_in("A", A, check.FLOAT_DTYPES)
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0; got {threshold}")
-    return torch.ops.bitsandbytes.int8_vectorwise_quant(A, float(threshold))
+    threshold = check.int8_threshold(threshold)
+    return torch.ops.bitsandbytes.int8_vectorwise_quant(A, threshold)
 
 
 def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    """A * stats[row] / 127 as float32."""
+    """A * stats[row] / 127 as float32: one float32 scale per row (rows = all leading dimensions)."""
     check.tensor("A", A)
     check.tensor("stats", stats)
     check.dtype_in("A", A, (torch.int8,))
@@ -320,9 +343,8 @@ def int8_double_quant(
         raise ValueError("int8_double_quant does not take pre-allocated outputs (col_stats, row_stats, out_col, out_row)")
     check.tensor("A", A)
     check.dtype_in("A", A, check.FLOAT_DTYPES)
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0; got {threshold}")
-    return torch.ops.bitsandbytes.int8_double_quant(A, float(threshold))
+    threshold = check.int8_threshold(threshold)
+    return torch.ops.bitsandbytes.int8_double_quant(A, threshold)
 
 
 def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Tensor] = None,
@@ -336,6 +358,9 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Ten
     check.dtype_in("B", B, (torch.int8,))
     check.same_device("A", A, B=B)
     if out is not None:
+        # (The op checks the operands too; their shapes are needed here to check out first.)
+        if A.dim() < 1 or B.dim() != 2:
+            raise ValueError(f"A [..., K] and B [N, K] expected; got shapes {tuple(A.shape)} and {tuple(B.shape)}")
         check.out_tensor("out", out, (*A.shape[:-1], B.shape[0]), torch.int32, A.device)
         torch.ops.bitsandbytes.int8_linear_matmul.out(A, B, out)
         return out
@@ -345,16 +370,92 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Ten
 def int8_mm_dequant(A: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor,
                     out: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """float16 ``A * row_stats[i] * col_stats[j] / 127^2 (+ bias)`` of an int32 matmul result A
-    (copied into ``out`` when given)."""
+    (copied into ``out`` when given: a float16 tensor of A's shape on A's device)."""
     check.tensor("A", A)
+    check.tensor("row_stats", row_stats)
+    check.tensor("col_stats", col_stats)
     check.dtype_in("A", A, (torch.int32,))
     check.dtype_in("row_stats", row_stats, (torch.float32,))
     check.dtype_in("col_stats", col_stats, (torch.float32,))
-    check.same_device("A", A, row_stats=row_stats, col_stats=col_stats)
+    check.same_device("A", A, row_stats=row_stats, col_stats=col_stats, bias=bias)
+    if out is not None:
+        # Checked before computing: copy_ would broadcast into a larger out or cast into another dtype.
+        check.out_tensor("out", out, A.shape, torch.float16, A.device, contiguous=False)
     result = torch.ops.bitsandbytes.int8_mm_dequant(A, row_stats, col_stats, torch.float16, bias)
     if out is not None:
         return out.copy_(result)
     return result
+
+
+# ---- deprecated int8 products (kept for old callers; int8_linear_matmul is the supported form) ---------------
+
+_DEPRECATED = "This function is deprecated and will be removed in a future release."
+
+
+def _operand(X: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return X.transpose(-1, -2) if transposed else X
+
+
+def _checked_matmul_shape(A, B, out, transposed_A, transposed_B, expected_type) -> tuple:
+    check.tensor("A", A)
+    check.tensor("B", B)
+    if A.dtype != expected_type or B.dtype != expected_type:
+        raise TypeError(f"Expected {expected_type} input tensors A and B, but got {A.dtype} and {B.dtype}")
+    a, b = _operand(A, transposed_A), _operand(B, transposed_B)
+    # 2-D x 2-D, 3-D x 2-D (A's batch kept) or 3-D x 3-D with one batch size: a [..., M, K] @ b [..., K, N].
+    shapes_fit = (A.dim() in (2, 3) and B.dim() in (2, A.dim()) and a.shape[-1] == b.shape[-2]
+                  and (B.dim() == 2 or a.shape[0] == b.shape[0]))
+    if not shapes_fit:
+        raise ValueError(
+            f"Tensor dimensions incorrect for matrix mulitiplication: A x B: {tuple(A.shape)} x {tuple(B.shape)} "
+            f"with transpose for A x B: {transposed_A} x {transposed_B}."
+        )
+    shape = (*a.shape[:-1], b.shape[-1])
+    if out is not None:
+        check.out_tensor("out", out, shape, torch.int32, A.device, contiguous=False)
+    return shape
+
+
+def check_matmul(A, B, out=None, transposed_A=False, transposed_B=False, expected_type=torch.int8):
+    """Deprecated: the output shape of ``A @ B`` (each optionally transposed in its last two dimensions);
+    TypeError for other dtypes than ``expected_type``, ValueError for shapes that do not multiply."""
+    warnings.warn(_DEPRECATED, FutureWarning, stacklevel=2)
+    return _checked_matmul_shape(A, B, out, transposed_A, transposed_B, expected_type)
+
+
+def _int8_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int32 ``a [..., M, K] @ b [K, N]`` through int8_linear_matmul (which takes B as [N, K])."""
+    return torch.ops.bitsandbytes.int8_linear_matmul(a, b.t())
+
+
+def igemm(A, B, out=None, transposed_A=False, transposed_B=False):
+    """Deprecated: exact int32 ``A @ B`` of int8 matrices (each optionally transposed); 3-D A with 2-D B
+    keeps A's batch, 3-D A with 3-D B multiplies batch by batch. ``out`` (int32) receives a copy."""
+    warnings.warn(_DEPRECATED, FutureWarning, stacklevel=2)
+    _checked_matmul_shape(A, B, out, transposed_A, transposed_B, torch.int8)
+    if A.dim() == 3 and B.dim() == 3:
+        return _batched_int8_product(A, B, out, transposed_A, transposed_B)
+    result = _int8_product(_operand(A, transposed_A), _operand(B, transposed_B))
+    return result if out is None else out.copy_(result)
+
+
+def _batched_int8_product(A, B, out, transposed_A, transposed_B):
+    a, b = _operand(A, transposed_A), _operand(B, transposed_B)
+    result = torch.empty((a.shape[0], a.shape[1], b.shape[2]), device=A.device, dtype=torch.int32)
+    for i in range(a.shape[0]):
+        result[i] = _int8_product(a[i], b[i])
+    return result if out is None else out.copy_(result)
+
+
+def batched_igemm(A, B, out=None, transposed_A=False, transposed_B=False):
+    """Deprecated: exact int32 ``A[i] @ B[i]`` for 3-D int8 A [b, M, K] and B [b, K, N] (each optionally
+    transposed in its last two dimensions)."""
+    warnings.warn(_DEPRECATED, FutureWarning, stacklevel=2)
+    if not (isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor) and A.dim() == 3 and B.dim() == 3):
+        raise ValueError(f"batched_igemm multiplies 3-D tensors; got {getattr(A, 'shape', A)} and "
+                         f"{getattr(B, 'shape', B)}")
+    _checked_matmul_shape(A, B, out, transposed_A, transposed_B, torch.int8)
+    return _batched_int8_product(A, B, out, transposed_A, transposed_B)
 
 
 # ---- misc helpers used by downstream code -----------------------------------------------------------------

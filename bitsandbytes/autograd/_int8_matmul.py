@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as torchF
 
-from .. import functional as F
+from .. import _validate as check, functional as F
 from ..backends.native_int8_matmul import int8_linear_direct
 
 __all__ = ["MatMul8bitLt", "MatMul8bitFp", "matmul"]
@@ -76,11 +76,12 @@ def _check_inputs(A: torch.Tensor, B: torch.Tensor, bias: Optional[torch.Tensor]
 def _prepare_weight(B: torch.Tensor, state) -> None:
     """Make ``state.CB`` / ``state.SCB`` the int8 rows and scales of the weight B."""
     if B.dtype == torch.int8:
-        # An int8 B is already the quantized weight; its row scales must come with the state.
-        if state.CB is None:
-            state.CB = B.detach()
+        # An int8 B is already the quantized weight; its row scales must come with the state (checked
+        # before the state takes B, so a refused call leaves it as it was).
         if state.SCB is None:
             raise ValueError("matmul: B is an int8 weight but state.SCB (its per-row scales) is None")
+        if state.CB is None:
+            state.CB = B.detach()
     elif state.has_fp16_weights or state.CB is None or state.SCB is None:
         # A float weight that trains is re-quantized on every call: optimizers (ours included)
         # update weights in place without bumping version counters, so an int8 copy kept from an
@@ -222,9 +223,14 @@ def matmul(A: torch.Tensor, B: torch.Tensor, out: Optional[torch.Tensor] = None,
     from ._functions import MatmulLtState  # defined beside the 4-bit matmul; imported late (cycle)
 
     state = state if state is not None else MatmulLtState()
-    if threshold > 0.0:
-        state.threshold = threshold
+    threshold = check.int8_threshold(threshold)
+    check.int8_threshold(state.threshold)  # (a layer's, possibly set by hand)
     _check_inputs(A, B, bias)
+    if out is not None:
+        # Checked before computing: copy_ would broadcast into a larger out or cast into another dtype.
+        check.out_tensor("out", out, (*A.shape[:-1], B.shape[0]), A.dtype, A.device, contiguous=False)
+    if threshold > 0.0:  # (only once the call is known to be valid: a refused call leaves the state as it was)
+        state.threshold = threshold
     fp_path = state.is_training and A.device.type in ("cpu", "xpu")
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or B.requires_grad
                                               or (bias is not None and bias.requires_grad))

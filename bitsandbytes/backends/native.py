@@ -238,6 +238,7 @@ def _outlier_columns(flags: torch.Tensor, tag: int, zero_in: Optional[torch.Tens
 @_register("int8_vectorwise_quant")
 def _(A: torch.Tensor, threshold: float = 0.0):
     A = _float_input("A", A)
+    threshold = check.int8_threshold(threshold)  # (before the early return below, which skips the library's check)
     rows, cols = _rows_cols(A)
     out = torch.empty_like(A, dtype=torch.int8)
     row_stats = torch.empty(rows, device=A.device, dtype=torch.float32)
@@ -256,6 +257,7 @@ def _(A: torch.Tensor, threshold: float = 0.0):
 @_register("int8_double_quant")
 def _(A: torch.Tensor, threshold: float = 0.0):
     A = _float_input("A", A)
+    threshold = check.int8_threshold(threshold)
     out_row, row_stats, outlier_cols = torch.ops.bitsandbytes.int8_vectorwise_quant(A, threshold)
     rows, cols = _rows_cols(A)
     out_col = torch.empty_like(A, dtype=torch.int8)

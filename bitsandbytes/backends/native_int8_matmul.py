@@ -28,28 +28,48 @@ def _int8_operands(A: torch.Tensor, B: torch.Tensor) -> tuple:
     check.dtype_in("B", B, (torch.int8,))
     if B.dim() != 2:
         raise ValueError(f"B must be 2-D [N, K], got shape {tuple(B.shape)}")
-    if A.dim() < 1 or A.shape[-1] != B.shape[1]:
+    if A.dim() < 1:
+        raise ValueError(f"A must have at least one dimension [..., K]; got a 0-d tensor (B is {tuple(B.shape)})")
+    if A.shape[-1] != B.shape[1]:
         raise ValueError(f"A [..., K] and B [N, K] disagree on K: {tuple(A.shape)} and {tuple(B.shape)}")
     check.same_device("A", A, B=B)
     K = B.shape[1]
-    A2 = A.reshape(-1, K).contiguous()
-    return A2, B.contiguous(), A2.shape[0], B.shape[0], K
+    M = _rows(A)  # (reshape(-1, K) cannot infer the rows when K = 0)
+    A2 = A.reshape(M, K).contiguous()
+    return A2, B.contiguous(), M, B.shape[0], K
+
+
+def _rows(A: torch.Tensor) -> int:
+    rows = 1
+    for d in A.shape[:-1]:
+        rows *= d
+    return rows
+
+
+def _on_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but A is on {device}: all tensors of one call must be on the "
+                         "same device")
 
 
 def _stats(name: str, t: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Scales as float32 [n]: other float dtypes are widened (exactly), other counts refused (the kernels
+    read exactly n values)."""
+    check.tensor(name, t)
     check.dtype_in(name, t, check.FLOAT_DTYPES)
     check.numel(name, t, n)
-    check.same_device("A", torch.empty(0, device=device), **{name: t})
+    _on_device(name, t, device)
     return t.reshape(-1).to(torch.float32).contiguous()
 
 
 def _bias(bias: Optional[torch.Tensor], n: int, device: torch.device) -> Optional[torch.Tensor]:
     if bias is None:
         return None
+    check.tensor("bias", bias)
     check.dtype_in("bias", bias, check.FLOAT_DTYPES)
     if bias.numel() != n:
         raise ValueError(f"bias must have N = {n} elements, got shape {tuple(bias.shape)}")
-    check.same_device("A", torch.empty(0, device=device), bias=bias)
+    _on_device("bias", bias, device)
     return bias.reshape(-1).contiguous()
 
 
@@ -61,6 +81,9 @@ def _out_dtype(dtype: Optional[torch.dtype]) -> torch.dtype:
 
 def _linear_matmul_into(A, B, out) -> None:
     A2, B2, M, N, K = _int8_operands(A, B)
+    if K == 0:  # a sum of no products; the kernels are not asked to write an output they read nothing for
+        out.zero_()
+        return
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_int8_linear_matmul", _ptr(A2), _ptr(B2), _ptr(out), M, N, K, dev, stream)
 
@@ -85,7 +108,7 @@ def _(A, row_stats, col_stats, dtype=None, bias=None):
     if A.dim() < 1:
         raise ValueError("A must be at least 1-D [..., N]")
     N = A.shape[-1]
-    M = A.numel() // N if N else 0
+    M = _rows(A)
     dtype = _out_dtype(dtype)
     rows, cols = _stats("row_stats", row_stats, M, A.device), _stats("col_stats", col_stats, N, A.device)
     bias = _bias(bias, N, A.device)
@@ -102,6 +125,10 @@ def scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None) -> torch.Tensor
     dtype = _out_dtype(dtype)
     rows, cols = _stats("row_stats", row_stats, M, A.device), _stats("col_stats", col_stats, N, A.device)
     bias = _bias(bias, N, A.device)
+    if K == 0:
+        # No products: the int32 sums are zeros, dequantized (row and column scales, bias) as any others.
+        acc = torch.zeros((*A.shape[:-1], N), device=A.device, dtype=torch.int32)
+        return ops.int8_mm_dequant(acc, rows, cols, dtype, bias)
     out = torch.empty((*A.shape[:-1], N), device=A.device, dtype=dtype)
     lib, dev, stream = _exec(A.device)
     lib.call("bnb_int8_scaled_mm", _ptr(A2), _ptr(B2), _ptr(rows), _ptr(cols), _ptr(bias),
@@ -122,17 +149,19 @@ def _(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
     check.dtype_in("A", A, check.FLOAT_DTYPES)
     if A.shape != CA.shape:
         raise ValueError(f"A and CA must have the same shape, got {tuple(A.shape)} and {tuple(CA.shape)}")
+    check.same_device("A", A, CA=CA, CB=CB, SCA=SCA, SCB=SCB, outlier_cols=outlier_cols, bias=bias)
+    if outlier_cols is not None:
+        check.dtype_in("outlier_cols", outlier_cols, (torch.int64, torch.int32))
     out = scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
     if outlier_cols is None:
         return out, None
-    check.dtype_in("outlier_cols", outlier_cols, (torch.int64, torch.int32))
-    check.same_device("A", A, outlier_cols=outlier_cols, CB=CB, SCB=SCB)
     cols = outlier_cols.reshape(-1)
-    subA = A.reshape(-1, A.shape[-1])[:, cols]
+    M = _rows(A)
+    subA = A.reshape(M, A.shape[-1])[:, cols]
     if cols.numel():
         # Only the few outlier columns of the weight are dequantized (CB * SCB / 127, in float32).
         subB = (CB[:, cols].to(torch.float32) * (SCB.reshape(-1, 1).to(torch.float32) / 127.0)).to(A.dtype)
-        out.reshape(-1, out.shape[-1]).addmm_(subA, subB.t())
+        out.reshape(M, out.shape[-1]).addmm_(subA, subB.t())
     return out, subA
 
 

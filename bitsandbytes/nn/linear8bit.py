@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as torchF
 from torch import Tensor
 
-from .. import functional as F
+from .. import _validate as check, functional as F
 from ..autograd._functions import MatmulLtState, matmul
-from ..autograd._int8_matmul import quantize_weight
+from ..autograd._int8_matmul import _check_inputs as check_matmul_inputs, quantize_weight
 from ..backends.native_int8_matmul import int8_linear_direct
 
 # Warnings share the logger of the 4-bit layers (the name downstream code filters on).
@@ -168,8 +168,10 @@ class Int8Params(torch.nn.Parameter):
 
     def to(self, *args, **kwargs):
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        # (An empty weight of a layer with no inputs or outputs quantizes too, to rows and scales with no
+        # values; only the placeholder of Int8Params() without data stays as it is.)
         if (device is not None and device.type != "meta" and not self.is_quantized and not self.has_fp16_weights
-                and self.data.device.type != "meta" and self.data.numel() > 0):
+                and self.data.device.type != "meta" and (self.data.numel() > 0 or self.data.dim() >= 2)):
             return self._quantize(device)
         return self._moved(device, dtype, non_blocking)
 
@@ -234,6 +236,7 @@ class Linear8bitLt(torch.nn.Linear):
 
     def __init__(self, input_features: int, output_features: int, bias: bool = True,
                  has_fp16_weights: bool = True, threshold: float = 0.0, index=None, device=None) -> None:
+        threshold = check.int8_threshold(threshold)  # (refused here rather than at the first forward)
         super().__init__(input_features, output_features, bias, device)
         self.state = MatmulLtState()
         self.index = index
@@ -268,27 +271,53 @@ class Linear8bitLt(torch.nn.Linear):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        scb_key, weight_key = prefix + "SCB", prefix + "weight"
+        scb_key, weight_key, bias_key = prefix + "SCB", prefix + "weight", prefix + "bias"
         incoming = state_dict.get(weight_key)
         own_quantized = getattr(self.weight, "dtype", None) == torch.int8
-        rest = state_dict
-        if incoming is not None and own_quantized and incoming.is_floating_point() and scb_key not in state_dict:
-            # A float checkpoint into an already quantized layer: quantize it rather than copy
-            # float values into the int8 rows.
-            CB, SCB = quantize_weight(incoming.to(self.weight.device))
-            rest = dict(state_dict)
-            rest[weight_key] = CB
-            rest[scb_key] = SCB
-        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if scb_key not in rest:
-            return
-        target = self._scb()
-        if target is None:
+        # A float checkpoint into an already quantized layer is quantized rather than copied as values.
+        quantize_incoming = (isinstance(incoming, torch.Tensor) and own_quantized and incoming.is_floating_point()
+                             and scb_key not in state_dict)
+        if quantize_incoming and self._scb() is None:
+            raise RuntimeError("This Linear8bitLt holds int8 rows without their scales (weight.SCB and state.SCB are "
+                               "None): a float checkpoint cannot be quantized into it")
+        if scb_key in state_dict and self._scb() is None:
+            # Raised before anything is loaded, so the float weight is not overwritten with int8 codes.
             raise RuntimeError(
                 "Loading a quantized checkpoint into non-quantized Linear8bitLt is "
                 "not supported. Please call module.cuda() before module.load_state_dict()"
             )
+        # The int8 rows and their scales are one value: a size mismatch in either (or in the bias) is
+        # reported the way torch reports it and nothing of this layer is loaded, rather than loading the
+        # parts that fit (rows without their scales, or scales broadcast from one value).
+        expected = {weight_key: self.weight, bias_key: self.bias, scb_key: self._scb()}
+        mismatches = [
+            f"size mismatch for {key}: copying a param with shape {state_dict[key].shape} from checkpoint, "
+            f"the shape in current model is {own.shape}."
+            for key, own in expected.items()
+            if own is not None and isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].shape != own.shape
+        ]
+        if mismatches:
+            error_msgs.extend(mismatches)
+            return
+        rest = state_dict
+        if quantize_incoming:
+            CB, SCB = quantize_weight(incoming.to(self.weight.device))
+            rest = dict(state_dict)
+            rest[weight_key] = CB
+            rest[scb_key] = SCB
+        elif (isinstance(incoming, torch.Tensor) and own_quantized and incoming.dtype == torch.int8
+              and scb_key not in state_dict):
+            # int8 rows without their scales. torch cannot know SCB belongs to the weight (it is no
+            # parameter), so the missing key is reported here: a strict load fails on it, as on any missing
+            # key, and a non-strict one takes the rows (their scales may come with another part).
+            if scb_key not in missing_keys:
+                missing_keys.append(scb_key)
+        errors_before = len(error_msgs)
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if scb_key not in rest or len(error_msgs) > errors_before:
+            return
+        target = self._scb()
         with torch.no_grad():
             target.copy_(rest[scb_key])
         if scb_key in unexpected_keys:
@@ -341,8 +370,12 @@ class Linear8bitLt(torch.nn.Linear):
         out = self._inference_call(x)
         if out is not None:
             return out
-        self.state.is_training = self.training
         weight = self.weight
+        # What matmul would refuse is refused before the layer changes anything (quantizing the weight,
+        # handing CB/SCB to the state, casting the bias in place to x's dtype).
+        check_matmul_inputs(x, weight, self.bias)
+        check.int8_threshold(self.state.threshold)  # (it may have been set by hand since construction)
+        self.state.is_training = self.training
         if (not self.state.has_fp16_weights and isinstance(weight, Int8Params) and not weight.is_quantized
                 and self.state.CB is None):
             # Never moved to a device (e.g. built and called on CPU): quantize where it lives.

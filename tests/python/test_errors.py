@@ -159,6 +159,24 @@ def test_int8_quant_zero_dim():
         ops.int8_vectorwise_quant(torch.tensor(1.0), 0.0)
 
 
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf")], ids=str)
+def test_non_finite_threshold(threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        F.int8_vectorwise_quant(torch.randn(4, 4), threshold=threshold)
+    with pytest.raises(ValueError, match="threshold"):
+        F.int8_double_quant(torch.randn(4, 4), threshold=threshold)
+
+
+def test_int8_functions_name_non_tensor_arguments():
+    acc = torch.zeros(2, 3, dtype=torch.int32)
+    with pytest.raises(TypeError, match="row_stats"):
+        F.int8_mm_dequant(acc, [1.0, 2.0], torch.ones(3))
+    with pytest.raises(TypeError, match="B"):
+        F.int8_linear_matmul(torch.zeros(2, 3, dtype=torch.int8), None)
+    with pytest.raises(TypeError, match="stats"):
+        F.int8_vectorwise_dequant(torch.zeros(2, 3, dtype=torch.int8), 1.0)
+
+
 # ---- a failed call leaves its inputs unchanged ------------------------------------------------------------------
 
 
@@ -201,6 +219,22 @@ def test_failed_dequantize_leaves_out_unchanged():
     with pytest.raises((ValueError, RuntimeError)):
         F.dequantize_4bit(packed, st4, out=out4)
     assert torch.all(out4 == 1.5) and torch.equal(packed, packed0)
+
+
+def test_failed_int8_calls_leave_out_unchanged():
+    A = torch.randint(-127, 128, (4, 64), dtype=torch.int8)
+    B = torch.randint(-127, 128, (8, 64), dtype=torch.int8)
+    out = torch.full((4, 8), 9, dtype=torch.int32)
+    with pytest.raises(ValueError, match="K"):
+        F.int8_linear_matmul(A, B[:, :32].contiguous(), out=torch.full((4, 8), 9, dtype=torch.int32))
+    with pytest.raises(ValueError, match="K"):
+        ops.int8_linear_matmul.out(A, B[:, :32].contiguous(), out)
+    assert torch.all(out == 9)
+    acc = torch.ones(4, 8, dtype=torch.int32)
+    out16 = torch.full((4, 8), 9.0, dtype=torch.float16)
+    with pytest.raises(ValueError, match="col_stats"):
+        F.int8_mm_dequant(acc, torch.ones(4), torch.ones(7), out=out16)
+    assert torch.all(out16 == 9.0)
 
 
 def test_failed_op_out_overload_leaves_out_unchanged():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bitsandbytes  # noqa: F401
+import bitsandbytes.functional as F
 
 from helpers import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda, randn
 
@@ -538,3 +539,133 @@ def test_fused_int8_linear_overwrites_every_byte_of_an_offered_mask(device, rows
     assert torch.nonzero(mask.cpu()).reshape(-1).tolist() == [5, 77, 300]
     assert set(mask.cpu().tolist()) == {0, 1}
     assert torch.equal(mask, mask_ref) and torch.equal(y, y_ref)
+
+
+# ---- empty inner dimension, empty outputs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("a_shape", [(4, 0), (2, 3, 0), (0, 0)], ids=str)
+def test_products_over_an_empty_inner_dimension_are_zero(device, a_shape):
+    """K = 0: every int32 sum has no terms, so it is 0, and the dequantized product is the bias."""
+    A = torch.empty(a_shape, dtype=torch.int8, device=device)
+    B = torch.empty((5, 0), dtype=torch.int8, device=device)
+    rows = 1
+    for d in a_shape[:-1]:
+        rows *= d
+    acc = ops.int8_linear_matmul(A, B)
+    assert acc.shape == (*a_shape[:-1], 5) and acc.dtype == torch.int32 and not acc.any()
+    out = torch.full((*a_shape[:-1], 5), 7, dtype=torch.int32, device=device)
+    ops.int8_linear_matmul.out(A, B, out)
+    assert not out.any()
+    row, col = torch.rand(rows, device=device), torch.rand(5, device=device)
+    bias = randn((5,), torch.float32, device, seed=8)
+    for dtype in FLOAT_DTYPES:
+        y = ops.int8_scaled_mm(A, B, row, col, bias, dtype)
+        assert y.shape == (*a_shape[:-1], 5) and y.dtype == dtype
+        assert torch.equal(y.cpu(), bias.cpu().to(dtype).expand(y.shape))
+    y, sub = ops.int8_mixed_scaled_mm(torch.empty(a_shape, device=device), A, B, row, col,
+                                      torch.empty(0, dtype=torch.int64, device=device), None)
+    assert y.shape == (*a_shape[:-1], 5) and not y.any() and sub.shape == (rows, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mm_dequant_of_no_columns_still_needs_one_scale_per_row(device):
+    acc = torch.empty((5, 0), dtype=torch.int32, device=device)
+    y = ops.int8_mm_dequant(acc, torch.ones(5, device=device), torch.ones(0, device=device))
+    assert y.shape == (5, 0)
+    with pytest.raises(ValueError, match="row_stats"):
+        ops.int8_mm_dequant(acc, torch.ones(0, device=device), torch.ones(0, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_dim_operands_are_refused(device):
+    B = _int8((3, 8), device, 30)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        ops.int8_linear_matmul(torch.tensor(1, dtype=torch.int8, device=device), B)
+    with pytest.raises(ValueError, match="A"):
+        F.int8_linear_matmul(_int8((2, 8), device, 31), torch.tensor(1, dtype=torch.int8, device=device),
+                             out=torch.empty(2, 3, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="1-D"):
+        ops.int8_mm_dequant(torch.tensor(1, dtype=torch.int32, device=device), torch.ones(1, device=device),
+                            torch.ones(1, device=device))
+
+
+# ---- scales, bias and outputs of the wrong size, dtype or device --------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scales_and_bias_of_the_wrong_size_or_dtype_are_refused(device):
+    A, B = _int8((4, 64), device, 32), _int8((8, 64), device, 33)
+    acc = ops.int8_linear_matmul(A, B)
+    row, col = torch.ones(4, device=device), torch.ones(8, device=device)
+    for run in (lambda r, c, b: ops.int8_scaled_mm(A, B, r, c, b), lambda r, c, b: ops.int8_mm_dequant(acc, r, c, None, b),
+                lambda r, c, b: ops.int8_mixed_scaled_mm(torch.ones(4, 64, device=device), A, B, r, c, None, b)):
+        with pytest.raises(ValueError, match="row_stats|SCA"):
+            run(torch.ones(1, device=device), col, None)  # one value would be broadcast over every row
+        with pytest.raises(ValueError, match="col_stats|SCB"):
+            run(row, torch.ones(9, device=device), None)
+        with pytest.raises(TypeError, match="row_stats"):
+            run(row.to(torch.int32), col, None)
+        with pytest.raises(ValueError, match="bias"):
+            run(row, col, torch.ones(1, device=device))
+        with pytest.raises(TypeError, match="bias"):
+            run(row, col, torch.ones(8, dtype=torch.int64, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mm_dequant_out_must_match_and_is_left_alone_when_refused(device):
+    acc = torch.randint(-1000, 1000, (4, 6), dtype=torch.int32, device=device)
+    row, col = torch.rand(4, device=device), torch.rand(6, device=device)
+    for bad, exc in [(torch.zeros(2, 4, 6, dtype=torch.float16, device=device), ValueError),  # copy_ would broadcast
+                     (torch.zeros(4, 6, dtype=torch.float32, device=device), TypeError),  # copy_ would cast
+                     (torch.zeros(4, 6, dtype=torch.float16, device="meta"), ValueError)]:
+        with pytest.raises(exc, match="out"):
+            F.int8_mm_dequant(acc, row, col, out=bad)
+        if bad.device.type != "meta":
+            assert not bad.any()
+    out = torch.zeros(6, 4, dtype=torch.float16, device=device).t()  # any strides: it receives a copy
+    assert F.int8_mm_dequant(acc, row, col, out=out) is out
+    assert torch.equal(out, ops.int8_mm_dequant(acc, row, col))
+
+
+# ---- the fake kernels refuse a meta tensor among real ones ----------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_fake_kernels_refuse_mixed_devices(device):
+    """A meta tensor among real ones sends the call to the fake kernel: it must fail there, not return an
+    uninitialised real tensor."""
+    A, B = _int8((4, 64), device, 34), _int8((8, 64), device, 35)
+    row, col = torch.ones(4, device=device), torch.ones(8, device=device)
+    acc = torch.ones(4, 8, dtype=torch.int32, device=device)
+    meta = lambda t: t.to("meta")  # noqa: E731
+    calls = [
+        lambda: ops.int8_linear_matmul(A, meta(B)),
+        lambda: ops.int8_linear_matmul.out(A, B, torch.empty(4, 8, dtype=torch.int32, device="meta")),
+        lambda: ops.int8_mm_dequant(acc, meta(row), col),
+        lambda: ops.int8_mm_dequant(acc, row, col, None, torch.ones(8, device="meta")),
+        lambda: ops.int8_scaled_mm(A, B, row, meta(col)),
+        lambda: ops.int8_scaled_mm(A, B, row, col, torch.ones(8, device="meta")),
+        lambda: ops.int8_mixed_scaled_mm(torch.ones(4, 64, device="meta"), A, B, row, col, None, None),
+        lambda: ops.int8_vectorwise_dequant(A, torch.ones(4, device="meta")),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="same device"):
+            call()
+    # all-meta calls still describe their outputs
+    y = ops.int8_scaled_mm(meta(A), meta(B), meta(row), meta(col), None, torch.bfloat16)
+    assert y.device.type == "meta" and y.shape == (4, 8) and y.dtype == torch.bfloat16
+
+
+def test_int8_fake_kernels_check_sizes_like_the_kernels():
+    A, B = _int8((4, 64), "meta", 36), _int8((8, 64), "meta", 37)
+    with pytest.raises(RuntimeError, match="row_stats"):
+        ops.int8_scaled_mm(A, B, torch.ones(1, device="meta"), torch.ones(8, device="meta"))
+    with pytest.raises(RuntimeError, match="bias"):
+        ops.int8_scaled_mm(A, B, torch.ones(4, device="meta"), torch.ones(8, device="meta"), torch.ones(3, device="meta"))
+    with pytest.raises(RuntimeError, match="col_stats"):
+        ops.int8_mm_dequant(torch.ones(4, 8, dtype=torch.int32, device="meta"), torch.ones(4, device="meta"),
+                            torch.ones(7, device="meta"))
+    with pytest.raises(RuntimeError, match="out must have shape"):
+        ops.int8_linear_matmul.out(A, B, torch.empty(4, 9, dtype=torch.int32, device="meta"))
