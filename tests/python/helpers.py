@@ -52,3 +52,12 @@ def run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
     for choices the library makes once per process (loader, instruction sets)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_quantized_as_on_cpu(quantize, x, out, state, **kwargs) -> None:
+    """`out, state` (a quantizer's result for x on another device) hold the bytes the CPU kernels give for
+    the same call: the same codes and bit-identical block scales (NaN patterns included)."""
+    out_cpu, state_cpu = quantize(x.cpu(), **kwargs)
+    assert torch.equal(out.cpu(), out_cpu), "the codes differ from the CPU's"
+    assert torch.equal(state.absmax.cpu().view(torch.int32), state_cpu.absmax.view(torch.int32)), \
+        "the block scales differ from the CPU's"

@@ -18,7 +18,7 @@ import torch
 
 import bitsandbytes.functional as F
 import oracles as O
-from helpers import DEVICES, FLOAT_DTYPES, dtype_id, randn
+from helpers import DEVICES, FLOAT_DTYPES, assert_quantized_as_on_cpu, dtype_id, randn
 
 INF, NAN = math.inf, math.nan
 
@@ -117,9 +117,7 @@ def test_blockwise_non_finite_blocks(device, dtype, code_name):
     # The absmax of a NaN block is one NaN pattern on every backend (the bytes are compared below).
     assert state.absmax.cpu()[NAN_BLOCK].view(torch.int32).item() == 0x7FC00000
     if device == "cuda":
-        q_cpu, s_cpu = F.quantize_blockwise(x.cpu(), code=code, blocksize=blocksize)
-        assert torch.equal(q.cpu(), q_cpu)
-        assert torch.equal(state.absmax.cpu().view(torch.int32), s_cpu.absmax.view(torch.int32))
+        assert_quantized_as_on_cpu(F.quantize_blockwise, x, q, state, code=code, blocksize=blocksize)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -183,9 +181,7 @@ def test_4bit_non_finite_blocks(device, dtype, quant_type):
             assert (cs[xs == INF] == largest).all() and (cs[xs == -INF] == smallest).all()
             assert (cs[torch.isfinite(xs)] == zero).all()
     if device == "cuda":
-        packed_cpu, s_cpu = F.quantize_4bit(x.cpu(), blocksize=blocksize, quant_type=quant_type)
-        assert torch.equal(packed.cpu(), packed_cpu)
-        assert torch.equal(state.absmax.cpu().view(torch.int32), s_cpu.absmax.view(torch.int32))
+        assert_quantized_as_on_cpu(F.quantize_4bit, x, packed, state, blocksize=blocksize, quant_type=quant_type)
 
 
 @pytest.mark.parametrize("device", DEVICES)
