@@ -338,7 +338,11 @@ def int8_double_quant(
     threshold: float = 0.0,
 ):
     """Row-wise and column-wise int8 quantization of A in one call:
-    (out_row, out_col, row_stats, col_stats, outlier_cols)."""
+    (out_row, out_col, row_stats, col_stats, outlier_cols).
+
+    Non-finite values follow the rule of int8_vectorwise_quant, per column for the column-wise half: a
+    column that keeps a NaN (or, threshold = 0, an infinity) gets col_stats NaN (or inf) and all-zero codes.
+    """
     if any(t is not None for t in (col_stats, row_stats, out_col, out_row)):
         raise ValueError("int8_double_quant does not take pre-allocated outputs (col_stats, row_stats, out_col, out_row)")
     check.tensor("A", A)

@@ -131,18 +131,20 @@ void int8_colwise_quant_t(const Int8ColwiseQuantParams& p) {
       for (int64_t c = c0; c < c1; ++c) {
         const float a = std::fabs(cpu::to_float(row[c]));
         if (outliers && a >= p.threshold) continue;
-        amax[c - c0] = std::max(amax[c - c0], a);
+        amax[c - c0] = absmax_keeping_nan(amax[c - c0], a);  // as the row absmax: a NaN is kept
       }
     }
-    for (int64_t c = c0; c < c1; ++c) p.col_stats[c] = amax[c - c0];
+    for (int64_t c = c0; c < c1; ++c) p.col_stats[c] = stored_absmax(amax[c - c0]);
     for (int64_t r = 0; r < p.rows; ++r) {
       const T* row = A + r * p.cols;
       int8_t* out = p.out + r * p.cols;
       for (int64_t c = c0; c < c1; ++c) {
         const float x = cpu::to_float(row[c]);
-        out[c] = (outliers && std::fabs(x) >= p.threshold)
+        const float m = amax[c - c0];
+        // A column with a NaN or inf absmax has no finite scale: code 0 (the stats carry it).
+        out[c] = (!is_finite(m) || (outliers && std::fabs(x) >= p.threshold))
                      ? int8_t{0}
-                     : static_cast<int8_t>(std::nearbyint(x * int8_scale(amax[c - c0])));
+                     : static_cast<int8_t>(std::nearbyint(x * int8_scale(m)));
       }
     }
   });

@@ -53,7 +53,7 @@ template <typename T, bool kOutliers>
 __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ uint4 dynamic_smem[];
-  __shared__ float warp_max[kWarps];
+  __shared__ uint32_t warp_max[kWarps];
   __shared__ int32_t cols[kPackedOutliers];
   __shared__ float coef[kPackedOutliers];
   __shared__ int8_t cb[kPackedOutliers][kRowsPerCta];
@@ -111,33 +111,37 @@ __global__ void __launch_bounds__(kThreads) int8_linear_one_row(OneRowArgs<T> p)
   };
 
   // Pass 1: the row's absmax over the non-outliers and the outlier columns (bit k: |X[k]| >= threshold).
-  float amax = 0.0f;
+  // The maximum is taken over bit patterns, as int8_vectorwise_quant does, so that a NaN is kept.
+  uint32_t amax = 0;
   for_items([&](uint32_t k, const float (&x)[V]) {
     uint32_t bits = 0;
-    float chunk_max = 0.0f;
+    uint32_t chunk_max = 0;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const float a = fabsf(x[i]);
       const bool outlier = kOutliers && a >= p.threshold;
       bits |= (outlier ? 1u : 0u) << i;
-      chunk_max = fmaxf(chunk_max, outlier ? 0.0f : a);
+      chunk_max = max(chunk_max, outlier ? 0u : __float_as_uint(a));
     }
-    amax = fmaxf(amax, chunk_max);
+    amax = max(amax, chunk_max);
     if (kOutliers && bits) atomicOr(&outlier_bits[k / 32], bits << (k % 32));
   });
-  amax = cuda::group_max<kWarpSize>(amax);
+  amax = cuda::group_max_bits<kWarpSize>(amax);
   if (lane == 0) warp_max[warp] = amax;
   __syncthreads();
-  float sca = 0.0f;  // SCA: a max, so the same bits in any order
+  uint32_t sca_bits = 0;  // a max, so the same bits in any order
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) sca = fmaxf(sca, warp_max[w]);
+  for (int w = 0; w < kWarps; ++w) sca_bits = max(sca_bits, warp_max[w]);
+  const float sca = stored_absmax(__uint_as_float(sca_bits));  // SCA, as int8_vectorwise_quant stores it
 
-  // Pass 2: the quantized row into shared memory (outliers 0), as int8_vectorwise_quant writes CA.
+  // Pass 2: the quantized row into shared memory (outliers 0), as int8_vectorwise_quant writes CA:
+  // all 0 for a row whose absmax is NaN or inf (the outputs come out NaN through SCA).
+  const bool finite = is_finite(sca);
   const float scale = int8_scale(sca);
   for_items([&](uint32_t k, const float (&x)[V]) {
     cuda::Packet<int8_t, V> q;
 #pragma unroll
-    for (int i = 0; i < V; ++i) q.v[i] = cuda::quantize_int8<kOutliers>(x[i], scale, p.threshold);
+    for (int i = 0; i < V; ++i) q.v[i] = finite ? cuda::quantize_int8<kOutliers>(x[i], scale, p.threshold) : int8_t{0};
     *reinterpret_cast<cuda::Packet<int8_t, V>*>(ca + k) = q;
   });
 

@@ -5,6 +5,8 @@
 // thread; longer rows are re-read for the second pass, mostly from L2), its absmax over the
 // non-outliers is reduced across the group, then every element becomes
 // rint(x * int8_scale(absmax)) or 0 for an outlier (|x| >= threshold), exactly as the CPU reference.
+// The absmax is a maximum of bit patterns, which keeps a NaN: a row holding one (or, threshold 0, an
+// infinity) gets row_stats NaN (one pattern, stored_absmax) or inf, and all-zero codes.
 // Outlier columns are flagged by plain byte stores of the call's flag value (concurrent writers
 // store the same value) into a mask the launcher clears on the stream first, unless the caller
 // passed a tag (Int8VectorwiseQuantParams::flag_tag: then entries of earlier calls hold other values).
@@ -17,7 +19,7 @@
 //   thread t of the group reads vectors t, t + R, t + 2R, ...   (coalesced 16-byte loads)
 //
 // Column-wise (int8_colwise_quant): one pass reduces column maxima into col_stats with atomicMax on
-// the float bits (valid for non-negative, non-NaN floats), a second pass quantizes.
+// the float bits (valid for non-negative floats, NaN patterns included), a second pass quantizes.
 #include <algorithm>
 
 #include "core/backend.h"
@@ -36,17 +38,20 @@ constexpr int kColSlabRows = 64;  // rows one thread scans before its atomicMax
 constexpr int64_t kMaxGridY = 65535;
 
 
-// Max |x| over the non-outliers of V elements; flags the columns of outliers when kOutliers.
+// Max |x| over the non-outliers of V elements, as bit patterns (bnb::magnitude_bits): an integer
+// maximum keeps a NaN, which is never an outlier (it compares false with the threshold), where
+// fmaxf would drop it. Flags the columns of outliers when kOutliers.
 template <bool kOutliers, int V>
-__device__ __forceinline__ float packet_absmax(const float (&x)[V], float amax, float threshold,
-                                               uint8_t* __restrict__ outlier_cols, uint8_t flag, int64_t col) {
+__device__ __forceinline__ uint32_t packet_absmax_bits(const float (&x)[V], uint32_t amax, float threshold,
+                                                       uint8_t* __restrict__ outlier_cols, uint8_t flag,
+                                                       int64_t col) {
   bool any = false;
 #pragma unroll
   for (int i = 0; i < V; ++i) {
     const float a = fabsf(x[i]);
     const bool outlier = kOutliers && a >= threshold;
     any |= outlier;
-    amax = fmaxf(amax, outlier ? 0.0f : a);  // amax >= 0, so an outlier leaves it as it is
+    amax = max(amax, outlier ? 0u : __float_as_uint(a));  // amax >= 0, so an outlier leaves it as it is
   }
   if (kOutliers && any && outlier_cols != nullptr) {  // null: the caller takes the columns from A itself
 #pragma unroll
@@ -72,7 +77,7 @@ __global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8Vector
   allow_next_kernel();  // the int8 product after it may be scheduled now (it waits for these rows)
   constexpr int kRowsPerCta = kRowThreads / R;
   constexpr int kWarps = kRowThreads / kWarpSize;
-  __shared__ float warp_max[2][kWarps];  // R = kRowThreads only; double-buffered by row parity
+  __shared__ uint32_t warp_max[2][kWarps];  // R = kRowThreads only; double-buffered by row parity
 
   const T* __restrict__ A = static_cast<const T*>(p.A);
   const uint8_t flag = p.flag_value();
@@ -95,36 +100,44 @@ __global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8Vector
       const int64_t v = int64_t{c} * R + t;
       if (active && v < nvec) cache[c] = Raw::load(src + v * V);
     }
-    float amax = 0.0f;
+    uint32_t amax = 0;  // bit pattern of the absmax so far (packet_absmax_bits)
 #pragma unroll
     for (int c = 0; c < kCacheVecs; ++c) {
       const int64_t v = int64_t{c} * R + t;
       if (active && v < nvec) {
         float x[V];
         Raw::unpack(cache[c], x);
-        amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, flag, v * V);
+        amax = packet_absmax_bits<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, flag, v * V);
       }
     }
     for (int64_t v = int64_t{kCacheVecs} * R + t; active && v < nvec; v += R) {
       float x[V];
       load_f32<T, V>(src + v * V, x);
-      amax = packet_absmax<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, flag, v * V);
+      amax = packet_absmax_bits<kOutliers, V>(x, amax, p.threshold, p.outlier_cols, flag, v * V);
     }
 
     if constexpr (R == kRowThreads) {
-      amax = group_max<kWarpSize>(amax);
+      amax = group_max_bits<kWarpSize>(amax);
       if (threadIdx.x % kWarpSize == 0) warp_max[parity][threadIdx.x / kWarpSize] = amax;
       __syncthreads();
-      amax = 0.0f;
+      amax = 0;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) amax = fmaxf(amax, warp_max[parity][w]);
+      for (int w = 0; w < kWarps; ++w) amax = max(amax, warp_max[parity][w]);
     } else {
-      amax = group_max<R>(amax);
+      amax = group_max_bits<R>(amax);
     }
     if (!active) continue;
-    if (t == 0) p.row_stats[row] = amax;
+    const float absmax = __uint_as_float(amax);
+    if (t == 0) p.row_stats[row] = stored_absmax(absmax);
 
-    const float scale = int8_scale(amax);
+    // A row holding NaN (or, threshold 0, inf) has no finite scale: all its codes are 0, stored as
+    // such rather than left to __float2int_rn(NaN * 0), whose result CUDA does not specify.
+    if (!is_finite(absmax)) {
+      int8_t* d = dst + int64_t{t} * V;  // a walking pointer: dst + v * V per store spilled in one instance
+      for (int64_t v = t; v < nvec; v += R, d += R * V) *reinterpret_cast<Packet<int8_t, V>*>(d) = Packet<int8_t, V>{};
+      continue;
+    }
+    const float scale = int8_scale(absmax);
 #pragma unroll
     for (int c = 0; c < kCacheVecs; ++c) {
       const int64_t v = int64_t{c} * R + t;
@@ -142,8 +155,10 @@ __global__ void __launch_bounds__(kRowThreads) int8_vectorwise_kernel(Int8Vector
   }
 }
 
-// col_stats[c] = max over a slab of rows of |A[r, c]| for non-outliers, merged with atomicMax.
-// fmaxf never produces NaN from a 0 start, so only non-negative finite-or-inf bits reach atomicMax.
+// col_stats[c] = max over a slab of rows of |A[r, c]| for non-outliers, merged with atomicMax. As in
+// the row-wise kernel the maximum is taken over bit patterns, so a NaN is kept; every slab hands over
+// the one NaN pattern of stored_absmax, so the column's maximum over slabs is that pattern too.
+// Only non-negative patterns reach atomicMax, which therefore orders them like their values.
 template <typename T>
 __global__ void __launch_bounds__(kColThreads) int8_col_absmax_kernel(Int8ColwiseQuantParams p) {
   const T* __restrict__ A = static_cast<const T*>(p.A);
@@ -152,12 +167,12 @@ __global__ void __launch_bounds__(kColThreads) int8_col_absmax_kernel(Int8Colwis
        col += int64_t{gridDim.x} * kColThreads) {
     for (int64_t r0 = int64_t{blockIdx.y} * kColSlabRows; r0 < p.rows; r0 += int64_t{gridDim.y} * kColSlabRows) {
       const int64_t r1 = r0 + kColSlabRows < p.rows ? r0 + kColSlabRows : p.rows;
-      float m = 0.0f;
+      uint32_t m = 0;
       for (int64_t r = r0; r < r1; ++r) {
         const float a = fabsf(to_f32(A[r * p.cols + col]));
-        if (!(outliers && a >= p.threshold)) m = fmaxf(m, a);
+        if (!(outliers && a >= p.threshold)) m = max(m, __float_as_uint(a));
       }
-      atomicMax(reinterpret_cast<int*>(p.col_stats + col), __float_as_int(m));
+      atomicMax(reinterpret_cast<int*>(p.col_stats + col), __float_as_int(stored_absmax(__uint_as_float(m))));
     }
   }
 }
@@ -168,10 +183,13 @@ __global__ void __launch_bounds__(kColThreads) int8_col_quantize_kernel(Int8Colw
   const bool outliers = p.threshold > 0.0f;
   for (int64_t col = int64_t{blockIdx.x} * kColThreads + threadIdx.x; col < p.cols;
        col += int64_t{gridDim.x} * kColThreads) {
-    const float scale = int8_scale(p.col_stats[col]);
+    const float absmax = p.col_stats[col];
+    const bool finite = is_finite(absmax);  // else every code of the column is 0, as in the row-wise kernel
+    const float scale = int8_scale(absmax);
     for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
       const float x = to_f32(A[r * p.cols + col]);
-      p.out[r * p.cols + col] = (outliers && fabsf(x) >= p.threshold) ? int8_t{0} : round_to_int8(x * scale);
+      p.out[r * p.cols + col] =
+          (!finite || (outliers && fabsf(x) >= p.threshold)) ? int8_t{0} : round_to_int8(x * scale);
     }
   }
 }

@@ -316,6 +316,17 @@ void check_int8_vectorwise(const KernelTable& simd, int64_t rows, int64_t cols, 
     for (int64_t c = 0; c < cols; ++c) v[3 * cols + c] = static_cast<float>(c % 254) - 126.5f;
     v[3 * cols] = 127.0f;
   }
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (rows > 6) {
+    // Non-finite rows (the reference's rule: NaN stats or, threshold 0, inf stats, and all-zero codes):
+    // NaNs with payloads and sign, inf among the finite values, both; some in the SIMD tail.
+    v[4 * cols + cols / 2] = std::numeric_limits<float>::quiet_NaN();
+    v[4 * cols + cols - 1] = bits_f32(0xffc12345u);
+    v[5 * cols] = kInf;
+    v[5 * cols + cols - 1] = -kInf;
+    v[6 * cols + cols - 1] = bits_f32(0x7fbfffffu);  // signalling NaN
+    v[6 * cols + cols / 3] = -kInf;
+  }
   const GuardedInput A(to_dtype(v, dtype));
   auto run = [&](const KernelTable& k, std::vector<uint8_t>& out, std::vector<uint8_t>& stats,
                  std::vector<uint8_t>& cols_flag) {
@@ -343,12 +354,54 @@ TEST(SimdKernels, Int8VectorwiseQuant) {
   const auto tables = simd_tables();
   if (tables.empty()) GTEST_SKIP() << "no SIMD table on this machine";
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 1},  {1, 7},   {3, 16},  {5, 17},  {4, 33},
-                                                           {7, 64}, {9, 100}, {6, 255}, {4, 4101}, {2, 1}};
+                                                           {7, 64}, {9, 100}, {6, 255}, {4, 4101}, {2, 1},
+                                                           {7, 1},  {8, 37},  {7, 4101}};
   for (const auto* k : tables)
     for (const auto& [rows, cols] : shapes)
       for (float thr : {0.0f, 0.8f, 2.5f, 6.0f})
         for (bnb_dtype_t d : kFloatDtypes)
           check_int8_vectorwise(*k, rows, cols, thr, d, static_cast<uint32_t>(rows * 1000 + cols));
+}
+
+// The rule for rows holding NaN or inf, on every table: a NaN among the non-outliers makes row_stats the
+// one NaN pattern kAbsmaxNaNBits; an infinity makes it inf at threshold 0 and is an outlier otherwise;
+// a row without a finite scale gets all-zero codes. Finite rows are untouched by their neighbours.
+TEST(SimdKernels, Int8NonFiniteRows) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  constexpr int64_t kCols = 37;  // a full vector or more, then a tail, for either ISA
+  std::vector<float> v = normal(4 * kCols, 5);
+  v[0 * kCols + 3] = bits_f32(0xffc12345u);  // row 0: a negative NaN with a payload
+  v[1 * kCols + 36] = kInf;                  // row 1: +inf (in the tail) and -inf
+  v[1 * kCols + 2] = -kInf;
+  v[2 * kCols + 5] = kInf;                   // row 2: inf and NaN
+  v[2 * kCols + 30] = std::numeric_limits<float>::quiet_NaN();
+  auto tables = simd_tables();
+  tables.push_back(&cpu::reference_kernels());
+  for (const KernelTable* k : tables)
+    for (float thr : {0.0f, 6.0f})
+      for (bnb_dtype_t d : kFloatDtypes) {
+        SCOPED_TRACE(testing::Message() << k->isa << " threshold=" << thr << " " << dtype_label(d));
+        const auto A = to_dtype(v, d);
+        std::vector<int8_t> out(v.size(), 1);
+        std::vector<float> stats(4);
+        std::vector<uint8_t> flags(kCols, 0);
+        Int8VectorwiseQuantParams p{A.data(), out.data(), stats.data(), thr > 0.0f ? flags.data() : nullptr,
+                                    4,        kCols,      thr,          d};
+        k->int8_vectorwise_quant(p, 0, 4);
+        EXPECT_EQ(f32_bits(stats[0]), kAbsmaxNaNBits);
+        EXPECT_EQ(f32_bits(stats[2]), kAbsmaxNaNBits);
+        if (thr > 0.0f) {
+          EXPECT_TRUE(std::isfinite(stats[1]));
+          EXPECT_EQ(flags[36] + flags[2] + flags[5], 3) << "every infinity is an outlier";
+        } else {
+          EXPECT_EQ(stats[1], kInf);
+        }
+        for (int64_t r = 0; r < 3; ++r) {
+          if (r == 1 && thr > 0.0f) continue;
+          for (int64_t c = 0; c < kCols; ++c) EXPECT_EQ(out[r * kCols + c], 0) << "row " << r << " col " << c;
+        }
+        EXPECT_TRUE(std::isfinite(stats[3]) && stats[3] > 0.0f);
+      }
 }
 
 // Rounding of x * 127 / absmax follows round-half-even, not round-half-away (2.5 -> 2, -3.5 -> -4).

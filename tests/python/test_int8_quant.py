@@ -393,8 +393,6 @@ def test_infinities_are_outliers_for_a_positive_threshold(device, dtype):
     _check(x, 6.0, q, stats, cols)
 
 
-@pytest.mark.xfail(strict=True, reason="the native row absmax (CPU and CUDA int8 kernels) does not keep NaN "
-                                       "yet: it skips it")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
@@ -406,7 +404,33 @@ def test_rows_with_nan_get_nan_stats_and_zero_codes(device, dtype, threshold, co
     assert torch.isnan(stats[[3, 4]]).all(), "a NaN the row keeps is its absmax, as torch.amax gives"
     assert not q[[3, 4]].any()
     assert torch.isnan(F.int8_vectorwise_dequant(q, stats)[[3, 4]]).all()
-    assert torch.isfinite(stats[0]) and torch.equal(q[0], O.int8_vectorwise_ref(x[:1], threshold)[0][0])
+    # the oracle of the whole matrix: with threshold > 0 the other rows' outlier columns are zeroed in row 0 too
+    assert torch.isfinite(stats[0]) and torch.equal(q[0], O.int8_vectorwise_ref(x, threshold)[0][0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_double_quant_keeps_nan_in_rows_and_columns(device, dtype, threshold):
+    """Rows and columns holding a NaN store the one NaN pattern 0x7fc00000 (whatever NaNs they hold, so every
+    backend stores the same bytes) and all-zero codes; infinities are inf stats at threshold 0, outliers above."""
+    x = _non_finite_rows(dtype, "cpu")  # NaN at (3, 0) and (4, 7); inf at (1, 3), (2, 39), (4, 9)
+    negative_nan = torch.tensor([0xFFC12345], dtype=torch.int64).to(torch.int32).view(torch.float32)  # with a payload
+    x[3, 0] = negative_nan.to(dtype)
+    out_row, out_col, row_stats, col_stats, _ = F.int8_double_quant(x.to(device), threshold=threshold)
+    out_row, out_col, row_stats, col_stats = out_row.cpu(), out_col.cpu(), row_stats.cpu(), col_stats.cpu()
+    nan_bits = 0x7FC00000
+    assert (row_stats.view(torch.int32)[[3, 4]] == nan_bits).all() and not out_row[[3, 4]].any()
+    assert (col_stats.view(torch.int32)[[0, 7]] == nan_bits).all() and not out_col[:, [0, 7]].any()
+    inf_cols = [3, 9, 39]
+    if threshold == 0.0:
+        assert (col_stats[inf_cols] == float("inf")).all() and not out_col[:, inf_cols].any()
+    else:
+        assert torch.isfinite(col_stats[inf_cols]).all()
+    finite = [c for c in range(40) if c not in (0, 7, *inf_cols)]
+    col_ref, col_stats_ref = O.int8_colwise_ref(x, threshold)
+    assert torch.equal(col_stats[finite], col_stats_ref[finite])
+    assert (out_col[:, finite].int() - col_ref[:, finite].int()).abs().max().item() <= 1
 
 
 # ---- dequant: one scale per row -----------------------------------------------------------------------------

@@ -623,8 +623,6 @@ def test_layer_rows_with_infinities_come_out_non_finite_only_there(device, rows)
     assert torch.equal(out[1:], clean[1:])
 
 
-@pytest.mark.xfail(strict=True, reason="the native row absmax (CPU and CUDA int8 kernels) does not keep NaN "
-                                       "yet: it skips it")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
 @pytest.mark.parametrize("rows", [1, 5, 40])

@@ -454,8 +454,6 @@ def test_infinite_activations_are_outliers_for_a_positive_threshold(device, M):
     assert torch.isfinite(out[1:]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="the native row absmax (CPU and CUDA int8 kernels) does not keep NaN "
-                                       "yet: it skips it")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("threshold", [0.0, THRESHOLD])
 @pytest.mark.parametrize("M", [1, 6, 40])

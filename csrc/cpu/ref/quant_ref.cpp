@@ -87,9 +87,15 @@ void int8_vectorwise_quant_t(const Int8VectorwiseQuantParams& p, int64_t r0, int
         __atomic_store_n(&p.outlier_cols[c], p.flag_value(), __ATOMIC_RELAXED);
         continue;
       }
-      amax = std::max(amax, a);
+      amax = absmax_keeping_nan(amax, a);  // NaN is never an outlier (a >= threshold is false)
     }
-    p.row_stats[r] = amax;
+    p.row_stats[r] = stored_absmax(amax);
+    // A row whose absmax is NaN or inf has no finite scale: all codes 0, and row_stats carries the
+    // NaN / inf into the dequantized row. (Also avoids converting NaN = inf * 0 to int8, undefined.)
+    if (!is_finite(amax)) {
+      std::fill(out, out + p.cols, int8_t{0});
+      continue;
+    }
     const float scale = int8_scale(amax);
     for (int64_t c = 0; c < p.cols; ++c) {
       const float x = to_float(row[c]);

@@ -82,14 +82,6 @@ struct Avx2 {
   static F set1(float f) { return _mm256_set1_ps(f); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F abs(F v) { return _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff))); }
-  // vmaxps returns its second operand when either is NaN: a NaN x leaves acc unchanged.
-  static F max(F x, F acc) { return _mm256_max_ps(x, acc); }
-  static float hmax(F v) {
-    __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    q = _mm_max_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_max_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-  }
   // For x, acc >= 0 or NaN: signed integer maxima of the bit patterns order like the values and keep NaN.
   static F max_magnitude(F x, F acc) {
     return _mm256_castsi256_ps(_mm256_max_epi32(_mm256_castps_si256(x), _mm256_castps_si256(acc)));

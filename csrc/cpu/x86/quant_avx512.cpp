@@ -87,15 +87,6 @@ struct Avx512 {
   static F set1(float f) { return _mm512_set1_ps(f); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F abs(F v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
-  // vmaxps returns its second operand when either is NaN: a NaN x leaves acc unchanged.
-  static F max(F x, F acc) { return _mm512_max_ps(x, acc); }
-  static float hmax(F v) {
-    __m256 m = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 q = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    q = _mm_max_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_max_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-  }
   // For x, acc >= 0 or NaN: signed integer maxima of the bit patterns order like the values and keep NaN.
   static F max_magnitude(F x, F acc) {
     return _mm512_castsi512_ps(_mm512_max_epi32(_mm512_castps_si512(x), _mm512_castps_si512(acc)));

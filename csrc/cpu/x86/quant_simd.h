@@ -11,8 +11,8 @@
 // The primitives each ISA struct provides (W = lanes; F float vector, I int32 vector, M lane mask):
 //   load<T>(p) / load_part<T>(p, k)          W elements as float32 (lanes >= k read as 0)
 //   store<T>(p, v) / store_part<T>(p, v, k)  float32 -> T with the rounding of types.h
-//   zero, set1, mul, abs, max(x, acc), hmax  (max returns acc where x is NaN, as std::max does)
-//   max_magnitude(x, acc), hmax_magnitude    the same for x, acc >= 0 or NaN, as integer maxima of the
+//   zero, set1, mul, abs
+//   max_magnitude(x, acc), hmax_magnitude    maxima for x, acc >= 0 or NaN, as integer maxima of the
 //                                            bit patterns: a NaN is kept (bnb::magnitude_bits)
 //   searcher(cs, max_scan_steps(cs)), search(searcher, v)   CodeSearch::search, lane by lane
 //   store_u8 / store_u8_part                 int32 lanes -> bytes (truncating)
@@ -42,25 +42,9 @@ static inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline float inverse_scale(float amax) { return amax > 0.0f ? 1.0f / amax : 0.0f; }
 static inline float int8_scale_of(float amax) { return amax > 0.0f ? kInt8Scale / amax : 0.0f; }
 
-// max |A[i]| over [begin, end), with four accumulators so the max latency chain does not bound throughput.
-template <class S, class T>
-float block_absmax(const T* A, int64_t begin, int64_t end) {
-  constexpr int W = S::W;
-  auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
-  int64_t i = begin;
-  for (; i + 4 * W <= end; i += 4 * W) {
-    a0 = S::max(S::abs(S::template load<T>(A + i)), a0);
-    a1 = S::max(S::abs(S::template load<T>(A + i + W)), a1);
-    a2 = S::max(S::abs(S::template load<T>(A + i + 2 * W)), a2);
-    a3 = S::max(S::abs(S::template load<T>(A + i + 3 * W)), a3);
-  }
-  for (; i + W <= end; i += W) a0 = S::max(S::abs(S::template load<T>(A + i)), a0);
-  if (i < end) a1 = S::max(S::abs(S::template load_part<T>(A + i, static_cast<int>(end - i))), a1);
-  return S::hmax(S::max(S::max(a0, a1), S::max(a2, a3)));
-}
-
-// max |A[i]| over [begin, end) that keeps NaN, as blocks holding inf or NaN need it (core/formats.h):
-// block_absmax with integer maxima of the bit patterns of |x|, which cost the same as vmaxps.
+// max |A[i]| over [begin, end) that keeps NaN, as blocks and rows holding inf or NaN need it
+// (core/formats.h): integer maxima of the bit patterns of |x|, which cost the same as vmaxps; four
+// accumulators so the max latency chain does not bound throughput.
 template <class S, class T>
 float block_absmax_keeping_nan(const T* A, int64_t begin, int64_t end) {
   constexpr int W = S::W;
@@ -77,7 +61,7 @@ float block_absmax_keeping_nan(const T* A, int64_t begin, int64_t end) {
   return S::hmax_magnitude(S::max_magnitude(S::max_magnitude(a0, a1), S::max_magnitude(a2, a3)));
 }
 
-// False for +inf and NaN (amax >= 0 otherwise). Such blocks are rare and go to the reference kernel,
+// False for +inf and NaN (amax >= 0 otherwise). Such blocks (rows) are rare and go to the reference kernel,
 // which holds the rule for them (core/formats.h); kept local, see the ODR caution above.
 static inline bool finite_absmax(float amax) { return amax <= __FLT_MAX__; }
 
@@ -192,7 +176,11 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int64_t r0, int64
     for (int64_t r = r0; r < r1; ++r) {
       const T* row = A + r * cols;
       int8_t* out = p.out + r * cols;
-      const float amax = block_absmax<S>(row, 0, cols);
+      const float amax = block_absmax_keeping_nan<S>(row, 0, cols);
+      if (!finite_absmax(amax)) {  // NaN or inf in the row: the reference holds the rule (all codes 0)
+        reference_kernels().int8_vectorwise_quant(p, r, r + 1);
+        continue;
+      }
       p.row_stats[r] = amax;
       const auto scale = S::set1(int8_scale_of(amax));
       int64_t c = 0;
@@ -223,16 +211,20 @@ void int8_vectorwise_quant(const Int8VectorwiseQuantParams& p, int64_t r0, int64
       const auto a = S::abs(S::template load<T>(row + c));
       const auto m = S::ge(a, thr);
       if (const unsigned bits = S::mask_bits(m)) flag(c, bits);
-      acc = S::max(S::clear(a, m), acc);
+      acc = S::max_magnitude(S::clear(a, m), acc);  // a NaN lane is no outlier (ge is false): kept
     }
     if (c < cols) {
       // Padding lanes read 0, which is never >= a positive threshold.
       const auto a = S::abs(S::template load_part<T>(row + c, static_cast<int>(cols - c)));
       const auto m = S::ge(a, thr);
       if (const unsigned bits = S::mask_bits(m)) flag(c, bits);
-      acc = S::max(S::clear(a, m), acc);
+      acc = S::max_magnitude(S::clear(a, m), acc);
     }
-    const float amax = S::hmax(acc);
+    const float amax = S::hmax_magnitude(acc);
+    if (!finite_absmax(amax)) {  // a NaN among the non-outliers (inf is always an outlier here)
+      reference_kernels().int8_vectorwise_quant(p, r, r + 1);
+      continue;
+    }
     p.row_stats[r] = amax;
     const auto scale = S::set1(int8_scale_of(amax));
     for (c = 0; c + W <= cols; c += W) {
