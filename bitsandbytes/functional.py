@@ -92,8 +92,9 @@ def quantize_blockwise(
     nearest 0, so they return as 0 * inf = NaN (an infinity if `code` has no zero).
 
     Returns the uint8 tensor (A's shape) and a QuantState with the per-block absmax. With
-    ``nested=True`` the absmax values are themselves quantized (offset = their mean, so one block
-    with inf or NaN makes every block non-finite).
+    ``nested=True`` the absmax values are themselves quantized around an offset, their mean (the mean
+    of the finite ones when some are not: a block with inf or NaN then spreads to the blocks that share
+    its second-level block, not to the whole tensor).
     """
     check.tensor("A", A)
     if A.dtype not in check.FLOAT_DTYPES:
@@ -113,7 +114,7 @@ def quantize_blockwise(
     q, _absmax = torch.ops.bitsandbytes.quantize_blockwise(A, code.to(A.device), blocksize)
 
     if nested:
-        offset = _absmax.mean()
+        offset = _nested_offset(_absmax)
         qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=blocksize, nested=False)
         state = QuantState(absmax=qabsmax, code=code.to(A.device, copy=True), blocksize=blocksize, dtype=A.dtype,
                            offset=offset, state2=state2)
@@ -126,6 +127,16 @@ def quantize_blockwise(
     if absmax is not None:
         state.absmax = absmax.copy_(state.absmax)
     return q, state
+
+
+def _nested_offset(absmax: torch.Tensor) -> torch.Tensor:
+    """The offset double-quantized block scales are stored around: their mean, or where a block holding inf
+    or NaN makes that non-finite, the mean of the finite scales (0 if none is), so that such a block spreads
+    to its own second-level block only. Computed on the device without waiting for it."""
+    offset = absmax.mean()
+    finite = torch.isfinite(absmax)
+    finite_mean = torch.where(finite, absmax, 0.0).sum() / finite.sum().clamp_min(1)
+    return torch.where(torch.isfinite(offset), offset, finite_mean)
 
 
 def _nested_absmax(quant_state: QuantState) -> torch.Tensor:
@@ -180,7 +191,8 @@ def quantize_4bit(
     """Quantize A to packed 4-bit codes (nf4 or fp4) with one float32 absmax per block.
 
     The packed tensor has shape [(n + 1) // (2 * itemsize), 1] and dtype `quant_storage`.
-    ``compress_statistics=True`` double-quantizes absmax (8-bit, blocksize 256, offset = mean).
+    ``compress_statistics=True`` double-quantizes absmax (8-bit, blocksize 256, around their mean as in
+    `quantize_blockwise`).
     Blocks holding inf or NaN follow the rule of `quantize_blockwise`: a NaN makes the block's absmax
     NaN (the whole block dequantizes to NaN); else +-inf take the codes of +-1 and dequantize to +-inf,
     and the block's finite values take the code of 0 and dequantize to NaN.
@@ -206,7 +218,7 @@ def quantize_4bit(
     code = get_4bit_type(quant_type, device=A.device)
 
     if compress_statistics:
-        offset = _absmax.mean()
+        offset = _nested_offset(_absmax)
         qabsmax, state2 = quantize_blockwise(_absmax - offset, blocksize=256)
         state = QuantState(absmax=qabsmax, shape=input_shape, dtype=A.dtype, blocksize=blocksize, code=code,
                            quant_type=quant_type, offset=offset, state2=state2)

@@ -132,20 +132,40 @@ def test_blockwise_unsigned_code_keeps_infinities_non_finite(device):
     assert not torch.isfinite(y).any()
 
 
-def _one_nan(n, blocksize, device, seed):
-    x = randn((n,), torch.float32, seed=seed)
-    x[NAN_BLOCK * blocksize + 5] = NAN
-    return x.to(device)
+NESTED_BLOCKSIZE = 256  # absmax values per second-level block (4-bit; quantize_blockwise uses its blocksize)
+
+
+def _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, nested_blocksize, value):
+    """A NaN or inf in first-level block NAN_BLOCK: that block comes back non-finite, the blocks sharing its
+    second-level block may (a NaN or inf absmax there turns them into NaN), and every other block is finite and
+    as close to x as the plain (not nested) quantization is, give or take the nested scales' own rounding."""
+    n = x.numel()
+    bad = _block_slice(NAN_BLOCK, blocksize, n)
+    if value != value:
+        assert torch.isnan(y[bad]).all()
+    else:
+        assert y[bad][x.cpu()[bad] == value].eq(value).all()
+    rest = slice(nested_blocksize * blocksize, n)  # the blocks of the other second-level blocks
+    xr, yr, pr = x.cpu()[rest].float(), y[rest].float(), y_plain[rest].float()
+    assert torch.isfinite(yr).all(), "a non-finite block spread beyond its second-level block"
+    assert (yr - xr).abs().max() <= 1.05 * (pr - xr).abs().max() + 1e-2 * xr.abs().max()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_blockwise_nested_absmax_keeps_nan(device):
-    # With nested=True the absmax values are quantized in turn (offset = their mean, which a NaN makes
-    # NaN); the NaN block must still come back as NaN.
-    x = _one_nan(40 * 256, 256, device, seed=2)
-    q, state = F.quantize_blockwise(x, blocksize=256, nested=True)
+@pytest.mark.parametrize("value", [NAN, INF], ids=["nan", "inf"])
+def test_blockwise_nested_absmax_keeps_non_finite_in_its_block(device, value):
+    # With nested=True the absmax values are quantized in turn, around the mean of the finite ones: the
+    # block holding the NaN or inf must come back non-finite, and only its second-level block may follow.
+    blocksize = 64
+    x = randn((3 * NESTED_BLOCKSIZE * blocksize,), torch.float32, seed=2)
+    x[NAN_BLOCK * blocksize + 5] = value
+    x = x.to(device)
+    q, state = F.quantize_blockwise(x, blocksize=blocksize, nested=True)
+    assert torch.isfinite(state.offset).all()
     y = F.dequantize_blockwise(q, state).cpu()
-    assert torch.isnan(y[_block_slice(NAN_BLOCK, 256, x.numel())]).all()
+    q_plain, state_plain = F.quantize_blockwise(x, blocksize=blocksize)
+    y_plain = F.dequantize_blockwise(q_plain, state_plain).cpu()
+    _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, blocksize, value)
 
 
 # ---- 4-bit ------------------------------------------------------------------------------------------------
@@ -185,8 +205,63 @@ def test_4bit_non_finite_blocks(device, dtype, quant_type):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_4bit_compressed_statistics_keep_nan(device):
-    x = _one_nan(200 * 64, 64, device, seed=6)
-    packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+@pytest.mark.parametrize("value", [NAN, INF], ids=["nan", "inf"])
+def test_4bit_compressed_statistics_keep_non_finite_in_its_block(device, value):
+    blocksize = 64
+    x = randn((3 * NESTED_BLOCKSIZE * blocksize,), torch.float32, seed=6)
+    x[NAN_BLOCK * blocksize + 5] = value
+    x = x.to(device)
+    packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type="nf4", compress_statistics=True)
+    assert torch.isfinite(state.offset).all()
     y = F.dequantize_4bit(packed, state).cpu()
-    assert torch.isnan(y[_block_slice(NAN_BLOCK, 64, x.numel())]).all()
+    packed_plain, state_plain = F.quantize_4bit(x, blocksize=blocksize, quant_type="nf4")
+    y_plain = F.dequantize_4bit(packed_plain, state_plain).cpu()
+    _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, NESTED_BLOCKSIZE, value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nested_offset_of_finite_scales_is_their_mean(device):
+    # Finite scales keep the offset every checkpoint has (their plain mean, bit for bit).
+    x = randn((NESTED_BLOCKSIZE * 64 + 100,), torch.float32, seed=7).to(device)
+    _, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+    _, plain = F.quantize_4bit(x, blocksize=64, quant_type="nf4")
+    assert torch.equal(state.offset.cpu(), plain.absmax.mean().cpu())
+
+
+# ---- blocks so small that 1 / absmax overflows ----------------------------------------------------------
+
+
+def _tiny_block_input(dtype, device):
+    """Two whole 4-bit tiles of ordinary blocks, then blocks whose absmax (bf16 / float32 subnormals and the
+    smallest normals) has an infinite float32 inverse: x * (1 / absmax) is +-inf, and NaN for the zeros."""
+    blocksize = 64
+    x = randn((300 * blocksize,), torch.float32, seed=9)
+    for b in (2, 150, 299):  # in a whole tile of every dtype, and in the tail
+        tiny = torch.tensor([1e-39, 5e-40, 0.0, -3e-40, -0.0, 2e-40] * 10 + [1e-40, 0.0, -1e-39, 7e-40])
+        x[b * blocksize:(b + 1) * blocksize] = tiny
+    return x.to(dtype).to(device), blocksize
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_4bit_block_whose_inverse_absmax_overflows(device, dtype, quant_type):
+    # The codes are those of the float32 arithmetic every backend states (x * (1 / absmax), then the
+    # thresholds): the table lookups of the CUDA kernel must encode inf and NaN as the comparisons do.
+    x, blocksize = _tiny_block_input(dtype, device)
+    assert torch.isinf(1.0 / x[2 * blocksize:3 * blocksize].float().abs().amax().cpu())
+    packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type)
+    packed_ref, _, absmax_ref = O.quantize_4bit_ref(x.cpu().float(), blocksize, quant_type)
+    assert torch.equal(state.absmax.cpu(), absmax_ref)
+    assert torch.equal(packed.cpu().view(torch.uint8).reshape(-1), packed_ref)
+    if device == "cuda":
+        assert_quantized_as_on_cpu(F.quantize_4bit, x, packed, state, blocksize=blocksize, quant_type=quant_type)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_blockwise_block_whose_inverse_absmax_overflows_as_on_cpu(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("compares the CUDA kernel's bytes with the CPU's; no CUDA device")
+    x, blocksize = _tiny_block_input(dtype, "cuda")
+    q, state = F.quantize_blockwise(x, blocksize=blocksize)
+    assert_quantized_as_on_cpu(F.quantize_blockwise, x, q, state, blocksize=blocksize)
