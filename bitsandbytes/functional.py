@@ -89,7 +89,9 @@ def quantize_blockwise(
     absmax NaN, so all its values dequantize to NaN. Otherwise a block with +-inf gets absmax +inf:
     +inf takes the largest entry of `code` and -inf the smallest (each returns as an infinity of its
     own sign when `code` has entries of both signs), and the block's finite values take the entry
-    nearest 0, so they return as 0 * inf = NaN (an infinity if `code` has no zero).
+    nearest 0, so they return as 0 * inf = NaN (an infinity if `code` has no zero). A block whose absmax
+    is below 2^-126 (a float32 subnormal, where 1 / absmax would overflow) is scaled by 0 like a block of
+    zeros: its values take the entry nearest 0.
 
     Returns the uint8 tensor (A's shape) and a QuantState with the per-block absmax. With
     ``nested=True`` the absmax values are themselves quantized around an offset, their mean (the mean
@@ -195,7 +197,8 @@ def quantize_4bit(
     `quantize_blockwise`).
     Blocks holding inf or NaN follow the rule of `quantize_blockwise`: a NaN makes the block's absmax
     NaN (the whole block dequantizes to NaN); else +-inf take the codes of +-1 and dequantize to +-inf,
-    and the block's finite values take the code of 0 and dequantize to NaN.
+    and the block's finite values take the code of 0 and dequantize to NaN. A block whose absmax is below
+    2^-126 takes the code of 0 throughout and dequantizes to zeros.
     """
     check.tensor("A", A)
     blocksize = 64 if blocksize is None else blocksize
@@ -323,7 +326,8 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
     Non-finite values: +-inf is an outlier whenever threshold > 0 (|inf| >= threshold). A row that keeps
     a NaN, or (threshold = 0) an infinity, cannot be represented in int8: its row absmax is NaN (any NaN)
     or inf, and every code of the row is 0, so the row dequantizes, and multiplies, to NaN rather than to
-    plausible finite numbers. NaN is never an outlier (it compares false with the threshold).
+    plausible finite numbers. NaN is never an outlier (it compares false with the threshold). A row whose
+    absmax is below 2^-121 (where 127 / absmax could overflow) quantizes to zero codes.
     """
     check.tensor("A", A)
     check.dtype_in("A", A, check.FLOAT_DTYPES)

@@ -83,8 +83,11 @@ BNB_TABLE_FN uint8_t encode_4bit(float x) {
 }
 
 // The scale applied before encoding. A block of zeros (absmax == 0) maps every element to 0
-// instead of NaN, so its codes are the zero code and it dequantizes to exact zeros.
-BNB_HD float inverse_absmax(float absmax) { return absmax > 0.0f ? 1.0f / absmax : 0.0f; }
+// instead of NaN, so its codes are the zero code and it dequantizes to exact zeros. So does a block whose
+// absmax is below the smallest normal float: 1 / absmax would overflow to inf (from 2^-128 down) and make
+// its values inf and NaN before the encoding; its values (all below 2^-126 in magnitude) come back as 0.
+constexpr float kSmallestScaledAbsmax = 1.17549435e-38f;  // 2^-126, FLT_MIN
+BNB_HD float inverse_absmax(float absmax) { return absmax >= kSmallestScaledAbsmax ? 1.0f / absmax : 0.0f; }
 
 // ---- blocks holding inf or NaN (8-bit blockwise and 4-bit alike) ----------------------------------------
 // A block's absmax keeps the block's non-finite values, so that dequantization (code[q] * absmax) never
@@ -115,7 +118,10 @@ BNB_HD float value_in_non_finite_block(float x) {
   return magnitude_bits(x) == kInfinityBits ? x : 0.0f;
 }
 
-// LLM.int8() scale: 127 / absmax, 0 for an all-zero (or all-outlier) row.
-BNB_HD float int8_scale(float absmax) { return absmax > 0.0f ? kInt8Scale / absmax : 0.0f; }
+// LLM.int8() scale: 127 / absmax, 0 for an all-zero (or all-outlier) row, and for a row whose absmax is so
+// small that 127 / absmax could overflow to inf (it does a little below 2^-121, where 127 * 2^121 is still
+// finite); such a row's values (all below 2^-121 in magnitude) quantize to 0.
+constexpr float kSmallestInt8Absmax = 3.76158192e-37f;  // 2^-121
+BNB_HD float int8_scale(float absmax) { return absmax >= kSmallestInt8Absmax ? kInt8Scale / absmax : 0.0f; }
 
 }  // namespace bnb

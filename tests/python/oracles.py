@@ -98,12 +98,19 @@ def blockwise_absmax(x: torch.Tensor, blocksize: int) -> torch.Tensor:
     return blocks.abs().amax(dim=1) if blocks.numel() else torch.zeros(0)
 
 
+# Below these block / row maxima the scale is 0, as for an all-zero block (csrc/core/formats.h): 1 / absmax
+# would overflow float32 below 2^-128, and 127 / absmax a little below 2^-121.
+SMALLEST_SCALED_ABSMAX = 2.0**-126
+SMALLEST_INT8_ABSMAX = 2.0**-121
+
+
 def scaled_blocks(x: torch.Tensor, blocksize: int):
-    """(v [nb, bs] = x * (1/absmax) in float32 with v = 0 where absmax == 0, absmax [nb], n)."""
+    """(v [nb, bs] = x * (1/absmax) in float32, v = 0 where absmax < 2^-126 (0 included), absmax [nb], n)."""
     blocks, n = _blocks(x, blocksize)
     absmax = blocks.abs().amax(dim=1) if blocks.numel() else torch.zeros(0)
-    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    inv = torch.where(absmax > 0, torch.ones_like(absmax).div(safe), torch.zeros_like(absmax))  # float32 1/absmax
+    scaled = absmax >= SMALLEST_SCALED_ABSMAX
+    safe = torch.where(scaled, absmax, torch.ones_like(absmax))
+    inv = torch.where(scaled, torch.ones_like(absmax).div(safe), torch.zeros_like(absmax))  # float32 1/absmax
     return blocks * inv[:, None], absmax, n
 
 
@@ -208,8 +215,9 @@ def int8_vectorwise_ref(x: torch.Tensor, threshold: float = 0.0):
         kept = rows2d
     absmax = kept.abs().amax(dim=1) if cols else torch.zeros(rows2d.shape[0])
     # float32 127 / absmax as a true division (``127.0 / tensor`` is computed as 127 * reciprocal).
-    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    scale = torch.where(absmax > 0, torch.full_like(absmax, 127.0).div(safe), torch.zeros_like(absmax))
+    scaled = absmax >= SMALLEST_INT8_ABSMAX
+    safe = torch.where(scaled, absmax, torch.ones_like(absmax))
+    scale = torch.where(scaled, torch.full_like(absmax, 127.0).div(safe), torch.zeros_like(absmax))
     q = torch.round(kept * scale[:, None])
     outliers = None
     if mask is not None:
@@ -226,7 +234,9 @@ def int8_colwise_ref(x: torch.Tensor, threshold: float = 0.0):
     if threshold > 0:
         a = a.masked_fill(a.abs() >= threshold, 0.0)
     absmax = a.abs().amax(dim=0)
-    q = torch.round(a * 127.0 / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[None, :])
+    scaled = absmax >= SMALLEST_INT8_ABSMAX
+    q = torch.round(a * 127.0 / torch.where(scaled, absmax, torch.ones_like(absmax))[None, :])
+    q = torch.where(scaled[None, :], q, torch.zeros_like(q))
     return q.to(torch.int8).reshape(x.shape), absmax
 
 

@@ -228,40 +228,73 @@ def test_nested_offset_of_finite_scales_is_their_mean(device):
     assert torch.equal(state.offset.cpu(), plain.absmax.mean().cpu())
 
 
-# ---- blocks so small that 1 / absmax overflows ----------------------------------------------------------
+# ---- blocks and rows so small that the inverse of their maximum overflows ---------------------------------
 
 
 def _tiny_block_input(dtype, device):
-    """Two whole 4-bit tiles of ordinary blocks, then blocks whose absmax (bf16 / float32 subnormals and the
-    smallest normals) has an infinite float32 inverse: x * (1 / absmax) is +-inf, and NaN for the zeros."""
+    """Ordinary blocks of 64, and three (in a whole CUDA tile of every dtype and in the tail) whose absmax is a
+    bf16 / float32 subnormal: 1 / absmax is inf in float32, so x * (1 / absmax) would be +-inf, and NaN for
+    the zeros. Their scale is 0 instead, as for a block of zeros (csrc/core/formats.h)."""
     blocksize = 64
     x = randn((300 * blocksize,), torch.float32, seed=9)
-    for b in (2, 150, 299):  # in a whole tile of every dtype, and in the tail
+    tiny_blocks = (2, 150, 299)
+    for b in tiny_blocks:
         tiny = torch.tensor([1e-39, 5e-40, 0.0, -3e-40, -0.0, 2e-40] * 10 + [1e-40, 0.0, -1e-39, 7e-40])
         x[b * blocksize:(b + 1) * blocksize] = tiny
-    return x.to(dtype).to(device), blocksize
+    return x.to(dtype).to(device), blocksize, tiny_blocks
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_4bit_block_whose_inverse_absmax_overflows(device, dtype, quant_type):
-    # The codes are those of the float32 arithmetic every backend states (x * (1 / absmax), then the
-    # thresholds): the table lookups of the CUDA kernel must encode inf and NaN as the comparisons do.
-    x, blocksize = _tiny_block_input(dtype, device)
+def test_4bit_block_whose_inverse_absmax_overflows_comes_back_as_zeros(device, dtype, quant_type):
+    x, blocksize, tiny_blocks = _tiny_block_input(dtype, device)
     assert torch.isinf(1.0 / x[2 * blocksize:3 * blocksize].float().abs().amax().cpu())
     packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type)
     packed_ref, _, absmax_ref = O.quantize_4bit_ref(x.cpu().float(), blocksize, quant_type)
     assert torch.equal(state.absmax.cpu(), absmax_ref)
     assert torch.equal(packed.cpu().view(torch.uint8).reshape(-1), packed_ref)
+    y = F.dequantize_4bit(packed, state).cpu()
+    for b in tiny_blocks:
+        assert (y[_block_slice(b, blocksize, x.numel())] == 0).all(), f"tiny block {b} must come back as zeros"
     if device == "cuda":
         assert_quantized_as_on_cpu(F.quantize_4bit, x, packed, state, blocksize=blocksize, quant_type=quant_type)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
-def test_blockwise_block_whose_inverse_absmax_overflows_as_on_cpu(dtype):
-    if not torch.cuda.is_available():
-        pytest.skip("compares the CUDA kernel's bytes with the CPU's; no CUDA device")
-    x, blocksize = _tiny_block_input(dtype, "cuda")
+def test_blockwise_block_whose_inverse_absmax_overflows_comes_back_as_zeros(device, dtype):
+    x, blocksize, tiny_blocks = _tiny_block_input(dtype, device)
     q, state = F.quantize_blockwise(x, blocksize=blocksize)
-    assert_quantized_as_on_cpu(F.quantize_blockwise, x, q, state, blocksize=blocksize)
+    code = F.create_dynamic_map(signed=True)
+    q_ref, absmax_ref = O.quantize_blockwise_ref(x.cpu().float(), code, blocksize)
+    assert torch.equal(state.absmax.cpu(), absmax_ref)
+    assert torch.equal(q.cpu(), q_ref)
+    y = F.dequantize_blockwise(q, state).cpu()
+    for b in tiny_blocks:
+        assert (y[_block_slice(b, blocksize, x.numel())] == 0).all(), f"tiny block {b} must come back as zeros"
+    if device == "cuda":
+        assert_quantized_as_on_cpu(F.quantize_blockwise, x, q, state, blocksize=blocksize)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_int8_row_whose_scale_overflows_quantizes_to_zeros(device, dtype):
+    # 127 / absmax is inf for a row maximum of 1e-37 (float32): such rows quantize to zero codes, and the
+    # column statistics of int8_double_quant follow the same rule.
+    x = randn((64, 96), torch.float32, seed=10)
+    x[5] = torch.linspace(-1e-37, 1e-37, 96)
+    x[:, 7] = 3e-38
+    x = x.to(dtype).to(device)
+    assert torch.isinf(127.0 / x[5].float().abs().amax().cpu())
+    q, stats, _ = F.int8_vectorwise_quant(x)
+    q_ref, stats_ref, _ = O.int8_vectorwise_ref(x.cpu())
+    assert torch.equal(stats.cpu(), stats_ref)
+    assert torch.equal(q.cpu(), q_ref)
+    assert (q[5] == 0).all()
+    _, col_q, _, col_stats, _ = F.int8_double_quant(x)
+    col_q_ref, col_stats_ref = O.int8_colwise_ref(x.cpu())
+    assert torch.equal(col_stats.cpu(), col_stats_ref)
+    assert (col_q[:, 7] == 0).all()
+    # (the column oracle computes x * 127 / absmax, which may round a .5 tie the other way)
+    assert (col_q.cpu().int() - col_q_ref.int()).abs().max() <= 1

@@ -39,8 +39,8 @@ namespace bnb::cpu::simd {
 static inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Same expression as bnb::inverse_absmax / bnb::int8_scale (formats.h), kept local (see above).
-static inline float inverse_scale(float amax) { return amax > 0.0f ? 1.0f / amax : 0.0f; }
-static inline float int8_scale_of(float amax) { return amax > 0.0f ? kInt8Scale / amax : 0.0f; }
+static inline float inverse_scale(float amax) { return amax >= kSmallestScaledAbsmax ? 1.0f / amax : 0.0f; }
+static inline float int8_scale_of(float amax) { return amax >= kSmallestInt8Absmax ? kInt8Scale / amax : 0.0f; }
 
 // max |A[i]| over [begin, end) that keeps NaN, as blocks and rows holding inf or NaN need it
 // (core/formats.h): integer maxima of the bit patterns of |x|, which cost the same as vmaxps; four
