@@ -135,10 +135,19 @@ def test_blockwise_unsigned_code_keeps_infinities_non_finite(device):
 NESTED_BLOCKSIZE = 256  # absmax values per second-level block (4-bit; quantize_blockwise uses its blocksize)
 
 
-def _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, nested_blocksize, value):
-    """A NaN or inf in first-level block NAN_BLOCK: that block comes back non-finite, the blocks sharing its
-    second-level block may (a NaN or inf absmax there turns them into NaN), and every other block is finite and
-    as close to x as the plain (not nested) quantization is, give or take the nested scales' own rounding."""
+def _assert_nested_spread_stays_in_its_block(roundtrip, value, device, seed, nested_blocksize):
+    """A NaN or inf in first-level block NAN_BLOCK (blocks of 64), quantized with double-quantized scales by
+    roundtrip(x, nested=True) -> (dequantized y on the CPU, state): that block comes back non-finite, the
+    blocks sharing its second-level block may (a NaN or inf absmax there turns them into NaN), and every
+    other block is finite and as close to x as the plain quantization (nested=False) is, give or take the
+    nested scales' own rounding. The offset stays finite (the mean of the finite block scales)."""
+    blocksize = 64
+    x = randn((3 * NESTED_BLOCKSIZE * blocksize,), torch.float32, seed=seed)
+    x[NAN_BLOCK * blocksize + 5] = value
+    x = x.to(device)
+    y, state = roundtrip(x, nested=True)
+    assert torch.isfinite(state.offset).all()
+    y_plain, _ = roundtrip(x, nested=False)
     n = x.numel()
     bad = _block_slice(NAN_BLOCK, blocksize, n)
     if value != value:
@@ -154,18 +163,12 @@ def _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, nested_bl
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("value", [NAN, INF], ids=["nan", "inf"])
 def test_blockwise_nested_absmax_keeps_non_finite_in_its_block(device, value):
-    # With nested=True the absmax values are quantized in turn, around the mean of the finite ones: the
-    # block holding the NaN or inf must come back non-finite, and only its second-level block may follow.
-    blocksize = 64
-    x = randn((3 * NESTED_BLOCKSIZE * blocksize,), torch.float32, seed=2)
-    x[NAN_BLOCK * blocksize + 5] = value
-    x = x.to(device)
-    q, state = F.quantize_blockwise(x, blocksize=blocksize, nested=True)
-    assert torch.isfinite(state.offset).all()
-    y = F.dequantize_blockwise(q, state).cpu()
-    q_plain, state_plain = F.quantize_blockwise(x, blocksize=blocksize)
-    y_plain = F.dequantize_blockwise(q_plain, state_plain).cpu()
-    _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, blocksize, value)
+    # With nested=True the absmax values are quantized in turn (in blocks of the same size, 64 here).
+    def roundtrip(x, nested):
+        q, state = F.quantize_blockwise(x, blocksize=64, nested=nested)
+        return F.dequantize_blockwise(q, state).cpu(), state
+
+    _assert_nested_spread_stays_in_its_block(roundtrip, value, device, seed=2, nested_blocksize=64)
 
 
 # ---- 4-bit ------------------------------------------------------------------------------------------------
@@ -207,16 +210,11 @@ def test_4bit_non_finite_blocks(device, dtype, quant_type):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("value", [NAN, INF], ids=["nan", "inf"])
 def test_4bit_compressed_statistics_keep_non_finite_in_its_block(device, value):
-    blocksize = 64
-    x = randn((3 * NESTED_BLOCKSIZE * blocksize,), torch.float32, seed=6)
-    x[NAN_BLOCK * blocksize + 5] = value
-    x = x.to(device)
-    packed, state = F.quantize_4bit(x, blocksize=blocksize, quant_type="nf4", compress_statistics=True)
-    assert torch.isfinite(state.offset).all()
-    y = F.dequantize_4bit(packed, state).cpu()
-    packed_plain, state_plain = F.quantize_4bit(x, blocksize=blocksize, quant_type="nf4")
-    y_plain = F.dequantize_4bit(packed_plain, state_plain).cpu()
-    _assert_nested_spread_stays_in_its_block(x, y, y_plain, blocksize, NESTED_BLOCKSIZE, value)
+    def roundtrip(x, nested):
+        packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=nested)
+        return F.dequantize_4bit(packed, state).cpu(), state
+
+    _assert_nested_spread_stays_in_its_block(roundtrip, value, device, seed=6, nested_blocksize=NESTED_BLOCKSIZE)
 
 
 @pytest.mark.parametrize("device", DEVICES)
