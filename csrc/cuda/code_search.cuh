@@ -65,9 +65,10 @@ __device__ inline void build_code_search(CodeSearch& s, const float* __restrict_
 // A NaN lands in the |v| >= 1 bucket of its sign, as in CodeSearch; no comparison with it holds, so
 // it gets lo there on either path, as CodeSearch gives it.
 // A code searched as its ascending copy (SortedCode) maps each position found back to the caller's
-// index through code_index. The one-comparison path cannot (its result is lo plus a carry), so such
-// tables send every value through the scan, which maps: the fast path of an ascending code keeps its
-// instructions and registers, and only the scan, rare there, pays one more shared-memory load.
+// index through code_index (search4 with mapped). The one-comparison path cannot (its result is lo
+// plus a carry), so such tables send every value through the scan, which maps. Searches of an
+// ascending code (search4 without mapped, and the optimizers' search4_nonnegative and search4_signed)
+// skip that load: values take the scan often enough (a signed state's near 0, for one) to feel it.
 struct FineCodeSearch {
   static constexpr int kSliceBits = CodeSearch::kMantissaBits;  // 64 slices per octave
   static constexpr int kOctaves = CodeSearch::kOctaves;          // [2^-24, 1) get slices
@@ -102,23 +103,31 @@ struct FineCodeSearch {
   // Bits of the smallest magnitude in magnitude bucket m (m <= kMagBuckets - 1).
   __device__ static uint32_t lower_bits(int m) { return m == 0 ? 0u : static_cast<uint32_t>(m - 1 + kFirstKey) << kShift; }
 
+  // Position of v in the ascending code searched (CodeSearch's forward scan from the entry's lo).
   __device__ __forceinline__ int scan(float v, uint32_t e) const {
     int idx = static_cast<int>(e >> kIndexShift);
     while (idx < CodeSearch::kMidpoints && v > mid[idx]) ++idx;
-    return code_index[idx];
+    return idx;
   }
 
   // Indices of kGroup values at once; byte 3 of each result is the index. The fast path is taken
   // when all of them land in one-comparison buckets (one test per group). The caller must round v
   // on its own (__fmul_rn): the bits compared are those of the rounded product.
+  // mapped: the tables were built for a code out of order (index_of_position), and positions found by
+  // the scan are mapped to the caller's indices; an ascending code's search skips that load. (A flag
+  // rather than a second copy of the caller's loop, which made ptxas spill in quantize_blockwise.)
   static constexpr int kGroup = 4;
-  __device__ __forceinline__ void search4(const float* v, uint32_t* idx) const {
-    search_group(v, idx, slot, order_bits, [&](int i, uint32_t e) { return scan(v[i], e); });
+  __device__ __forceinline__ void search4(const float* v, uint32_t* idx, bool mapped = false) const {
+    search_group(v, idx, slot, order_bits, [&](int i, uint32_t e) {
+      const int position = scan(v[i], e);
+      return mapped ? code_index[position] : position;
+    });
   }
 
   // search4 for values expected to be >= 0 (the second moment of Adam): with no sign bit set the
   // slot and order bits need no sign handling, three instructions fewer per value; a group with a
-  // negative value (possible with a code book of another shape) takes the general search4.
+  // negative value (possible with a code book of another shape) takes the general search4. Tables of an
+  // ascending code only (the index found is the position).
   __device__ __forceinline__ void search4_nonnegative(const float* v, uint32_t* idx) const {
     uint32_t signs = 0;
 #pragma unroll

@@ -396,17 +396,26 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
     }
     return;
   }
+  uint32_t cleared = 0;  // bit k: element k's states are cleared (optim_clears_states)
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     OptimElement e{pv[k], gv[k], m[k], v[k], m2[k]};
     const bool keep = !in_range(k) || optim_skip(s, e.g);
-    const bool clear = in_range(k) && optim_clears_states(Bits == 8 && kTwoStates, e.g);
+    if (in_range(k) && optim_clears_states(Bits == 8 && kTwoStates, e.g)) cleared |= 1u << k;
     const float u = optim_states<K>(s, e);
     const float p_new = optim_param<K>(s, e.p, u, trust);
     pv[k] = keep ? pv[k] : p_new;
-    m[k] = clear ? 0.0f : keep ? m[k] : e.m;
-    v[k] = clear ? 0.0f : keep ? v[k] : e.v;
-    m2[k] = clear ? 0.0f : keep ? m2[k] : e.m2;
+    m[k] = keep ? m[k] : e.m;
+    v[k] = keep ? v[k] : e.v;
+    m2[k] = keep ? m2[k] : e.m2;
+  }
+  // Rare (a non-finite gradient), so tested once here rather than as three more selects per element
+  // in the loop above.
+  if (cleared != 0) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (cleared >> k & 1u) m[k] = v[k] = m2[k] = 0.0f;
+    }
   }
 
   store8(p, lane, Full, remaining, pv);

@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kTileThreads)
       for (int i = 0; i < V; ++i) x[i] = __fmul_rn(x[i], scale);  // rounded on its own: never fused into the search
       uint32_t idx[V];
 #pragma unroll
-      for (int k = 0; k < V; k += FineCodeSearch::kGroup) search.search4(x + k, idx + k);
+      for (int k = 0; k < V; k += FineCodeSearch::kGroup) search.search4(x + k, idx + k, /*mapped=*/!ascending);
       // Top bytes of four results per word: byte_perm picks them without shifting.
       uint32_t words[V / 4];
 #pragma unroll
