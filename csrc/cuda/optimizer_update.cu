@@ -410,7 +410,10 @@ __device__ __forceinline__ void update_block(const bnb_optimizer_tensor_t& t, in
     m2[k] = keep ? m2[k] : e.m2;
   }
   // Rare (a non-finite gradient), so tested once here rather than as three more selects per element
-  // in the loop above.
+  // in the loop above. The clear costs the bf16 Adam8bit step about 2% on the H100 however it is
+  // written (same-machine A/B, 2^28 elements, 1.109-1.120 ms against 1.088-1.092 without it): three
+  // selects per element, this mask, or an OR of the keep predicates with the gradients read again for
+  // the rare blocks. The step is close to issue-bound; kept, as the rule is bitsandbytes' own.
   if (cleared != 0) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
