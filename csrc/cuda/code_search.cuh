@@ -68,7 +68,7 @@ __device__ inline void build_code_search(CodeSearch& s, const float* __restrict_
 // index through code_index (search4 with mapped). The one-comparison path cannot (its result is lo
 // plus a carry), so such tables send every value through the scan, which maps. Searches of an
 // ascending code (search4 without mapped, and the optimizers' search4_nonnegative and search4_signed)
-// skip that load: values take the scan often enough (a signed state's near 0, for one) to feel it.
+// skip that load, which they do not need.
 struct FineCodeSearch {
   static constexpr int kSliceBits = CodeSearch::kMantissaBits;  // 64 slices per octave
   static constexpr int kOctaves = CodeSearch::kOctaves;          // [2^-24, 1) get slices
