@@ -20,7 +20,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "core/host_device.h"
 
@@ -53,12 +52,7 @@ struct CodeSearch {
 
   // Global bucket index, increasing with v: negative buckets first (largest magnitude first).
   BNB_HD static int bucket(float v) {
-    uint32_t bits;
-#if defined(__CUDA_ARCH__)
-    bits = __float_as_uint(v);
-#else
-    std::memcpy(&bits, &v, sizeof(bits));
-#endif
+    const uint32_t bits = float_bits(v);
     const int mb = magnitude_bucket(bits & 0x7fffffffu);
     return (bits >> 31) ? (kBucketsPerSign - 1 - mb) : (kBucketsPerSign + mb);
   }
@@ -81,25 +75,16 @@ struct CodeSearch {
     return (exponent << 23) | (slice << (23 - kMantissaBits));
   }
 
-  BNB_HD static float from_bits(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(b);
-#else
-    float f;
-    std::memcpy(&f, &b, sizeof(f));
-    return f;
-#endif
-  }
 
   // Smallest float value that falls into bucket b (used only to build `lo`). Shared by the host
   // build below and the CUDA kernels, which build the same table in shared memory.
   BNB_HD static float bucket_min(int b) {
-    if (b >= kBucketsPerSign) return from_bits(magnitude_lower_bits(b - kBucketsPerSign));
+    if (b >= kBucketsPerSign) return float_from_bits(magnitude_lower_bits(b - kBucketsPerSign));
     // Negative side: bucket b holds magnitudes of bucket mb = kBucketsPerSign - 1 - b; its smallest
     // value is minus the largest magnitude in it, i.e. just below the next magnitude bucket's lower bound.
     const int mb = kBucketsPerSign - 1 - b;
-    if (mb == kBucketsPerSign - 1) return from_bits(kNegativeInfinityBits);
-    return -from_bits(magnitude_lower_bits(mb + 1) - 1u);
+    if (mb == kBucketsPerSign - 1) return float_from_bits(kNegativeInfinityBits);
+    return -float_from_bits(magnitude_lower_bits(mb + 1) - 1u);
   }
 
   // Fill `mid` and `lo` from a sorted 256-entry code (host-side build).
