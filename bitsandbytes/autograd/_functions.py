@@ -181,7 +181,7 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
         check.out_tensor("out", out, (*A.shape[:-1], cols), A.dtype, A.device, contiguous=False)
     needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
     if not needs_grad and out is None and A.shape[-1] == k:
-        # Eager inference: the streaming kernel straight away (B's bytes are the same in any view).
+        # Eager inference: the native kernels straight away (B's bytes are the same in any view).
         direct = gemm_4bit_direct(A, B, quant_state, bias if bias is None or bias.dtype == A.dtype else bias.to(A.dtype))
         if direct is not None:
             return direct

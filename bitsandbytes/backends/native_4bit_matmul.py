@@ -256,11 +256,14 @@ def _(A, B, shapeB, absmax, code, blocksize, out):
 
 
 # ---- eager fast path ------------------------------------------------------------------------------------
-# At a few activation rows the 4-bit product of a large layer takes ~10-20 us on a GPU, about what
-# one trip through the op dispatcher and the generic argument checks above costs on the host. When
-# the host is slower than the GPU the GPU idles between layers, so eager inference calls the
-# streaming kernel directly with the weight's arguments prepared once per QuantState. Traced or
-# compiled code, tensor subclasses and dispatch modes keep using the op.
+# At a few activation rows the 4-bit product of a large layer takes ~10-20 us on a GPU, less than
+# one trip through the op dispatcher and the generic argument checks above costs on the host (on a
+# slow host of the GPU machine an eager Linear4bit call through the op took 128-160 us at K = N = 8192,
+# M = 512, whose kernel takes 97-103 us: even there the GPU waited for the host).
+# When the host is slower than the GPU the GPU idles between layers, so eager inference calls the
+# native product directly (streaming kernel or, above 16 rows, the Hopper kernel) with the weight's
+# arguments prepared once per QuantState. Traced or compiled code, tensor subclasses and dispatch modes
+# keep using the op.
 
 def _scale_tensors(quant_state) -> tuple:
     """The tensors holding a weight's block scales, in the kernel's argument order (scales, codes, code book,
@@ -293,7 +296,7 @@ def _weight_args(B: torch.Tensor, quant_state) -> Optional[tuple]:
 
 def _streaming_plan(A: torch.Tensor, B: torch.Tensor, b_device: torch.device, quant_state, key: tuple) -> tuple:
     """What a direct call with A's device and dtype needs, checked once per weight: (key, None) when the
-    streaming kernel cannot serve it, else (key, the weight's kernel arguments, K, N, most rows, cuda index or
+    native kernels cannot serve it, else (key, the weight's kernel arguments, K, N, most rows, cuda index or
     -1, device type). The arguments hold raw pointers: QuantState keeps the plan out of pickles and copies."""
     device = A.device
     shape = list(quant_state.shape) if quant_state.shape is not None else []
@@ -312,6 +315,10 @@ def _streaming_plan(A: torch.Tensor, B: torch.Tensor, b_device: torch.device, qu
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         max_rows = CUDA_STREAMING_MAX_ROWS
+        # More rows go to the Hopper kernel through the same entry (the library picks it by M; its TMA reads
+        # need the codes 16-byte aligned), so that they skip the op's host time too (see above).
+        if N % CUDA_TENSOR_CORE_N_MULTIPLE == 0 and args[0] % 16 == 0:
+            max_rows = CUDA_TENSOR_CORE_MAX_ROWS
     packed, scales, q, code, offset = args
     weight = _native.Gemm4bitWeight(packed, scales, q, code, offset, K, N, blocksize,
                                     _native.QUANT_TYPES[quant_state.quant_type], _DTYPE_CODES[A.dtype], index, 0)
@@ -322,7 +329,7 @@ _gemm_entries: dict = {}  # device type -> (its native library, that library's b
 
 
 def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Optional[torch.Tensor]):
-    """``A @ dequant(B).T + bias`` by the streaming kernel, or None when the op must handle the call."""
+    """``A @ dequant(B).T + bias`` by the native kernels, or None when the op must handle the call."""
     if (type(A) is not torch.Tensor or torch.compiler.is_compiling()
             or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
         return None
@@ -354,7 +361,9 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
     if A.dim() == 0 or A.shape[-1] != K or not A.is_contiguous():
         return None
     rows = A.numel() // K
-    if not 0 < rows <= max_rows or (index >= 0 and (A.data_ptr() % 16 or device in _no_cuda_streaming)):
+    few_rows = rows <= CUDA_STREAMING_MAX_ROWS
+    if not 0 < rows <= max_rows or (index >= 0 and (A.data_ptr() % 16 or device in (
+            _no_cuda_streaming if few_rows else _no_cuda_tensor_core))):
         return None
     if bias is not None and (bias.dtype != A.dtype or bias.device != device or not bias.is_contiguous()
                              or bias.dim() != 1 or bias.numel() != N):
@@ -375,7 +384,9 @@ def gemm_4bit_direct(A: torch.Tensor, B: torch.Tensor, quant_state, bias: Option
         try:
             lib.finish(status, fn, args)
         except NotImplementedError:
+            # A, the codes and out are aligned as the kernels need (checked above, fresh output): the GPU or the
+            # build lacks the kernel for this many rows.
             if index >= 0:
-                _no_cuda_streaming.add(device)
+                (_no_cuda_streaming if few_rows else _no_cuda_tensor_core).add(device)
             return None
     return out

@@ -439,8 +439,8 @@ class Linear4bit(torch.nn.Linear):
             self.weight = new_weight
 
     def _inference_call(self, x: Tensor) -> Optional[Tensor]:
-        """The streaming kernel straight away when nothing needs adapting (inputs already in the compute
-        dtype, bias in that dtype, no gradient): the common case of generation, where the host time of
+        """The native product straight away when nothing needs adapting (inputs already in the compute
+        dtype, bias in that dtype, no gradient): the common case of inference, where the host time of
         a call matters as much as the kernel's. None sends the call through the general path."""
         params = self._parameters  # (direct lookups: nn.Module attribute access is slow)
         weight, bias = params["weight"], params["bias"]

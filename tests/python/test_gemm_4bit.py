@@ -322,6 +322,58 @@ def test_many_rows_unaligned_activations_fall_back_without_disabling_the_kernel(
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
+def test_eager_many_rows_skip_the_op_on_hopper(dtype, nested):
+    # Above 16 rows eager inference reaches the tensor-core kernel directly (the op's host time would leave
+    # the GPU idle at M = 512): the same bytes as the op, a 3-D input and a bias included; M beyond the
+    # kernel's 4096 rows goes back to the op.
+    from bitsandbytes.backends import native_4bit_matmul as mm
+
+    if not _is_hopper():
+        pytest.skip("the tensor-core kernel runs on compute capability 9.0 only")
+    N, K = 264, 512
+    packed, state = F.quantize_4bit(randn((N, K), torch.float32, "cuda", seed=61), blocksize=64, quant_type="nf4",
+                                    compress_statistics=nested)
+    x = randn((2, 150, K), dtype, "cuda", seed=62)
+    bias = randn((N,), dtype, "cuda", seed=63)
+    y = mm.gemm_4bit_direct(x, packed, state, bias)
+    assert y is not None and y.shape == (2, 150, N) and y.dtype == dtype
+    args = (state.state2.absmax, 64, "nf4", bias, state.absmax, state.state2.code, state.offset) if nested else \
+        (state.absmax, 64, "nf4", bias)
+    torch.testing.assert_close(y, ops.gemm_4bit(x, packed, [N, K], *args), rtol=0, atol=0)
+    ref = x.double() @ F.dequantize_4bit(packed, state).double().T + bias.double()
+    assert _rel_err(y, ref.cpu()) < RTOL[dtype]
+    assert mm.gemm_4bit_direct(randn((mm.CUDA_TENSOR_CORE_MAX_ROWS + 1, K), dtype, "cuda", seed=64), packed, state,
+                               None) is None
+
+
+@needs_cuda
+def test_eager_many_rows_refused_disable_only_the_tensor_core_kernel(monkeypatch):
+    # A status saying the library cannot serve 17+ rows marks the device for the tensor-core kernel only: the
+    # few-row kernel keeps serving eager calls, and the refused call goes through the op.
+    from bitsandbytes.backends import native_4bit_matmul as mm
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    monkeypatch.setattr(mm, "_no_cuda_tensor_core", set())
+    monkeypatch.setattr(mm, "_no_cuda_streaming", set())
+    packed, state = F.quantize_4bit(randn((128, 256), torch.float32, "cuda", seed=65), blocksize=64,
+                                    quant_type="nf4")
+    few, many = randn((4, 256), torch.float16, "cuda", seed=66), randn((40, 256), torch.float16, "cuda", seed=67)
+    assert mm.gemm_4bit_direct(few, packed, state, None) is not None
+    lib, entry = mm._gemm_entries["cuda"]
+    monkeypatch.setitem(mm._gemm_entries, "cuda", (lib, lambda weight, a, rows, *rest:
+                                                   3 if rows > 16 else entry(weight, a, rows, *rest)))
+    assert mm.gemm_4bit_direct(many, packed, state, None) is None
+    assert device in mm._no_cuda_tensor_core and device not in mm._no_cuda_streaming
+    assert mm.gemm_4bit_direct(few, packed, state, None) is not None
+    with torch.no_grad():
+        y = bnb.matmul_4bit(many, packed.t(), state)  # the op, dequantizing (the device is marked)
+    ref = _oracle(many, packed.view(-1), state.absmax, 64, "nf4", (128, 256))
+    assert _rel_err(y, ref) < RTOL[torch.float16]
+
+
+@needs_cuda
 @pytest.mark.parametrize("m", [3, 16])
 @pytest.mark.parametrize("N", [200, 9208], ids=["one-wave", "several-waves"])
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "nested"])
