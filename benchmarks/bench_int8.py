@@ -5,8 +5,8 @@ int8_linear_matmul 4096x8192x8192 >= 1200 TOPS; Linear8bitLt threshold 0 >= 1.5x
 and 4096 (>= 1.0x at every M); threshold 6.0 >= 1.3x at M = 1 and 4096 (>= 1.0x at every M).
 
 Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved in
-blocks of LAYER_BLOCK (gpu_timing.time_ms_paired) so that they see the same host, each block after one untimed
-run so that it runs at its own clock; "GPU only" replays a CUDA graph.
+blocks of LAYER_BLOCK (gpu_timing.time_ms_paired) so that they see the same host, each block after about
+LEAD_MS of untimed calls so that it runs at its own clock; "GPU only" replays a CUDA graph.
 
     PYTHONPATH=. python benchmarks/bench_int8.py --out int8.json
 """

@@ -4,8 +4,8 @@ Targets (fp16 and bf16; K = 8192, N in {8192, 28672}): M = 1 >= 3.0x, M = 16 >= 
 4096 >= 1.0x; double-quantized statistics within 5% of plain ones.
 
 Eager layer times: LAYER_CALLS back-to-back calls per run, the runs of the layers compared interleaved in
-blocks of LAYER_BLOCK (gpu_timing.time_ms_paired) so that they see the same host, each block after one untimed
-run so that it runs at its own clock; "GPU only" replays a CUDA graph.
+blocks of LAYER_BLOCK (gpu_timing.time_ms_paired) so that they see the same host, each block after about
+LEAD_MS of untimed calls so that it runs at its own clock; "GPU only" replays a CUDA graph.
 
     PYTHONPATH=. python benchmarks/bench_linear4bit.py --out linear4bit.json
     PYTHONPATH=. python benchmarks/bench_linear4bit.py --device cpu --small   (a quick functional run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import subprocess
 
@@ -9,6 +10,8 @@ import torch
 
 LAYER_CALLS = 10  # back-to-back calls per timed run when timing a layer's eager calls (time_ms)
 LAYER_BLOCK = 5   # timed runs per block when layers are timed interleaved (time_ms_paired)
+LEAD_MS = 50.0    # untimed GPU time before each such block (time_ms_paired)
+MAX_LEAD_CALLS = 20000
 
 
 def time_ms(fn, repeats: int, warmup: int = 3, calls: int = 1) -> float:
@@ -31,18 +34,33 @@ def time_ms(fn, repeats: int, warmup: int = 3, calls: int = 1) -> float:
     return statistics.median(start.elapsed_time(stop) for start, stop in events) / calls
 
 
-def time_ms_paired(fns, repeats: int, warmup: int = 3, calls: int = 1, block: int = 1) -> list:
+def time_ms_paired(fns, repeats: int, warmup: int = 3, calls: int = 1, block: int = 1,
+                   lead_ms: float = LEAD_MS) -> list:
     """time_ms of each of `fns` (e.g. a baseline and ours), their runs interleaved in blocks of `block`
     runs: block b of every function is queued before block b + 1 of any, the order reversed every
     other round. Where the host sets the pace, a slow spell of the host's then lands on all of them
     alike instead of on whichever happened to be timed during it, so their ratio measures the code,
-    not the moment. With block > 1 each block starts with one untimed run: a GPU-bound function then
-    runs at the clock its own work sets, not at the one the function before it left (a dense GEMM
-    that reaches the power cap slows the first runs after it)."""
+    not the moment. With block > 1 each block starts with untimed calls worth about `lead_ms` of the
+    function's own time (at least one run): a GPU-bound function then runs at the clock its own work
+    sets, as it does layer after layer in a model, not at the one the function before it left. One
+    untimed run (10 calls, 1-30 ms) was not enough on the H100 (K = 8192, 512 and 4096 rows): fp16
+    nn.Linear timed after a 4-bit layer ran 10-13% faster than in its own steady state at N = 28672 M =
+    512 (0.326 against 0.362-0.373 ms), and within 3% of it with 50 ms (0.356)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     torch.cuda.synchronize()
+    lead_calls = [calls] * len(fns)
+    if block > 1:
+        for i, fn in enumerate(fns):  # each function's time per call, to size its lead-in
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            stop.record()
+            stop.synchronize()
+            per_call = max(start.elapsed_time(stop) / calls, 1e-3)
+            lead_calls[i] = max(calls, min(math.ceil(lead_ms / per_call), MAX_LEAD_CALLS))
     events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
               for _ in fns]
     rounds = (repeats + block - 1) // block
@@ -50,7 +68,7 @@ def time_ms_paired(fns, repeats: int, warmup: int = 3, calls: int = 1, block: in
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for i in order:
             if block > 1:
-                for _ in range(calls):
+                for _ in range(lead_calls[i]):
                     fns[i]()
             for start, stop in events[i][r * block:(r + 1) * block]:
                 start.record()
