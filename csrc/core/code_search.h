@@ -75,7 +75,6 @@ struct CodeSearch {
     return (exponent << 23) | (slice << (23 - kMantissaBits));
   }
 
-
   // Smallest float value that falls into bucket b (used only to build `lo`). Shared by the host
   // build below and the CUDA kernels, which build the same table in shared memory.
   BNB_HD static float bucket_min(int b) {

@@ -111,12 +111,11 @@ BNB_HD float absmax_keeping_nan(float acc, float x) {
 constexpr uint32_t kAbsmaxNaNBits = 0x7fc00000u;
 BNB_HD float stored_absmax(float absmax) { return absmax != absmax ? float_from_bits(kAbsmaxNaNBits) : absmax; }
 
+constexpr uint32_t kInfinityBits = 0x7f800000u;  // +inf's bits, the magnitude bits of either infinity
+
 // The value quantized in place of x in a block whose absmax is not finite: +-inf themselves (they find
 // the largest / smallest code), 0 for everything else (finite values and NaN, which the NaN absmax covers).
-BNB_HD float value_in_non_finite_block(float x) {
-  constexpr uint32_t kInfinityBits = 0x7f800000u;
-  return magnitude_bits(x) == kInfinityBits ? x : 0.0f;
-}
+BNB_HD float value_in_non_finite_block(float x) { return magnitude_bits(x) == kInfinityBits ? x : 0.0f; }
 
 // LLM.int8() scale: 127 / absmax, 0 for an all-zero (or all-outlier) row, and for a row whose absmax is so
 // small that 127 / absmax could overflow to inf (it does a little below 2^-121, where 127 * 2^121 is still

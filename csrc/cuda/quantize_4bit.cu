@@ -47,7 +47,6 @@ struct Lut4bit {
   static constexpr int kMagBuckets = 1 + kSlices + 1;
   static constexpr int kEntries = 2 * kMagBuckets;
   static constexpr uint32_t kCanonicalNaN = 0x7fffffffu;
-  static constexpr uint32_t kInfinityBits = 0x7f800000u;
 
   struct Entry {
     float thr;
@@ -79,7 +78,7 @@ struct Lut4bit {
         // inverse overflows (x * inf, 0 * inf = NaN); a block holding inf or NaN reaches it with +-inf alone
         // (the kernel replaces its values first). Every finite value here encodes as the infinity of its
         // sign; NaN compares false and takes `below`, and a NaN made by arithmetic has its sign bit clear.
-        const float inf = __uint_as_float(kInfinityBits);
+        const float inf = float_from_bits(kInfinityBits);  // (formats.h)
         const uint32_t below = negative ? encode_4bit<Q>(-inf) : encode_4bit<Q>(__uint_as_float(kCanonicalNaN));
         const uint32_t above = negative ? below : encode_4bit<Q>(inf);
         entry[idx] = {0.0f, below | (above << 8)};
